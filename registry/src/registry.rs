@@ -1,0 +1,223 @@
+//! [`Registry`]: every route of a service, built once, looked up by task name
+//! in O(1) and listed in declaration order. Building checks every route and
+//! reports all problems together, each with its route's name.
+
+use std::fmt;
+
+use indexmap::IndexMap;
+use indexmap::map::Entry;
+
+use crate::naming::Naming;
+use crate::route::{Route, RouteError, TaskRoute};
+
+/// The routes of a service.
+#[derive(Debug)]
+pub struct Registry {
+    routes: IndexMap<String, Route>,
+}
+
+/// Collects routes for [`Registry`]; see [`RegistryBuilder::build`].
+#[derive(Debug, Default)]
+pub struct RegistryBuilder {
+    routes: Vec<TaskRoute>,
+}
+
+impl Registry {
+    /// Starts an empty registry.
+    pub fn builder() -> RegistryBuilder {
+        RegistryBuilder::default()
+    }
+
+    /// The route for `task_name`.
+    pub fn get(&self, task_name: &str) -> Option<&Route> {
+        self.routes.get(task_name)
+    }
+
+    /// Every route, in the order it was declared.
+    pub fn routes(&self) -> impl ExactSizeIterator<Item = &Route> {
+        self.routes.values()
+    }
+
+    /// How many routes there are.
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    /// True when no route is registered.
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
+    /// Checks every resource name under `naming` (the configured environment
+    /// and namespace) against Pub/Sub's and Cloud Scheduler's rules.
+    /// [`RegistryBuilder::build`] checks them for the default `dev` and
+    /// `gyrinx`; a longer environment can push a name over a limit, so the
+    /// runner checks again with its configuration.
+    pub fn check_names(&self, naming: &Naming) -> Result<(), RegistryError> {
+        let problems = self.routes().flat_map(|route| {
+            route.name_problems(naming).into_iter().map(|error| RouteProblem { route: route.name().to_owned(), error })
+        });
+        RegistryError::from_problems(problems.collect())
+    }
+}
+
+impl RegistryBuilder {
+    /// Adds a route.
+    #[must_use]
+    pub fn route(mut self, route: TaskRoute) -> Self {
+        self.routes.push(route);
+        self
+    }
+
+    /// Checks every route and builds the registry, or reports every problem
+    /// found: invalid options, duplicate names, two routes sharing a path
+    /// (and so a topic), and resource names that break Google's rules.
+    pub fn build(self) -> Result<Registry, RegistryError> {
+        let mut routes = IndexMap::with_capacity(self.routes.len());
+        let mut paths: IndexMap<String, String> = IndexMap::new();
+        let mut problems = Vec::new();
+        for task_route in self.routes {
+            let name = task_route.name().to_owned();
+            let mut report = |error| problems.push(RouteProblem { route: name.clone(), error });
+            let route = match task_route.into_route() {
+                Ok(route) => route,
+                Err(errors) => {
+                    errors.into_iter().for_each(&mut report);
+                    continue;
+                }
+            };
+            if let Some(other) = paths.insert(route.path().to_owned(), name.clone()) {
+                report(RouteError::DuplicatePath(other, route.path().to_owned()));
+            }
+            match routes.entry(name.clone()) {
+                Entry::Occupied(_) => report(RouteError::DuplicateName(name.clone())),
+                Entry::Vacant(slot) => {
+                    slot.insert(route);
+                }
+            }
+        }
+        RegistryError::from_problems(problems)?;
+        let registry = Registry { routes };
+        registry.check_names(&Naming::default())?;
+        Ok(registry)
+    }
+}
+
+/// One problem with one route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteProblem {
+    /// The route's task name.
+    pub route: String,
+    /// What is wrong.
+    pub error: RouteError,
+}
+
+impl fmt::Display for RouteProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.route, self.error)
+    }
+}
+
+/// Every problem found while building or checking a registry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct RegistryError {
+    problems: Vec<RouteProblem>,
+}
+
+impl RegistryError {
+    fn from_problems(problems: Vec<RouteProblem>) -> Result<(), Self> {
+        if problems.is_empty() { Ok(()) } else { Err(Self { problems }) }
+    }
+
+    /// The problems, in declaration order of their routes.
+    pub fn problems(&self) -> &[RouteProblem] {
+        &self.problems
+    }
+}
+
+impl fmt::Display for RegistryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let count = self.problems.len();
+        write!(f, "{count} problem{} in the task registry:", if count == 1 { "" } else { "s" })?;
+        self.problems.iter().try_for_each(|problem| write!(f, "\n  {problem}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::context::TaskContext;
+    use crate::naming::NameKind;
+
+    async fn noop(_: TaskContext) {}
+
+    #[test]
+    fn looks_routes_up_by_name_and_keeps_declaration_order() {
+        let registry = Registry::builder()
+            .route(TaskRoute::new("zeta", noop))
+            .route(TaskRoute::new("alpha", noop).path("app.tasks.alpha"))
+            .route(TaskRoute::new("mid", noop))
+            .build()
+            .unwrap();
+        assert_eq!(registry.len(), 3);
+        assert_eq!(registry.get("alpha").map(Route::path), Some("app.tasks.alpha"));
+        assert!(registry.get("missing").is_none());
+        let names: Vec<&str> = registry.routes().map(Route::name).collect();
+        assert_eq!(names, ["zeta", "alpha", "mid"]);
+    }
+
+    #[test]
+    fn an_empty_registry_is_allowed() {
+        assert!(Registry::builder().build().unwrap().is_empty());
+    }
+
+    #[test]
+    fn duplicate_names_and_paths_are_rejected() {
+        let error = Registry::builder()
+            .route(TaskRoute::new("a", noop).path("x.a"))
+            .route(TaskRoute::new("a", noop).path("y.a"))
+            .route(TaskRoute::new("b", noop).path("x.a"))
+            .build()
+            .unwrap_err();
+        assert_eq!(
+            error.problems(),
+            [
+                RouteProblem { route: "a".into(), error: RouteError::DuplicateName("a".into()) },
+                RouteProblem { route: "b".into(), error: RouteError::DuplicatePath("a".into(), "x.a".into()) },
+            ]
+        );
+    }
+
+    #[test]
+    fn build_reports_every_invalid_route_at_once() {
+        let error = Registry::builder()
+            .route(TaskRoute::new("good", noop))
+            .route(TaskRoute::new("slow", noop).ack_deadline(601))
+            .route(TaskRoute::new("cron", noop).schedule("* * * * 9").min_retry_delay(700))
+            .build()
+            .unwrap_err();
+        let routes: Vec<&str> = error.problems().iter().map(|p| p.route.as_str()).collect();
+        assert_eq!(routes, ["slow", "cron", "cron"]);
+        assert_eq!(
+            error.to_string(),
+            "3 problems in the task registry:\n  \
+             slow: ack_deadline 601 is outside 10..=600 seconds\n  \
+             cron: schedule \"* * * * 9\": day-of-week: 9 is out of range 0-7\n  \
+             cron: min_retry_delay 700 is greater than max_retry_delay 600"
+        );
+    }
+
+    #[test]
+    fn names_are_checked_for_the_default_and_the_configured_environment() {
+        let path = format!("app.{}", "t".repeat(226));
+        let registry = Registry::builder().route(TaskRoute::new("t", noop).path(path.clone())).build().unwrap();
+        let long_env = Naming::new("production", "gyrinx").unwrap();
+        let error = registry.check_names(&long_env).unwrap_err();
+        assert_eq!(error.problems().len(), 2);
+        assert!(matches!(&error.problems()[0].error, RouteError::Name(e) if e.kind == NameKind::Topic));
+
+        let too_long = format!("app.{}", "t".repeat(240));
+        let error = Registry::builder().route(TaskRoute::new("t", noop).path(too_long)).build().unwrap_err();
+        assert!(error.to_string().contains("topic name `dev--gyrinx.tasks--app.ttt"), "{error}");
+    }
+}

@@ -1,0 +1,606 @@
+//! [`TaskRoute`] registers one task function with its name, dotted path and
+//! the reference's options (ack deadline, retry delays, schedule, time zone)
+//! plus ours (kill switch, timeout, max attempts); every problem is kept so the
+//! registry can report them all at once. [`Route`] is the checked result, and
+//! names the task's resources. Nothing here reads the environment.
+
+use std::fmt;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+
+use crate::context::TaskContext;
+use crate::error::ArgumentError;
+use crate::naming::{
+    NameError, NameKind, Naming, check_identifier, check_path, check_pubsub_name, check_scheduler_job_id,
+};
+use crate::schedule::{Schedule, ScheduleError, parse_timezone};
+use crate::task::{DynTask, Erased, RawArguments, TaskFn, TaskFuture};
+
+/// The reference's default ack deadline, in seconds.
+pub const DEFAULT_ACK_DEADLINE: u32 = 300;
+/// The shortest ack deadline Pub/Sub accepts, in seconds.
+pub const MIN_ACK_DEADLINE: u32 = 10;
+/// The longest ack deadline Pub/Sub accepts, in seconds.
+pub const MAX_ACK_DEADLINE: u32 = 600;
+/// The reference's default minimum retry backoff, in seconds.
+pub const DEFAULT_MIN_RETRY_DELAY: u32 = 10;
+/// The reference's default maximum retry backoff, in seconds; also Pub/Sub's limit.
+pub const DEFAULT_MAX_RETRY_DELAY: u32 = 600;
+const MAX_RETRY_DELAY_LIMIT: u32 = 600;
+
+/// A task being registered: a task function, its name and its options,
+/// set with the builder methods below. [`Registry::builder`](crate::Registry::builder)
+/// checks it and turns it into a [`Route`].
+pub struct TaskRoute {
+    route: Route,
+    problems: Vec<RouteError>,
+}
+
+/// A registered task: checked, with every option settled.
+pub struct Route {
+    name: String,
+    path: String,
+    task: Box<dyn DynTask>,
+    ack_deadline: u32,
+    min_retry_delay: u32,
+    max_retry_delay: u32,
+    schedule: Option<Schedule>,
+    timezone: Tz,
+    kill_switch: Option<String>,
+    timeout: Option<Duration>,
+    max_attempts: Option<NonZeroU32>,
+}
+
+impl TaskRoute {
+    /// A route for `task` under `name`, with the reference's defaults. The path
+    /// defaults to the name; [`task_route!`](crate::task_route) derives it from
+    /// the function's module path instead.
+    pub fn new<M: 'static>(name: impl Into<String>, task: impl TaskFn<M>) -> Self {
+        let name = name.into();
+        let problems = check_identifier(NameKind::TaskName, &name).err().map(RouteError::Name).into_iter().collect();
+        let route = Route {
+            path: name.clone(),
+            name,
+            task: Box::new(Erased::new(task)),
+            ack_deadline: DEFAULT_ACK_DEADLINE,
+            min_retry_delay: DEFAULT_MIN_RETRY_DELAY,
+            max_retry_delay: DEFAULT_MAX_RETRY_DELAY,
+            schedule: None,
+            timezone: Tz::UTC,
+            kill_switch: None,
+            timeout: None,
+            max_attempts: None,
+        };
+        Self { route, problems }
+    }
+
+    /// What [`task_route!`](crate::task_route) expands to: the route named after
+    /// the last segment of `written`, with the path it resolves to from `module_path`.
+    #[doc(hidden)]
+    pub fn at_module_path<M: 'static>(module_path: &str, written: &str, task: impl TaskFn<M>) -> Self {
+        let (name, path) = resolve_function_path(module_path, written);
+        Self::new(name, task).path(path)
+    }
+
+    /// The name the route was created with.
+    pub fn name(&self) -> &str {
+        &self.route.name
+    }
+
+    /// Sets the dotted path used in resource names, e.g. `gyrinx.core.tasks.send_welcome_email`.
+    #[must_use]
+    pub fn path(mut self, path: impl Into<String>) -> Self {
+        self.route.path = path.into();
+        self.problems.retain(|problem| !matches!(problem, RouteError::Name(e) if e.kind == NameKind::TaskPath));
+        let checked = check_path(&self.route.path).map_err(RouteError::Name);
+        self.keep(checked)
+    }
+
+    /// Seconds Pub/Sub waits for an answer before redelivering (10..=600, default 300).
+    #[must_use]
+    pub fn ack_deadline(mut self, seconds: u32) -> Self {
+        self.route.ack_deadline = seconds;
+        self
+    }
+
+    /// The shortest retry backoff in seconds (default 10).
+    #[must_use]
+    pub fn min_retry_delay(mut self, seconds: u32) -> Self {
+        self.route.min_retry_delay = seconds;
+        self
+    }
+
+    /// The longest retry backoff in seconds (default 600, at most 600).
+    #[must_use]
+    pub fn max_retry_delay(mut self, seconds: u32) -> Self {
+        self.route.max_retry_delay = seconds;
+        self
+    }
+
+    /// Runs the task on a five-field cron schedule through Cloud Scheduler.
+    #[must_use]
+    pub fn schedule(mut self, expression: &str) -> Self {
+        let parsed = Schedule::parse(expression)
+            .map(|schedule| self.route.schedule = Some(schedule))
+            .map_err(|error| RouteError::Schedule { expression: expression.to_owned(), error });
+        self.keep(parsed)
+    }
+
+    /// The IANA time zone the schedule is read in (default `UTC`).
+    #[must_use]
+    pub fn timezone(mut self, name: &str) -> Self {
+        let parsed = parse_timezone(name).map(|timezone| self.route.timezone = timezone).map_err(RouteError::Timezone);
+        self.keep(parsed)
+    }
+
+    /// Names an environment variable that disables the task when set to
+    /// `false`, `0`, `no` or `off` (any case): its messages are then
+    /// acknowledged without running.
+    #[must_use]
+    pub fn kill_switch(mut self, variable: impl Into<String>) -> Self {
+        let variable = variable.into();
+        let checked = check_identifier(NameKind::KillSwitch, &variable).map_err(RouteError::Name);
+        self.route.kill_switch = Some(variable);
+        self.keep(checked)
+    }
+
+    /// How long one run may take before it is abandoned as a retryable failure.
+    /// Defaults to the ack deadline less a margin; may not exceed the ack
+    /// deadline, or Pub/Sub would redeliver while the first run still goes on.
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.route.timeout = Some(timeout);
+        self
+    }
+
+    /// After this many attempts a delivery is recorded FAILED and acknowledged
+    /// instead of being run again (default: unlimited).
+    #[must_use]
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        let checked =
+            NonZeroU32::new(attempts).map(|n| self.route.max_attempts = Some(n)).ok_or(RouteError::MaxAttempts);
+        self.keep(checked)
+    }
+
+    fn keep(mut self, checked: Result<(), RouteError>) -> Self {
+        self.problems.extend(checked.err());
+        self
+    }
+
+    /// The checked route, or every problem with it: those found as options
+    /// were set, then the checks that need several options together.
+    pub(crate) fn into_route(self) -> Result<Route, Vec<RouteError>> {
+        let Self { route, mut problems } = self;
+        if !(MIN_ACK_DEADLINE..=MAX_ACK_DEADLINE).contains(&route.ack_deadline) {
+            problems.push(RouteError::AckDeadline(route.ack_deadline));
+        }
+        if route.max_retry_delay > MAX_RETRY_DELAY_LIMIT {
+            problems.push(RouteError::MaxRetryDelay(route.max_retry_delay));
+        }
+        if route.min_retry_delay > route.max_retry_delay {
+            problems.push(RouteError::RetryDelaysInverted { min: route.min_retry_delay, max: route.max_retry_delay });
+        }
+        if let Some(timeout) = route.timeout {
+            if timeout.is_zero() || timeout > route.ack_deadline() {
+                problems.push(RouteError::Timeout { timeout, ack_deadline: route.ack_deadline });
+            }
+        }
+        if problems.is_empty() { Ok(route) } else { Err(problems) }
+    }
+}
+
+impl fmt::Debug for TaskRoute {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskRoute").field("route", &self.route).field("problems", &self.problems).finish()
+    }
+}
+
+impl Route {
+    /// The task's name: the `task_name` of its messages.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The dotted path used in resource names.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// How long Pub/Sub waits for an answer before redelivering.
+    pub fn ack_deadline(&self) -> Duration {
+        Duration::from_secs(self.ack_deadline.into())
+    }
+
+    /// The shortest retry backoff.
+    pub fn min_retry_delay(&self) -> Duration {
+        Duration::from_secs(self.min_retry_delay.into())
+    }
+
+    /// The longest retry backoff.
+    pub fn max_retry_delay(&self) -> Duration {
+        Duration::from_secs(self.max_retry_delay.into())
+    }
+
+    /// The schedule, for a scheduled route.
+    pub fn schedule(&self) -> Option<&Schedule> {
+        self.schedule.as_ref()
+    }
+
+    /// The time zone the schedule is read in.
+    pub fn schedule_timezone(&self) -> Tz {
+        self.timezone
+    }
+
+    /// True if the route has a schedule.
+    pub fn is_scheduled(&self) -> bool {
+        self.schedule.is_some()
+    }
+
+    /// The kill switch variable, if the route has one.
+    pub fn kill_switch(&self) -> Option<&str> {
+        self.kill_switch.as_deref()
+    }
+
+    /// Whether the kill switch, read as `value`, lets the task run: anything but
+    /// `false`, `0`, `no` or `off` (any case, surrounding spaces ignored) does,
+    /// and so does an unset variable or a route without a kill switch.
+    pub fn is_enabled_by(&self, value: Option<&str>) -> bool {
+        self.kill_switch.is_none() || value.is_none_or(|value| !is_off(value))
+    }
+
+    /// How long one run may take.
+    pub fn timeout(&self) -> Duration {
+        self.timeout.unwrap_or_else(|| default_timeout(self.ack_deadline()))
+    }
+
+    /// The attempt limit, if any.
+    pub fn max_attempts(&self) -> Option<NonZeroU32> {
+        self.max_attempts
+    }
+
+    /// The Pub/Sub topic, `{env}--{ns}.tasks--{path}`.
+    pub fn topic_name(&self, naming: &Naming) -> String {
+        naming.topic(&self.path)
+    }
+
+    /// The push subscription, `{topic}-sub`.
+    pub fn subscription_name(&self, naming: &Naming) -> String {
+        naming.subscription(&self.path)
+    }
+
+    /// The Cloud Scheduler job id, for a scheduled route only.
+    pub fn scheduler_job_name(&self, naming: &Naming) -> Option<String> {
+        self.is_scheduled().then(|| naming.scheduler_job(&self.path))
+    }
+
+    /// The fire times after `after`, in the schedule's time zone; none for a
+    /// route without a schedule.
+    pub fn fire_times_after(&self, after: DateTime<Utc>) -> impl Iterator<Item = DateTime<Tz>> {
+        let timezone = self.timezone;
+        self.schedule.iter().flat_map(move |schedule| schedule.fire_times_after(after, timezone))
+    }
+
+    /// Starts the task: deserialises the arguments into its parameter types
+    /// and returns the running future, or the reason they do not fit.
+    pub fn call(&self, ctx: TaskContext, arguments: &RawArguments<'_>) -> Result<TaskFuture, ArgumentError> {
+        self.task.call(ctx, arguments)
+    }
+
+    /// Problems with the resource names this route gets under `naming`.
+    pub(crate) fn name_problems(&self, naming: &Naming) -> Vec<RouteError> {
+        let mut checks = vec![
+            check_pubsub_name(NameKind::Topic, &self.topic_name(naming)),
+            check_pubsub_name(NameKind::Subscription, &self.subscription_name(naming)),
+        ];
+        checks.extend(self.scheduler_job_name(naming).map(|job| check_scheduler_job_id(&job)));
+        checks.into_iter().filter_map(Result::err).map(RouteError::Name).collect()
+    }
+}
+
+impl fmt::Debug for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Route")
+            .field("name", &self.name)
+            .field("path", &self.path)
+            .field("ack_deadline", &self.ack_deadline)
+            .field("retry_delays", &(self.min_retry_delay, self.max_retry_delay))
+            .field("schedule", &self.schedule.as_ref().map(Schedule::expression))
+            .field("timezone", &self.timezone)
+            .field("kill_switch", &self.kill_switch)
+            .field("timeout", &self.timeout())
+            .field("max_attempts", &self.max_attempts)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Resolves a function path as written at a call site in `module_path` into
+/// the function's name and its dotted path: `crate` is the crate root, `self`
+/// the calling module, each `super` its parent, anything else a child of it.
+fn resolve_function_path(module_path: &str, written: &str) -> (String, String) {
+    let mut base: Vec<&str> = module_path.split("::").collect();
+    let mut rest: Vec<&str> = written.split("::").map(str::trim).collect();
+    match rest.first() {
+        Some(&"crate") => base.truncate(1),
+        Some(&"self") => {}
+        _ => rest.insert(0, "self"),
+    }
+    rest.remove(0);
+    while rest.first() == Some(&"super") && base.len() > 1 {
+        base.pop();
+        rest.remove(0);
+    }
+    let name = rest.last().copied().unwrap_or_default().to_owned();
+    (name, base.into_iter().chain(rest).collect::<Vec<_>>().join("."))
+}
+
+/// The ack deadline less a tenth of it, the tenth kept between 1 and 10
+/// seconds: time to record the outcome and answer before Pub/Sub redelivers.
+fn default_timeout(deadline: Duration) -> Duration {
+    let margin = (deadline / 10).clamp(Duration::from_secs(1), Duration::from_secs(10));
+    deadline.saturating_sub(margin)
+}
+
+fn is_off(value: &str) -> bool {
+    let value = value.trim();
+    ["false", "0", "no", "off"].iter().any(|off| value.eq_ignore_ascii_case(off))
+}
+
+/// Something wrong with one route.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    /// The name, path, kill switch or a resource name breaks a naming rule.
+    #[error(transparent)]
+    Name(NameError),
+    /// The ack deadline is outside 10..=600 seconds.
+    #[error("ack_deadline {0} is outside {MIN_ACK_DEADLINE}..={MAX_ACK_DEADLINE} seconds")]
+    AckDeadline(u32),
+    /// The maximum retry delay is above Pub/Sub's 600 seconds.
+    #[error("max_retry_delay {0} is above Pub/Sub's limit of {MAX_RETRY_DELAY_LIMIT} seconds")]
+    MaxRetryDelay(u32),
+    /// The minimum retry delay is above the maximum.
+    #[error("min_retry_delay {min} is greater than max_retry_delay {max}")]
+    RetryDelaysInverted {
+        /// The minimum retry delay.
+        min: u32,
+        /// The maximum retry delay.
+        max: u32,
+    },
+    /// The schedule is not a valid cron expression.
+    #[error("schedule {expression:?}: {error}")]
+    Schedule {
+        /// The expression as given.
+        expression: String,
+        /// What is wrong with it.
+        error: ScheduleError,
+    },
+    /// The time zone is not in the tz database.
+    #[error("schedule_timezone: {0}")]
+    Timezone(ScheduleError),
+    /// The timeout is zero or longer than the ack deadline.
+    #[error("timeout {timeout:?} must be above zero and at most the ack deadline of {ack_deadline} s")]
+    Timeout {
+        /// The timeout as given.
+        timeout: Duration,
+        /// The route's ack deadline in seconds.
+        ack_deadline: u32,
+    },
+    /// `max_attempts(0)`.
+    #[error("max_attempts must be at least 1")]
+    MaxAttempts,
+    /// Another route already has this name.
+    #[error("another route is already named `{0}`")]
+    DuplicateName(String),
+    /// Another route already has this path, so both would share one topic.
+    #[error("route `{0}` already has path `{1}`; the two would share a topic")]
+    DuplicatePath(String, String),
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+
+    async fn noop(_: TaskContext) {}
+
+    fn route() -> TaskRoute {
+        TaskRoute::new("send_welcome_email", noop)
+    }
+
+    fn problems(route: TaskRoute) -> Vec<RouteError> {
+        route.into_route().err().unwrap_or_default()
+    }
+
+    #[test]
+    fn defaults_are_the_references() {
+        let route = route().into_route().unwrap();
+        assert_eq!(route.name(), "send_welcome_email");
+        assert_eq!(route.path(), "send_welcome_email");
+        assert_eq!(route.ack_deadline(), Duration::from_secs(300));
+        assert_eq!(route.min_retry_delay(), Duration::from_secs(10));
+        assert_eq!(route.max_retry_delay(), Duration::from_secs(600));
+        assert!(!route.is_scheduled());
+        assert!(route.schedule().is_none());
+        assert_eq!(route.schedule_timezone(), Tz::UTC);
+        assert_eq!(route.kill_switch(), None);
+        assert_eq!(route.max_attempts(), None);
+        assert_eq!(route.timeout(), Duration::from_secs(290));
+    }
+
+    #[test]
+    fn ack_deadline_bounds() {
+        for (seconds, ok) in [(0, false), (9, false), (10, true), (600, true), (601, false)] {
+            let found = problems(route().ack_deadline(seconds));
+            let expected = if ok { vec![] } else { vec![RouteError::AckDeadline(seconds)] };
+            assert_eq!(found, expected, "{seconds}");
+        }
+    }
+
+    #[test]
+    fn retry_delay_bounds() {
+        assert!(problems(route().min_retry_delay(0).max_retry_delay(0)).is_empty());
+        assert!(problems(route().min_retry_delay(600)).is_empty());
+        let inverted = RouteError::RetryDelaysInverted { min: 30, max: 20 };
+        assert_eq!(problems(route().min_retry_delay(30).max_retry_delay(20)), [inverted]);
+        assert_eq!(problems(route().max_retry_delay(601)), [RouteError::MaxRetryDelay(601)]);
+    }
+
+    #[test]
+    fn default_timeout_leaves_a_margin_before_the_ack_deadline() {
+        let timeout = |seconds| route().ack_deadline(seconds).into_route().unwrap().timeout();
+        assert_eq!(timeout(10), Duration::from_secs(9));
+        assert_eq!(timeout(60), Duration::from_secs(54));
+        assert_eq!(timeout(600), Duration::from_secs(590));
+    }
+
+    #[test]
+    fn timeout_must_fit_in_the_ack_deadline() {
+        let route_with = |timeout| route().timeout(timeout);
+        assert_eq!(route_with(Duration::from_secs(120)).into_route().unwrap().timeout(), Duration::from_secs(120));
+        assert!(problems(route_with(Duration::from_secs(300))).is_empty());
+        for timeout in [Duration::ZERO, Duration::from_millis(300_001)] {
+            assert_eq!(problems(route_with(timeout)), [RouteError::Timeout { timeout, ack_deadline: 300 }]);
+        }
+    }
+
+    #[test]
+    fn max_attempts_must_be_positive() {
+        assert_eq!(route().max_attempts(3).into_route().unwrap().max_attempts(), NonZeroU32::new(3));
+        assert_eq!(problems(route().max_attempts(0)), [RouteError::MaxAttempts]);
+    }
+
+    #[test]
+    fn every_problem_is_kept() {
+        let found = problems(
+            TaskRoute::new("bad name", noop)
+                .path("a..b")
+                .ack_deadline(5)
+                .schedule("61 * * * *")
+                .timezone("Nowhere/Land")
+                .kill_switch("1BAD"),
+        );
+        let text: Vec<String> = found.iter().map(ToString::to_string).collect();
+        assert_eq!(text.len(), 6, "{text:#?}");
+        assert_eq!(text[0], "task name `bad name` contains ' '; allowed are letters, digits and _");
+        assert_eq!(text[1], "task path `a..b` must be identifiers joined by dots");
+        assert_eq!(text[2], "schedule \"61 * * * *\": minute: 61 is out of range 0-59");
+        assert!(text[3].starts_with("schedule_timezone: unknown time zone \"Nowhere/Land\""), "{}", text[3]);
+        assert_eq!(text[4], "kill switch variable `1BAD` must start with a letter");
+        assert_eq!(text[5], "ack_deadline 5 is outside 10..=600 seconds");
+    }
+
+    #[test]
+    fn setting_the_path_again_replaces_its_problem() {
+        assert!(problems(route().path("a..b").path("a.b")).is_empty());
+    }
+
+    #[test]
+    fn resource_names() {
+        let naming = Naming::new("prod", "gyrinx").unwrap();
+        let route = || TaskRoute::new("cleanup_old_data", noop).path("gyrinx.core.tasks.cleanup_old_data");
+        let on_demand = route().into_route().unwrap();
+        assert_eq!(on_demand.topic_name(&naming), "prod--gyrinx.tasks--gyrinx.core.tasks.cleanup_old_data");
+        assert_eq!(on_demand.subscription_name(&naming), "prod--gyrinx.tasks--gyrinx.core.tasks.cleanup_old_data-sub");
+        assert_eq!(on_demand.scheduler_job_name(&naming), None);
+        let scheduled = route().schedule("0 3 * * *").into_route().unwrap();
+        assert!(scheduled.is_scheduled());
+        assert_eq!(scheduled.schedule().map(Schedule::expression), Some("0 3 * * *"));
+        assert_eq!(
+            scheduled.scheduler_job_name(&naming).as_deref(),
+            Some("prod--gyrinx-scheduler--gyrinx-core-tasks-cleanup_old_data")
+        );
+    }
+
+    #[test]
+    fn names_too_long_for_google_are_problems() {
+        let long = |length: usize| {
+            TaskRoute::new("t", noop)
+                .path(format!("a.{}", "b".repeat(length)))
+                .schedule("0 3 * * *")
+                .into_route()
+                .unwrap()
+        };
+        let kinds = |route: Route| -> Vec<NameKind> {
+            route
+                .name_problems(&Naming::default())
+                .into_iter()
+                .map(|problem| match problem {
+                    RouteError::Name(error) => error.kind,
+                    other => panic!("{other}"),
+                })
+                .collect()
+        };
+        // dev--gyrinx.tasks-- is 19 characters and -sub 4 more.
+        assert_eq!(kinds(long(230)), []);
+        assert_eq!(kinds(long(231)), [NameKind::Subscription]);
+        assert_eq!(kinds(long(235)), [NameKind::Topic, NameKind::Subscription]);
+        assert_eq!(kinds(long(475)).last(), Some(&NameKind::Subscription));
+        // dev--gyrinx-scheduler-- is 23 characters.
+        assert_eq!(kinds(long(476)).last(), Some(&NameKind::SchedulerJob));
+    }
+
+    #[test]
+    fn kill_switch_reads_off_values_only() {
+        let route = route().kill_switch("ENABLE_WELCOME").into_route().unwrap();
+        assert_eq!(route.kill_switch(), Some("ENABLE_WELCOME"));
+        for off in ["false", "FALSE", "0", "no", "Off", " off "] {
+            assert!(!route.is_enabled_by(Some(off)), "{off}");
+        }
+        for on in ["true", "1", "yes", "on", "", "anything"] {
+            assert!(route.is_enabled_by(Some(on)), "{on}");
+        }
+        assert!(route.is_enabled_by(None));
+        let without = self::route().into_route().unwrap();
+        assert!(without.is_enabled_by(Some("false")), "no kill switch, nothing to switch off");
+    }
+
+    #[test]
+    fn fire_times_follow_the_schedule_in_its_timezone() {
+        let after = Utc.with_ymd_and_hms(2024, 7, 1, 0, 0, 0).unwrap();
+        let route = route().schedule("0 9 * * *").timezone("Europe/London").into_route().unwrap();
+        let first = route.fire_times_after(after).next().unwrap();
+        assert_eq!(first.with_timezone(&Utc), Utc.with_ymd_and_hms(2024, 7, 1, 8, 0, 0).unwrap());
+        assert_eq!(self::route().into_route().unwrap().fire_times_after(after).count(), 0);
+    }
+
+    #[test]
+    fn function_paths_resolve_like_rust_paths() {
+        let resolve = |written| resolve_function_path("shop::jobs::registry", written);
+        let pair = |name: &str, path: &str| (name.to_owned(), path.to_owned());
+        assert_eq!(resolve("crate::tasks::send"), pair("send", "shop.tasks.send"));
+        assert_eq!(resolve("crate :: tasks :: send"), pair("send", "shop.tasks.send"));
+        assert_eq!(resolve("send"), pair("send", "shop.jobs.registry.send"));
+        assert_eq!(resolve("self::send"), pair("send", "shop.jobs.registry.send"));
+        assert_eq!(resolve("emails::send"), pair("send", "shop.jobs.registry.emails.send"));
+        assert_eq!(resolve("super::send"), pair("send", "shop.jobs.send"));
+        assert_eq!(resolve("super::super::send"), pair("send", "shop.send"));
+    }
+
+    mod emails {
+        pub(super) async fn send_welcome_email(_: super::TaskContext) {}
+    }
+
+    #[test]
+    fn the_macro_names_the_route_after_the_function_and_its_module() {
+        let route = crate::task_route!(emails::send_welcome_email).into_route().unwrap();
+        assert_eq!(route.name(), "send_welcome_email");
+        assert_eq!(route.path(), "whirligig_registry.route.tests.emails.send_welcome_email");
+        let from_root = crate::task_route!(crate::route::tests::emails::send_welcome_email).into_route().unwrap();
+        assert_eq!(from_root.path(), route.path());
+        let from_self = crate::task_route!(self::emails::send_welcome_email).into_route().unwrap();
+        assert_eq!(from_self.path(), route.path());
+    }
+
+    #[test]
+    fn call_runs_the_task_function() {
+        let route = route().into_route().unwrap();
+        assert!(route.call(TaskContext::new("t"), &RawArguments::empty()).is_ok());
+        let args: &serde_json::value::RawValue = serde_json::from_str("[1]").unwrap();
+        let kwargs: &serde_json::value::RawValue = serde_json::from_str("{}").unwrap();
+        let error = route.call(TaskContext::new("t"), &RawArguments::new(args, kwargs).unwrap()).err().unwrap();
+        assert_eq!(error.reason(), "the task takes no args, got [1]");
+    }
+}
