@@ -97,6 +97,7 @@ fn python_float_repr(value: f64) -> String {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
     use serde_json::json;
 
     use super::*;
@@ -147,5 +148,16 @@ mod tests {
     fn control_and_delete_characters_match_json_dumps() {
         // python3 -c 'import json; print(json.dumps("\x00\x1f\x7f\t"))'
         assert_eq!(to_string("\u{0}\u{1f}\u{7f}\t").unwrap(), r#""\u0000\u001f\u007f\t""#);
+    }
+
+    proptest! {
+        #[test]
+        fn float_repr_reads_back_as_the_same_float(bits in any::<u64>()) {
+            let value = f64::from_bits(bits);
+            prop_assume!(value.is_finite());
+            let text = python_float_repr(value);
+            prop_assert_eq!(text.parse::<f64>().unwrap().to_bits(), value.to_bits(), "{}", text);
+            prop_assert!(text.contains('.') || text.contains('e'), "{}", text);
+        }
     }
 }
