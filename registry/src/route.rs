@@ -1,8 +1,8 @@
 //! [`TaskRoute`] registers one task function with its name, dotted path and
 //! the reference's options (ack deadline, retry delays, schedule, time zone)
-//! plus ours (kill switch, timeout, max attempts); every problem is kept so the
-//! registry can report them all at once. [`Route`] is the checked result, and
-//! names the task's resources. Nothing here reads the environment.
+//! plus ours (kill switch, timeout, max attempts). [`Route`] is the checked
+//! result, with every problem found on the way reported at once, and names the
+//! task's resources. Nothing here reads the environment.
 
 use std::fmt;
 use std::num::NonZeroU32;
@@ -31,12 +31,15 @@ pub const DEFAULT_MIN_RETRY_DELAY: u32 = 10;
 pub const DEFAULT_MAX_RETRY_DELAY: u32 = 600;
 const MAX_RETRY_DELAY_LIMIT: u32 = 600;
 
-/// A task being registered: a task function, its name and its options,
-/// set with the builder methods below. [`Registry::builder`](crate::Registry::builder)
-/// checks it and turns it into a [`Route`].
+/// A task being registered: a task function, its name and its options, set
+/// with the builder methods below and checked all together when
+/// [`RegistryBuilder::build`](crate::RegistryBuilder::build) turns it into a [`Route`].
 pub struct TaskRoute {
+    /// Every option that needs no parsing, unchecked until [`TaskRoute::into_route`].
     route: Route,
-    problems: Vec<RouteError>,
+    schedule: Option<String>,
+    timezone: Option<String>,
+    max_attempts: Option<u32>,
 }
 
 /// A registered task: checked, with every option settled.
@@ -60,7 +63,6 @@ impl TaskRoute {
     /// the function's module path instead.
     pub fn new<M: 'static>(name: impl Into<String>, task: impl TaskFn<M>) -> Self {
         let name = name.into();
-        let problems = check_identifier(NameKind::TaskName, &name).err().map(RouteError::Name).into_iter().collect();
         let route = Route {
             path: name.clone(),
             name,
@@ -74,7 +76,7 @@ impl TaskRoute {
             timeout: None,
             max_attempts: None,
         };
-        Self { route, problems }
+        Self { route, schedule: None, timezone: None, max_attempts: None }
     }
 
     /// What [`task_route!`](crate::task_route) expands to: the route named after
@@ -94,9 +96,7 @@ impl TaskRoute {
     #[must_use]
     pub fn path(mut self, path: impl Into<String>) -> Self {
         self.route.path = path.into();
-        self.problems.retain(|problem| !matches!(problem, RouteError::Name(e) if e.kind == NameKind::TaskPath));
-        let checked = check_path(&self.route.path).map_err(RouteError::Name);
-        self.keep(checked)
+        self
     }
 
     /// Seconds Pub/Sub waits for an answer before redelivering (10..=600, default 300).
@@ -122,18 +122,16 @@ impl TaskRoute {
 
     /// Runs the task on a five-field cron schedule through Cloud Scheduler.
     #[must_use]
-    pub fn schedule(mut self, expression: &str) -> Self {
-        let parsed = Schedule::parse(expression)
-            .map(|schedule| self.route.schedule = Some(schedule))
-            .map_err(|error| RouteError::Schedule { expression: expression.to_owned(), error });
-        self.keep(parsed)
+    pub fn schedule(mut self, expression: impl Into<String>) -> Self {
+        self.schedule = Some(expression.into());
+        self
     }
 
     /// The IANA time zone the schedule is read in (default `UTC`).
     #[must_use]
-    pub fn timezone(mut self, name: &str) -> Self {
-        let parsed = parse_timezone(name).map(|timezone| self.route.timezone = timezone).map_err(RouteError::Timezone);
-        self.keep(parsed)
+    pub fn timezone(mut self, name: impl Into<String>) -> Self {
+        self.timezone = Some(name.into());
+        self
     }
 
     /// Names an environment variable that disables the task when set to
@@ -141,10 +139,8 @@ impl TaskRoute {
     /// acknowledged without running.
     #[must_use]
     pub fn kill_switch(mut self, variable: impl Into<String>) -> Self {
-        let variable = variable.into();
-        let checked = check_identifier(NameKind::KillSwitch, &variable).map_err(RouteError::Name);
-        self.route.kill_switch = Some(variable);
-        self.keep(checked)
+        self.route.kill_switch = Some(variable.into());
+        self
     }
 
     /// How long one run may take before it is abandoned as a retryable failure.
@@ -160,41 +156,43 @@ impl TaskRoute {
     /// instead of being run again (default: unlimited).
     #[must_use]
     pub fn max_attempts(mut self, attempts: u32) -> Self {
-        let checked =
-            NonZeroU32::new(attempts).map(|n| self.route.max_attempts = Some(n)).ok_or(RouteError::MaxAttempts);
-        self.keep(checked)
-    }
-
-    fn keep(mut self, checked: Result<(), RouteError>) -> Self {
-        self.problems.extend(checked.err());
+        self.max_attempts = Some(attempts);
         self
     }
 
-    /// The checked route, or every problem with it: those found as options
-    /// were set, then the checks that need several options together.
+    /// The checked route, or every problem with it.
     pub(crate) fn into_route(self) -> Result<Route, Vec<RouteError>> {
-        let Self { route, mut problems } = self;
-        if !(MIN_ACK_DEADLINE..=MAX_ACK_DEADLINE).contains(&route.ack_deadline) {
-            problems.push(RouteError::AckDeadline(route.ack_deadline));
-        }
-        if route.max_retry_delay > MAX_RETRY_DELAY_LIMIT {
-            problems.push(RouteError::MaxRetryDelay(route.max_retry_delay));
-        }
-        if route.min_retry_delay > route.max_retry_delay {
-            problems.push(RouteError::RetryDelaysInverted { min: route.min_retry_delay, max: route.max_retry_delay });
-        }
-        if let Some(timeout) = route.timeout {
-            if timeout.is_zero() || timeout > route.ack_deadline() {
-                problems.push(RouteError::Timeout { timeout, ack_deadline: route.ack_deadline });
+        let mut route = self.route;
+        let mut problems: Vec<RouteError> = route.identifier_problems().collect();
+        if let Some(expression) = self.schedule {
+            match Schedule::parse(&expression) {
+                Ok(schedule) => route.schedule = Some(schedule),
+                Err(error) => problems.push(RouteError::Schedule { expression, error }),
             }
         }
+        if let Some(name) = self.timezone {
+            match parse_timezone(&name) {
+                Ok(timezone) => route.timezone = timezone,
+                Err(error) => problems.push(RouteError::Timezone(error)),
+            }
+        }
+        if let Some(attempts) = self.max_attempts {
+            route.max_attempts = NonZeroU32::new(attempts);
+            problems.extend(route.max_attempts.is_none().then_some(RouteError::MaxAttempts));
+        }
+        problems.extend(route.timing_problems());
         if problems.is_empty() { Ok(route) } else { Err(problems) }
     }
 }
 
 impl fmt::Debug for TaskRoute {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TaskRoute").field("route", &self.route).field("problems", &self.problems).finish()
+        f.debug_struct("TaskRoute")
+            .field("route", &self.route)
+            .field("schedule", &self.schedule)
+            .field("timezone", &self.timezone)
+            .field("max_attempts", &self.max_attempts)
+            .finish()
     }
 }
 
@@ -287,6 +285,34 @@ impl Route {
     /// and returns the running future, or the reason they do not fit.
     pub fn call(&self, ctx: TaskContext, arguments: &RawArguments<'_>) -> Result<TaskFuture, ArgumentError> {
         self.task.call(ctx, arguments)
+    }
+
+    /// The name, path and kill switch variable, each against its rule.
+    fn identifier_problems(&self) -> impl Iterator<Item = RouteError> {
+        let kill_switch = self.kill_switch.as_deref().map(|variable| check_identifier(NameKind::KillSwitch, variable));
+        [check_identifier(NameKind::TaskName, &self.name), check_path(&self.path)]
+            .into_iter()
+            .chain(kill_switch)
+            .filter_map(Result::err)
+            .map(RouteError::Name)
+    }
+
+    /// The ack deadline, retry delays and timeout, against Pub/Sub's bounds and each other.
+    fn timing_problems(&self) -> Vec<RouteError> {
+        let mut problems = Vec::new();
+        if !(MIN_ACK_DEADLINE..=MAX_ACK_DEADLINE).contains(&self.ack_deadline) {
+            problems.push(RouteError::AckDeadline(self.ack_deadline));
+        }
+        if self.max_retry_delay > MAX_RETRY_DELAY_LIMIT {
+            problems.push(RouteError::MaxRetryDelay(self.max_retry_delay));
+        }
+        if self.min_retry_delay > self.max_retry_delay {
+            problems.push(RouteError::RetryDelaysInverted { min: self.min_retry_delay, max: self.max_retry_delay });
+        }
+        if let Some(timeout) = self.timeout.filter(|t| t.is_zero() || *t > self.ack_deadline()) {
+            problems.push(RouteError::Timeout { timeout, ack_deadline: self.ack_deadline });
+        }
+        problems
     }
 
     /// Problems with the resource names this route gets under `naming`.
@@ -486,15 +512,17 @@ mod tests {
         assert_eq!(text.len(), 6, "{text:#?}");
         assert_eq!(text[0], "task name `bad name` contains ' '; allowed are letters, digits and _");
         assert_eq!(text[1], "task path `a..b` must be identifiers joined by dots");
-        assert_eq!(text[2], "schedule \"61 * * * *\": minute: 61 is out of range 0-59");
-        assert!(text[3].starts_with("schedule_timezone: unknown time zone \"Nowhere/Land\""), "{}", text[3]);
-        assert_eq!(text[4], "kill switch variable `1BAD` must start with a letter");
+        assert_eq!(text[2], "kill switch variable `1BAD` must start with a letter");
+        assert_eq!(text[3], "schedule \"61 * * * *\": minute: 61 is out of range 0-59");
+        assert!(text[4].starts_with("schedule_timezone: unknown time zone \"Nowhere/Land\""), "{}", text[4]);
         assert_eq!(text[5], "ack_deadline 5 is outside 10..=600 seconds");
     }
 
     #[test]
-    fn setting_the_path_again_replaces_its_problem() {
-        assert!(problems(route().path("a..b").path("a.b")).is_empty());
+    fn the_last_setting_of_an_option_counts() {
+        let route =
+            route().path("a..b").path("a.b").schedule("bad").schedule("0 3 * * *").timezone("X").timezone("UTC");
+        assert!(problems(route).is_empty());
     }
 
     #[test]
