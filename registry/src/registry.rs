@@ -167,6 +167,24 @@ mod tests {
     }
 
     #[test]
+    fn a_registry_is_shared_across_threads() {
+        use std::sync::Arc;
+        use std::task::{Context, Poll, Waker};
+
+        let registry = Arc::new(Registry::builder().route(TaskRoute::new("noop", noop)).build().unwrap());
+        let shared = Arc::clone(&registry);
+        let output = std::thread::spawn(move || {
+            let route = shared.get("noop").unwrap();
+            let mut running = route.call(TaskContext::new("t"), &crate::task::RawArguments::empty()).unwrap();
+            match running.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+                Poll::Ready(output) => output.unwrap().get().to_owned(),
+                Poll::Pending => panic!("noop waited"),
+            }
+        });
+        assert_eq!(output.join().unwrap(), "null");
+    }
+
+    #[test]
     fn an_empty_registry_is_allowed() {
         assert!(Registry::builder().build().unwrap().is_empty());
     }

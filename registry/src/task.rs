@@ -334,6 +334,23 @@ mod tests {
     }
 
     #[test]
+    fn closures_capturing_state_are_tasks_too() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicU32, Ordering};
+
+        let runs = Arc::new(AtomicU32::new(0));
+        let counted = Arc::clone(&runs);
+        let task = move |_: TaskContext, Args((n,)): Args<(u32,)>| {
+            let runs = Arc::clone(&counted);
+            async move { Ok::<_, TaskError>(runs.fetch_add(n, Ordering::SeqCst) + n) }
+        };
+        assert_eq!(call(task.clone(), "[2]", "{}").unwrap().unwrap(), "2");
+        assert_eq!(call(task.clone(), "[3]", "{}").unwrap().unwrap(), "5");
+        assert!(call(task.clone(), "[\"x\"]", "{}").is_err());
+        assert_eq!(runs.load(Ordering::SeqCst), 5, "arguments that do not fit never start the task");
+    }
+
+    #[test]
     fn task_errors_keep_their_kind() {
         async fn fails(_: TaskContext) -> Result<(), TaskError> {
             Err(TaskError::permanent("no such user"))
