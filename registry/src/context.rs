@@ -1,6 +1,9 @@
 //! [`TaskContext`]: what a running task may know about its execution. Built by
 //! whoever runs the task (the push endpoint or job mode); it carries no I/O.
 
+use std::any::Any;
+use std::sync::Arc;
+
 use tokio_util::sync::CancellationToken;
 
 /// The shard of a Cloud Run job execution that runs this task
@@ -14,13 +17,26 @@ pub struct JobShard {
 }
 
 /// Facts about one execution, passed to every task function.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct TaskContext {
     task_id: String,
     attempt: u32,
     message_id: Option<String>,
     job: Option<JobShard>,
     cancellation: CancellationToken,
+    extension: Option<Arc<dyn Any + Send + Sync>>,
+}
+
+impl std::fmt::Debug for TaskContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskContext")
+            .field("task_id", &self.task_id)
+            .field("attempt", &self.attempt)
+            .field("message_id", &self.message_id)
+            .field("job", &self.job)
+            .field("cancelled", &self.is_cancelled())
+            .finish_non_exhaustive()
+    }
 }
 
 impl TaskContext {
@@ -32,6 +48,7 @@ impl TaskContext {
             message_id: None,
             job: None,
             cancellation: CancellationToken::new(),
+            extension: None,
         }
     }
 
@@ -61,6 +78,19 @@ impl TaskContext {
     pub fn with_cancellation(mut self, token: CancellationToken) -> Self {
         self.cancellation = token;
         self
+    }
+
+    /// Attaches the runner's own resources (the handler's database pool), for
+    /// the runner's helpers to find again with [`extension`](Self::extension).
+    #[must_use]
+    pub fn with_extension(mut self, extension: Arc<dyn Any + Send + Sync>) -> Self {
+        self.extension = Some(extension);
+        self
+    }
+
+    /// The resources the runner attached, if they are a `T`.
+    pub fn extension<T: Any>(&self) -> Option<&T> {
+        self.extension.as_deref()?.downcast_ref()
     }
 
     /// The execution id: the message's task_id, or the id derived for a
@@ -123,5 +153,13 @@ mod tests {
         assert_eq!(ctx.job(), Some(JobShard { index: 1, count: 4 }));
         token.cancel();
         assert!(ctx.is_cancelled());
+    }
+
+    #[test]
+    fn an_extension_is_found_by_its_type() {
+        let ctx = TaskContext::new("t").with_extension(Arc::new(42_u32));
+        assert_eq!(ctx.extension::<u32>(), Some(&42));
+        assert_eq!(ctx.extension::<String>(), None);
+        assert_eq!(TaskContext::new("t").extension::<u32>(), None);
     }
 }

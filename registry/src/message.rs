@@ -71,8 +71,17 @@ pub fn scheduled_task_id(task_name: &str) -> String {
 }
 
 /// A received payload, read without copying its arguments.
-#[derive(Debug, Deserialize)]
+#[derive(Debug)]
 pub struct ReceivedMessage<'a> {
+    task_id: Option<String>,
+    task_name: Cow<'a, str>,
+    arguments: RawArguments<'a>,
+    enqueued_at: Option<DateTime<Utc>>,
+}
+
+/// The payload as it is on the wire.
+#[derive(Deserialize)]
+struct Wire<'a> {
     #[serde(default)]
     task_id: Option<String>,
     #[serde(borrow)]
@@ -96,12 +105,14 @@ impl<'a> ReceivedMessage<'a> {
     /// reference; one of the wrong JSON type, an empty task name, or anything
     /// that is not a JSON object of this shape is an error.
     pub fn parse(data: &'a [u8]) -> Result<Self, MessageError> {
-        let message: Self = serde_json::from_slice(data).map_err(|error| MessageError::Malformed(error.to_string()))?;
-        if message.task_name.is_empty() {
+        let wire: Wire<'a> =
+            serde_json::from_slice(data).map_err(|error| MessageError::Malformed(error.to_string()))?;
+        if wire.task_name.is_empty() {
             return Err(MessageError::EmptyTaskName);
         }
-        message.arguments()?;
-        Ok(message)
+        let empty = RawArguments::empty();
+        let arguments = RawArguments::new(wire.args.unwrap_or(empty.args()), wire.kwargs.unwrap_or(empty.kwargs()))?;
+        Ok(Self { task_id: wire.task_id, task_name: wire.task_name, arguments, enqueued_at: wire.enqueued_at })
     }
 
     /// The task id as sent, if any.
@@ -119,12 +130,9 @@ impl<'a> ReceivedMessage<'a> {
         self.enqueued_at
     }
 
-    /// The arguments, still raw JSON.
-    pub fn arguments(&self) -> Result<RawArguments<'a>, MessageError> {
-        let empty = RawArguments::empty();
-        let args = self.args.unwrap_or(empty.args());
-        let kwargs = self.kwargs.unwrap_or(empty.kwargs());
-        Ok(RawArguments::new(args, kwargs)?)
+    /// The arguments, still raw JSON, already checked to be a list and an object.
+    pub fn arguments(&self) -> RawArguments<'a> {
+        self.arguments
     }
 
     /// The id this delivery is recorded under. Scheduled messages all carry
@@ -256,7 +264,7 @@ mod tests {
         assert_eq!(received.task_id(), Some(original.task_id.as_str()));
         assert_eq!(received.task_name(), "send_welcome_email");
         assert_eq!(received.enqueued_at(), original.enqueued_at);
-        let arguments = received.arguments().unwrap();
+        let arguments = received.arguments();
         assert_eq!(serde_json::from_str::<Value>(arguments.args().get()).unwrap(), json!([1, [2, 3], {"k": null}]));
         assert_eq!(serde_json::from_str::<Value>(arguments.kwargs().get()).unwrap(), json!({"a": "é", "b": 1e-7}));
     }
@@ -264,7 +272,7 @@ mod tests {
     #[test]
     fn missing_args_and_kwargs_mean_none() {
         let received = ReceivedMessage::parse(br#"{"task_name": "noop"}"#).unwrap();
-        let arguments = received.arguments().unwrap();
+        let arguments = received.arguments();
         assert_eq!((arguments.args().get(), arguments.kwargs().get()), ("[]", "{}"));
         assert_eq!(received.task_id(), None);
         assert_eq!(received.enqueued_at(), None);

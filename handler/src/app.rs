@@ -1,0 +1,130 @@
+//! The HTTP application: routes a request to the health checks or the push
+//! endpoint, enforces the body limit, and turns an [`Answer`] into a response.
+//! Separate from serving, so tests can hand it requests without a socket.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt as _, Full, LengthLimitError, Limited};
+use hyper::body::Body;
+use tokio_util::sync::CancellationToken;
+use whirligig_registry::Registry;
+
+use crate::auth::PushAuth;
+use crate::context::Resources;
+use crate::executor::Executor;
+use crate::push::{Answer, push};
+use crate::store::ExecutionStore;
+
+/// The largest push body accepted: a Pub/Sub message holds at most 10 MB of
+/// data, which base64 inflates by 4/3, plus the envelope around it.
+pub const MAX_BODY_BYTES: usize = 14 * 1024 * 1024;
+
+/// The push endpoint's paths; Pub/Sub is configured with the first.
+const PUSH_PATHS: [&str; 2] = ["/tasks/pubsub/", "/tasks/pubsub"];
+
+/// Everything a request needs, shared by every connection.
+#[derive(Debug)]
+pub struct App<S> {
+    registry: Arc<Registry>,
+    executor: Executor<S>,
+    auth: PushAuth,
+    shutdown: CancellationToken,
+    draining: AtomicBool,
+}
+
+impl<S: ExecutionStore> App<S> {
+    pub(crate) fn new(registry: Arc<Registry>, store: Arc<S>, resources: Resources, auth: PushAuth) -> Self {
+        let shutdown = CancellationToken::new();
+        let executor = Executor::new(store, Arc::new(resources), shutdown.clone());
+        Self { registry, executor, auth, shutdown, draining: AtomicBool::new(false) }
+    }
+
+    /// Stops taking new pushes (they get 503) and tells running tasks, through
+    /// their context, that the instance is shutting down.
+    pub fn begin_shutdown(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        self.shutdown.cancel();
+    }
+
+    /// Answers one request.
+    pub async fn handle<B>(&self, request: Request<B>) -> Response<Full<Bytes>>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let answer = match (request.method(), request.uri().path()) {
+            (&Method::GET, "/healthz") => Answer::new(StatusCode::OK, "ok"),
+            (&Method::GET, "/readyz") => self.readiness().await,
+            (&Method::POST, path) if PUSH_PATHS.contains(&path) => self.push(request).await,
+            (_, path) if PUSH_PATHS.contains(&path) || path == "/healthz" || path == "/readyz" => {
+                Answer::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+            }
+            _ => Answer::new(StatusCode::NOT_FOUND, "not found"),
+        };
+        respond(answer)
+    }
+
+    async fn readiness(&self) -> Answer {
+        match self.executor.store().ping().await {
+            Ok(()) => Answer::new(StatusCode::OK, "ready"),
+            Err(error) => {
+                tracing::warn!(%error, "not ready");
+                Answer::new(StatusCode::SERVICE_UNAVAILABLE, "store unreachable")
+            }
+        }
+    }
+
+    async fn push<B>(&self, request: Request<B>) -> Answer
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        // Authentication comes first: an unauthenticated request costs no body read.
+        if let Err(error) = self.auth.check(request.headers()) {
+            tracing::warn!(%error, "push rejected");
+            return Answer::new(StatusCode::FORBIDDEN, "forbidden");
+        }
+        if self.draining.load(Ordering::SeqCst) {
+            return Answer::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down; retry");
+        }
+        match read_body(request).await {
+            Ok(body) => push(&self.registry, &self.executor, &body).await,
+            Err(answer) => answer,
+        }
+    }
+}
+
+/// The whole body, or 413 past [`MAX_BODY_BYTES`] (before reading, when the
+/// length is declared).
+async fn read_body<B>(request: Request<B>) -> Result<Bytes, Answer>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let too_large = || Answer::new(StatusCode::PAYLOAD_TOO_LARGE, format!("body over {MAX_BODY_BYTES} bytes"));
+    let declared = request.headers().get(header::CONTENT_LENGTH).and_then(|value| value.to_str().ok()?.parse().ok());
+    if declared.is_some_and(|length: usize| length > MAX_BODY_BYTES) {
+        return Err(too_large());
+    }
+    match Limited::new(request.into_body(), MAX_BODY_BYTES).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<LengthLimitError>() => Err(too_large()),
+        Err(error) => {
+            Err(Answer::new(StatusCode::BAD_REQUEST, format!("bad request: body could not be read: {error}")))
+        }
+    }
+}
+
+fn respond(answer: Answer) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(format!("{}\n", answer.body))));
+    *response.status_mut() = answer.status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
+    if let Some(seconds) = answer.retry_after {
+        headers.insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+    }
+    response
+}

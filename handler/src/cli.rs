@@ -1,0 +1,231 @@
+//! The command line: `serve` (the default), `run` (Cloud Run job mode),
+//! `routes` and `migrate`. Each command loads the configuration, picks the
+//! store, and reports failure as one line on stderr with an exit code.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use serde_json::value::RawValue;
+use tokio::net::TcpListener;
+use whirligig_registry::{JobShard, RawArguments, Registry, RegistryError};
+
+use crate::app::App;
+use crate::auth::PushAuth;
+use crate::config::{Config, ConfigError, DatabaseConfig, redact};
+use crate::context::Resources;
+use crate::executor::{Delivery, Executor, Outcome};
+use crate::server::{SHUTDOWN_GRACE, serve, shutdown_signal};
+use crate::store::{ExecutionStore, MemoryStore, PostgresStore, StoreError, migrate};
+
+/// Background tasks for Google Cloud Run.
+#[derive(Debug, Parser)]
+#[command(name = "whirligig", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the Pub/Sub push endpoint on 0.0.0.0:$PORT (the default command).
+    Serve,
+    /// Run one task to completion, as a Cloud Run job does.
+    Run {
+        /// The task's name.
+        name: String,
+        /// Positional arguments, a JSON list.
+        #[arg(long)]
+        args: Option<String>,
+        /// Keyword arguments, a JSON object.
+        #[arg(long)]
+        kwargs: Option<String>,
+        /// The execution id (default: {CLOUD_RUN_EXECUTION}-{CLOUD_RUN_TASK_INDEX}, or a new UUID).
+        #[arg(long)]
+        task_id: Option<String>,
+    },
+    /// List the routes and their resource names.
+    Routes,
+    /// Apply the database migrations.
+    Migrate,
+}
+
+/// What stops a command; each says what to fix in one line.
+#[derive(Debug, thiserror::Error)]
+enum Fatal {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {0}: {1}")]
+    Listen(SocketAddr, std::io::Error),
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl Fatal {
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            Self::Store(_) | Self::Listen(..) => ExitCode::FAILURE,
+            Self::Config(_) | Self::Registry(_) | Self::Usage(_) => ExitCode::from(2),
+        }
+    }
+}
+
+/// Parses the command line and runs the command.
+pub(crate) async fn run(registry: Registry) -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            let _ = error.print();
+            return if error.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+        }
+    };
+    crate::logging::init();
+    match command(cli.command.unwrap_or(Command::Serve), registry).await {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("whirligig: {error}");
+            error.exit_code()
+        }
+    }
+}
+
+async fn command(command: Command, registry: Registry) -> Result<ExitCode, Fatal> {
+    let config = Config::from_env()?;
+    registry.check_names(&config.naming)?;
+    match command {
+        Command::Serve => serve_command(&config, registry).await,
+        Command::Run { name, args, kwargs, task_id } => {
+            let job = JobRun { name, args, kwargs, task_id };
+            run_command(&config, &registry, job).await
+        }
+        Command::Routes => {
+            print!("{}", crate::routes::table(&registry, &config.naming));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate => {
+            let database = config.database.as_ref().ok_or_else(|| Fatal::Usage("migrate needs DATABASE_URL".into()))?;
+            let applied = migrate(&database.url).await?;
+            println!("{} migration(s) applied to {}", applied.len(), redact(&database.url));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// The store the configuration asks for: PostgreSQL, migrated, or memory in dev.
+async fn postgres(database: &DatabaseConfig) -> Result<PostgresStore, Fatal> {
+    let applied = migrate(&database.url).await?;
+    tracing::info!(database = %redact(&database.url), applied = applied.len(), "migrations up to date");
+    Ok(PostgresStore::new(&database.url, database.pool_size, database.pool_timeout)?)
+}
+
+fn warn_in_memory() {
+    tracing::warn!("DATABASE_URL is not set: executions are kept in memory and NOT persisted (dev only)");
+}
+
+async fn serve_command(config: &Config, registry: Registry) -> Result<ExitCode, Fatal> {
+    let registry = Arc::new(registry);
+    match &config.database {
+        Some(database) => {
+            let store = postgres(database).await?;
+            let resources = Resources { database: Some(store.clone()) };
+            serve_app(config, App::new(registry, Arc::new(store), resources, push_auth(config))).await
+        }
+        None => {
+            warn_in_memory();
+            let app = App::new(registry, Arc::new(MemoryStore::default()), Resources::default(), push_auth(config));
+            serve_app(config, app).await
+        }
+    }
+}
+
+fn push_auth(config: &Config) -> PushAuth {
+    if !config.is_dev() {
+        tracing::warn!("push requests are not authenticated yet: OIDC verification is not built in this version");
+    }
+    PushAuth::None
+}
+
+async fn serve_app<S: ExecutionStore>(config: &Config, app: App<S>) -> Result<ExitCode, Fatal> {
+    let address = SocketAddr::from((Ipv4Addr::UNSPECIFIED, config.port));
+    let listener = TcpListener::bind(address).await.map_err(|error| Fatal::Listen(address, error))?;
+    tracing::info!(%address, environment = config.naming.environment(), "serving");
+    serve(listener, Arc::new(app), shutdown_signal(), SHUTDOWN_GRACE).await;
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `whirligig run`'s arguments.
+struct JobRun {
+    name: String,
+    args: Option<String>,
+    kwargs: Option<String>,
+    task_id: Option<String>,
+}
+
+async fn run_command(config: &Config, registry: &Registry, job: JobRun) -> Result<ExitCode, Fatal> {
+    match &config.database {
+        Some(database) => {
+            let store = postgres(database).await?;
+            let resources = Resources { database: Some(store.clone()) };
+            run_job(registry, Arc::new(store), resources, job).await
+        }
+        None => {
+            warn_in_memory();
+            run_job(registry, Arc::new(MemoryStore::default()), Resources::default(), job).await
+        }
+    }
+}
+
+async fn run_job<S: ExecutionStore>(
+    registry: &Registry,
+    store: Arc<S>,
+    resources: Resources,
+    job: JobRun,
+) -> Result<ExitCode, Fatal> {
+    let route = registry.get(&job.name).ok_or_else(|| Fatal::Usage(format!("unknown task {:?}", job.name)))?;
+    let args = raw_json("--args", job.args.as_deref().unwrap_or("[]"))?;
+    let kwargs = raw_json("--kwargs", job.kwargs.as_deref().unwrap_or("{}"))?;
+    let arguments = RawArguments::new(args, kwargs).map_err(|error| Fatal::Usage(error.to_string()))?;
+    let shard = job_shard();
+    let task_id = job.task_id.unwrap_or_else(|| default_task_id(shard));
+    let executor = Executor::new(store, Arc::new(resources), tokio_util::sync::CancellationToken::new());
+    let delivery =
+        Delivery { route, task_id: task_id.clone(), arguments, message_id: None, enqueued_at: None, job: shard };
+    let outcome = executor.execute(delivery).await;
+    tracing::info!(task_name = route.name(), task_id, ?outcome, "job finished");
+    Ok(match outcome {
+        Outcome::Succeeded | Outcome::Duplicate | Outcome::Skipped { .. } => ExitCode::SUCCESS,
+        Outcome::BadArguments(error) => return Err(Fatal::Usage(error.to_string())),
+        _ => ExitCode::FAILURE,
+    })
+}
+
+fn raw_json<'a>(flag: &str, text: &'a str) -> Result<&'a RawValue, Fatal> {
+    serde_json::from_str(text).map_err(|error| Fatal::Usage(format!("{flag} is not JSON: {error}")))
+}
+
+fn env_number(name: &str) -> Option<u32> {
+    std::env::var(name).ok()?.parse().ok()
+}
+
+/// `CLOUD_RUN_TASK_INDEX` of `CLOUD_RUN_TASK_COUNT`, when run as a job.
+fn job_shard() -> Option<JobShard> {
+    Some(JobShard {
+        index: env_number("CLOUD_RUN_TASK_INDEX")?,
+        count: env_number("CLOUD_RUN_TASK_COUNT").unwrap_or(1),
+    })
+}
+
+/// `{execution}-{index}`, so a retried job attempt is recognised; a fresh
+/// UUID outside Cloud Run.
+fn default_task_id(shard: Option<JobShard>) -> String {
+    match std::env::var("CLOUD_RUN_EXECUTION") {
+        Ok(execution) if !execution.is_empty() => format!("{execution}-{}", shard.map_or(0, |shard| shard.index)),
+        _ => uuid::Uuid::new_v4().to_string(),
+    }
+}

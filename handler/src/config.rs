@@ -1,0 +1,232 @@
+//! Configuration: every variable the process reads, loaded once from the
+//! environment and checked together, so one message names every problem.
+//! Secrets (the password in DATABASE_URL) never reach a log line.
+
+use std::fmt;
+use std::time::Duration;
+
+use whirligig_registry::{DEFAULT_ENVIRONMENT, DEFAULT_NAMESPACE, Naming};
+
+/// The development environment: the only one where the in-memory store is allowed.
+const DEV: &str = "dev";
+
+/// The process's configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `TASKS_ENVIRONMENT` and `TASKS_NAMESPACE`, which prefix every resource name.
+    pub naming: Naming,
+    /// `GCP_PROJECT_ID`.
+    pub project_id: Option<String>,
+    /// `CLOUD_RUN_SERVICE_URL`.
+    pub service_url: Option<String>,
+    /// `TASKS_SERVICE_ACCOUNT`: the account Pub/Sub signs push tokens as.
+    pub service_account: Option<String>,
+    /// `SCHEDULER_LOCATION` (default europe-west2).
+    pub scheduler_location: String,
+    /// `PORT` (default 8080).
+    pub port: u16,
+    /// `DATABASE_URL` and the pool settings; none means the in-memory store.
+    pub database: Option<DatabaseConfig>,
+}
+
+/// Where executions are stored.
+#[derive(Clone)]
+pub struct DatabaseConfig {
+    /// `DATABASE_URL`; printed with its password hidden.
+    pub url: String,
+    /// `DATABASE_POOL_SIZE` (default 10).
+    pub pool_size: u32,
+    /// `DATABASE_POOL_TIMEOUT_MS` (default 250).
+    pub pool_timeout: Duration,
+}
+
+impl fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &redact(&self.url))
+            .field("pool_size", &self.pool_size)
+            .field("pool_timeout", &self.pool_timeout)
+            .finish()
+    }
+}
+
+/// Every problem found in the environment.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    problems: Vec<String>,
+}
+
+impl ConfigError {
+    /// One line per problem.
+    pub fn problems(&self) -> &[String] {
+        &self.problems
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("invalid configuration:")?;
+        self.problems.iter().try_for_each(|problem| write!(f, "\n  {problem}"))
+    }
+}
+
+/// Reads variables, collecting problems instead of stopping at the first.
+struct Reader<'a> {
+    lookup: &'a dyn Fn(&str) -> Option<String>,
+    problems: Vec<String>,
+}
+
+impl Reader<'_> {
+    /// An unset or empty variable counts as absent.
+    fn text(&self, name: &str) -> Option<String> {
+        (self.lookup)(name).filter(|value| !value.trim().is_empty())
+    }
+
+    fn number<T: std::str::FromStr>(&mut self, name: &str, default: T, valid: impl Fn(&T) -> bool) -> T {
+        let Some(text) = self.text(name) else { return default };
+        match text.trim().parse() {
+            Ok(value) if valid(&value) => value,
+            _ => {
+                self.problems.push(format!("{name}={text:?} is not a valid value"));
+                default
+            }
+        }
+    }
+}
+
+impl Config {
+    /// Loads the configuration from the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(&|name| std::env::var(name).ok())
+    }
+
+    /// Loads the configuration from `lookup` (the environment, or a test's map).
+    pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut reader = Reader { lookup, problems: Vec::new() };
+        let environment = reader.text("TASKS_ENVIRONMENT").unwrap_or_else(|| DEFAULT_ENVIRONMENT.to_owned());
+        let namespace = reader.text("TASKS_NAMESPACE").unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned());
+        let naming = Naming::new(environment.clone(), namespace).unwrap_or_else(|error| {
+            reader.problems.push(format!("TASKS_ENVIRONMENT/TASKS_NAMESPACE: {error}"));
+            Naming::default()
+        });
+        let port = reader.number("PORT", 8080_u16, |_| true);
+        let pool_size = reader.number("DATABASE_POOL_SIZE", 10_u32, |size| *size > 0);
+        let pool_timeout = Duration::from_millis(reader.number("DATABASE_POOL_TIMEOUT_MS", 250_u64, |ms| *ms > 0));
+        let database = reader.text("DATABASE_URL").map(|url| DatabaseConfig { url, pool_size, pool_timeout });
+        let config = Self {
+            naming,
+            project_id: reader.text("GCP_PROJECT_ID"),
+            service_url: reader.text("CLOUD_RUN_SERVICE_URL"),
+            service_account: reader.text("TASKS_SERVICE_ACCOUNT"),
+            scheduler_location: reader.text("SCHEDULER_LOCATION").unwrap_or_else(|| "europe-west2".to_owned()),
+            port,
+            database,
+        };
+        if environment != DEV {
+            reader.problems.extend(
+                config
+                    .missing_outside_dev()
+                    .map(|name| format!("{name} is required when TASKS_ENVIRONMENT is {environment:?} (not \"dev\")")),
+            );
+        }
+        if reader.problems.is_empty() { Ok(config) } else { Err(ConfigError { problems: reader.problems }) }
+    }
+
+    fn missing_outside_dev(&self) -> impl Iterator<Item = &'static str> {
+        [
+            ("GCP_PROJECT_ID", self.project_id.is_none()),
+            ("CLOUD_RUN_SERVICE_URL", self.service_url.is_none()),
+            ("TASKS_SERVICE_ACCOUNT", self.service_account.is_none()),
+            ("DATABASE_URL", self.database.is_none()),
+        ]
+        .into_iter()
+        .filter_map(|(name, missing)| missing.then_some(name))
+    }
+
+    /// True in the `dev` environment.
+    pub fn is_dev(&self) -> bool {
+        self.naming.environment() == DEV
+    }
+}
+
+/// The URL with any password replaced by `***`, for logs and errors.
+pub(crate) fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        // key=value form: hide the value of password=.
+        return url
+            .split_whitespace()
+            .map(|pair| if pair.starts_with("password=") { "password=***" } else { pair })
+            .collect::<Vec<_>>()
+            .join(" ");
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => match rest[..at].split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:***{}", &rest[at..]),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn load(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        Config::from_lookup(&move |name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn dev_needs_nothing_and_has_the_documented_defaults() {
+        let config = load(&[]).unwrap();
+        assert!(config.is_dev());
+        assert_eq!(config.naming, Naming::default());
+        assert_eq!(config.port, 8080);
+        assert_eq!(config.scheduler_location, "europe-west2");
+        assert!(config.database.is_none());
+    }
+
+    #[test]
+    fn outside_dev_every_missing_variable_is_named_at_once() {
+        let error = load(&[("TASKS_ENVIRONMENT", "prod")]).unwrap_err();
+        let names: Vec<&str> = error.problems().iter().map(|p| p.split(' ').next().unwrap()).collect();
+        assert_eq!(names, ["GCP_PROJECT_ID", "CLOUD_RUN_SERVICE_URL", "TASKS_SERVICE_ACCOUNT", "DATABASE_URL"]);
+    }
+
+    #[test]
+    fn production_with_everything_set() {
+        let config = load(&[
+            ("TASKS_ENVIRONMENT", "prod"),
+            ("GCP_PROJECT_ID", "p"),
+            ("CLOUD_RUN_SERVICE_URL", "https://x.run.app"),
+            ("TASKS_SERVICE_ACCOUNT", "a@p.iam.gserviceaccount.com"),
+            ("DATABASE_URL", "postgres://u:secret@db/tasks"),
+            ("DATABASE_POOL_SIZE", "4"),
+            ("DATABASE_POOL_TIMEOUT_MS", "100"),
+            ("PORT", "9000"),
+        ])
+        .unwrap();
+        let database = config.database.as_ref().unwrap();
+        assert_eq!((database.pool_size, database.pool_timeout), (4, Duration::from_millis(100)));
+        assert_eq!(config.port, 9000);
+        assert!(!format!("{config:?}").contains("secret"));
+    }
+
+    #[test]
+    fn bad_numbers_and_names_are_reported_together() {
+        let error = load(&[("PORT", "http"), ("DATABASE_POOL_SIZE", "0"), ("TASKS_ENVIRONMENT", "goog")]).unwrap_err();
+        assert_eq!(error.problems().len(), 3 + 4, "{error}");
+        assert!(error.to_string().contains("PORT=\"http\" is not a valid value"));
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(redact("postgres://u:secret@h:5432/db?x=1"), "postgres://u:***@h:5432/db?x=1");
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact("host=h password=secret user=u"), "host=h password=*** user=u");
+    }
+}

@@ -1,0 +1,88 @@
+//! The demo app's tasks: examples to copy, and diagnostics for smoke and load
+//! tests. `noop`, `echo`, `sleep`, `fail`, `flaky`, `panic`, `permanent` and
+//! the scheduled `heartbeat`.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use whirligig_registry::{Kwargs, Registry, RegistryError, TaskContext, TaskError, task_route};
+
+use crate::context::TaskContextExt as _;
+
+/// Does nothing: the framework's own overhead.
+pub async fn noop(_ctx: TaskContext) {}
+
+/// Returns its keyword arguments.
+pub async fn echo(
+    _ctx: TaskContext,
+    Kwargs(kwargs): Kwargs<Map<String, Value>>,
+) -> Result<Map<String, Value>, TaskError> {
+    Ok(kwargs)
+}
+
+/// `sleep`'s arguments.
+#[derive(Debug, Deserialize)]
+pub struct Sleep {
+    /// How long to sleep, in milliseconds.
+    pub ms: u64,
+    /// Hold a pooled database connection while sleeping.
+    #[serde(default)]
+    pub hold_db: bool,
+}
+
+/// Sleeps `ms` milliseconds, holding a database connection if asked.
+pub async fn sleep(ctx: TaskContext, Kwargs(args): Kwargs<Sleep>) -> Result<u64, TaskError> {
+    let _held = if args.hold_db { Some(ctx.database().await?) } else { None };
+    tokio::time::sleep(Duration::from_millis(args.ms)).await;
+    Ok(args.ms)
+}
+
+/// Always fails, retryably.
+pub async fn fail(_ctx: TaskContext) -> Result<(), TaskError> {
+    Err(TaskError::retryable("the fail task always fails"))
+}
+
+/// `flaky`'s arguments.
+#[derive(Debug, Deserialize)]
+pub struct Flaky {
+    /// The attempt that succeeds.
+    pub succeed_on: u32,
+}
+
+/// Fails until attempt `succeed_on`, then returns the attempt number.
+pub async fn flaky(ctx: TaskContext, Kwargs(flaky): Kwargs<Flaky>) -> Result<u32, TaskError> {
+    if ctx.attempt() < flaky.succeed_on {
+        return Err(TaskError::retryable(format!("attempt {} of {} fails", ctx.attempt(), flaky.succeed_on)));
+    }
+    Ok(ctx.attempt())
+}
+
+/// Panics.
+pub async fn panic(_ctx: TaskContext) {
+    panic!("the panic task panicked");
+}
+
+/// Always fails, permanently.
+pub async fn permanent(_ctx: TaskContext) -> Result<(), TaskError> {
+    Err(TaskError::permanent("the permanent task always fails permanently"))
+}
+
+/// Runs every minute, unless `ENABLE_HEARTBEAT` is off.
+pub async fn heartbeat(ctx: TaskContext) {
+    tracing::info!(task_id = ctx.task_id(), "heartbeat");
+}
+
+/// The demo app's registry.
+pub fn registry() -> Result<Registry, RegistryError> {
+    Registry::builder()
+        .route(task_route!(noop))
+        .route(task_route!(echo))
+        .route(task_route!(sleep).ack_deadline(60))
+        .route(task_route!(fail).min_retry_delay(1).max_retry_delay(10))
+        .route(task_route!(flaky).min_retry_delay(1).max_retry_delay(10))
+        .route(task_route!(panic))
+        .route(task_route!(permanent))
+        .route(task_route!(heartbeat).schedule("*/1 * * * *").kill_switch("ENABLE_HEARTBEAT"))
+        .build()
+}

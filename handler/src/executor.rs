@@ -1,0 +1,229 @@
+//! The one place a task runs: kill switch, claim in the store, run with the
+//! route's timeout and panics caught, finish in the store, and an [`Outcome`].
+//! The push endpoint and job mode both come through here; neither HTTP
+//! statuses nor exit codes are decided here.
+
+use std::any::Any;
+use std::fmt::Write as _;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures_util::FutureExt as _;
+use tokio_util::sync::CancellationToken;
+use whirligig_registry::{ArgumentError, JobShard, RawArguments, Retry, Route, TaskContext, TaskError, TaskOutput};
+
+use crate::context::Resources;
+use crate::store::{Claim, ClaimRequest, Ending, ExecutionStore, Finished, StoreError};
+
+/// One delivery of a task: everything the executor needs, already decoded.
+#[derive(Debug)]
+pub(crate) struct Delivery<'a> {
+    pub(crate) route: &'a Route,
+    pub(crate) task_id: String,
+    pub(crate) arguments: RawArguments<'a>,
+    pub(crate) message_id: Option<&'a str>,
+    pub(crate) enqueued_at: Option<DateTime<Utc>>,
+    pub(crate) job: Option<JobShard>,
+}
+
+/// How a delivery ended.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// The task ran and its result is recorded.
+    Succeeded,
+    /// The task had already succeeded; it did not run again.
+    Duplicate,
+    /// The route's kill switch is off; recorded, not run.
+    Skipped { variable: String },
+    /// Another delivery holds the lease, or took over while this one ran.
+    InProgress,
+    /// The attempt limit was already used up.
+    Exhausted { attempts: u32 },
+    /// The arguments do not fit the task; recorded FAILED.
+    BadArguments(ArgumentError),
+    /// The task failed; recorded FAILED. `retry` is false for a permanent
+    /// error or a last attempt.
+    Failed { message: String, retry: bool },
+    /// The store could not record the delivery, or the task could not reach
+    /// the database through its context.
+    Store(StoreError),
+}
+
+/// What a run produced before it is recorded.
+enum Failure {
+    Arguments(ArgumentError),
+    Task(TaskError),
+    Panicked(String),
+    TimedOut(Duration),
+}
+
+/// Runs deliveries against one store.
+#[derive(Debug)]
+pub(crate) struct Executor<S> {
+    store: Arc<S>,
+    resources: Arc<Resources>,
+    shutdown: CancellationToken,
+}
+
+impl<S: ExecutionStore> Executor<S> {
+    pub(crate) fn new(store: Arc<S>, resources: Arc<Resources>, shutdown: CancellationToken) -> Self {
+        Self { store, resources, shutdown }
+    }
+
+    pub(crate) fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// Records and runs one delivery.
+    pub(crate) async fn execute(&self, delivery: Delivery<'_>) -> Outcome {
+        let route = delivery.route;
+        let request = ClaimRequest {
+            task_id: &delivery.task_id,
+            task_name: route.name(),
+            args: delivery.arguments.args(),
+            kwargs: delivery.arguments.kwargs(),
+            message_id: delivery.message_id,
+            enqueued_at: delivery.enqueued_at,
+            lease: route.ack_deadline(),
+            max_attempts: route.max_attempts(),
+        };
+        if let Some(variable) = disabled_by(route) {
+            let reason = format!("skipped: kill switch {variable} is off");
+            return match self.store.skip(&request, &reason).await {
+                Ok(()) => Outcome::Skipped { variable: variable.to_owned() },
+                Err(error) => Outcome::Store(error),
+            };
+        }
+        let attempt = match self.store.claim(&request).await {
+            Ok(Claim::Claimed { attempt }) => attempt,
+            Ok(Claim::AlreadySucceeded) => return Outcome::Duplicate,
+            Ok(Claim::Running) => return Outcome::InProgress,
+            Ok(Claim::Exhausted { attempts }) => return Outcome::Exhausted { attempts },
+            Err(error) => return Outcome::Store(error),
+        };
+        let ctx = self.context(&delivery, attempt);
+        let result = run(route, ctx, &delivery.arguments).await;
+        self.record(&delivery.task_id, attempt, route, result).await
+    }
+
+    fn context(&self, delivery: &Delivery<'_>, attempt: u32) -> TaskContext {
+        let ctx = TaskContext::new(delivery.task_id.clone())
+            .with_attempt(attempt)
+            .with_cancellation(self.shutdown.clone())
+            .with_extension(self.resources.clone());
+        let ctx = match delivery.message_id {
+            Some(id) => ctx.with_message_id(id),
+            None => ctx,
+        };
+        match delivery.job {
+            Some(job) => ctx.with_job(job),
+            None => ctx,
+        }
+    }
+
+    async fn record(&self, task_id: &str, attempt: u32, route: &Route, result: Result<TaskOutput, Failure>) -> Outcome {
+        match result {
+            Ok(output) => {
+                self.finish(task_id, attempt, Ending::Succeeded { return_value: &output }, Outcome::Succeeded).await
+            }
+            Err(failure) => {
+                let (message, traceback) = failure.describe();
+                let last_attempt = route.max_attempts().is_some_and(|max| attempt >= max.get());
+                let outcome = failure.outcome(&message, last_attempt);
+                let ending = Ending::Failed { message: &message, traceback: &traceback };
+                self.finish(task_id, attempt, ending, outcome).await
+            }
+        }
+    }
+
+    async fn finish(&self, task_id: &str, attempt: u32, ending: Ending<'_>, outcome: Outcome) -> Outcome {
+        match self.store.finish(task_id, attempt, ending).await {
+            Ok(Finished::Recorded) => outcome,
+            Ok(Finished::Fenced) => {
+                tracing::warn!(
+                    task_id,
+                    attempt,
+                    "a newer attempt owns this execution; this attempt's ending was dropped"
+                );
+                Outcome::InProgress
+            }
+            Err(error) => Outcome::Store(error),
+        }
+    }
+}
+
+/// The kill switch variable of a route that it currently disables.
+fn disabled_by(route: &Route) -> Option<&str> {
+    let variable = route.kill_switch()?;
+    let value = std::env::var(variable).ok();
+    (!route.is_enabled_by(value.as_deref())).then_some(variable)
+}
+
+/// Starts the task and waits for it within the route's timeout. A panic,
+/// whether while starting or while running, is caught here and becomes a
+/// failure: the process goes on serving.
+async fn run(route: &Route, ctx: TaskContext, arguments: &RawArguments<'_>) -> Result<TaskOutput, Failure> {
+    let started = std::panic::catch_unwind(AssertUnwindSafe(|| route.call(ctx, arguments)))
+        .map_err(|panic| Failure::Panicked(panic_message(panic.as_ref())))?;
+    let future = started.map_err(Failure::Arguments)?;
+    let timeout = route.timeout();
+    match tokio::time::timeout(timeout, AssertUnwindSafe(future).catch_unwind()).await {
+        Err(_) => Err(Failure::TimedOut(timeout)),
+        Ok(Err(panic)) => Err(Failure::Panicked(panic_message(panic.as_ref()))),
+        Ok(Ok(result)) => result.map_err(Failure::Task),
+    }
+}
+
+fn panic_message(panic: &(dyn Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|text| (*text).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
+}
+
+impl Failure {
+    /// One line for `error_message`, and the whole story for `error_traceback`.
+    fn describe(&self) -> (String, String) {
+        match self {
+            Self::Arguments(error) => (error.to_string(), error.to_string()),
+            Self::Task(error) => {
+                let mut chain = String::new();
+                for (depth, cause) in error.chain().enumerate() {
+                    let _ = write!(chain, "{}{cause}", if depth == 0 { "" } else { "\ncaused by: " });
+                }
+                (error.to_string(), chain)
+            }
+            Self::Panicked(message) => (format!("the task panicked: {message}"), format!("panic: {message}")),
+            Self::TimedOut(timeout) => {
+                let message = format!("the task did not finish within its timeout of {timeout:?}");
+                (message.clone(), message)
+            }
+        }
+    }
+
+    fn outcome(&self, message: &str, last_attempt: bool) -> Outcome {
+        let message = message.to_owned();
+        match self {
+            Self::Arguments(error) => Outcome::BadArguments(error.clone()),
+            Self::Task(error) => match store_error_in(error) {
+                Some(store_error) => Outcome::Store(store_error),
+                None => Outcome::Failed { message, retry: error.retry() == Retry::Retryable && !last_attempt },
+            },
+            Self::Panicked(_) | Self::TimedOut(_) => Outcome::Failed { message, retry: !last_attempt },
+        }
+    }
+}
+
+/// A task that failed for want of a database connection is backpressure, not
+/// a task failure: the same delivery should come back later.
+fn store_error_in(error: &TaskError) -> Option<StoreError> {
+    error.chain().find_map(|cause| match cause.downcast_ref::<StoreError>()? {
+        StoreError::PoolTimeout(timeout) => Some(StoreError::PoolTimeout(*timeout)),
+        StoreError::Refused(message) => Some(StoreError::Refused(message.clone())),
+        StoreError::Unavailable(message) => Some(StoreError::Unavailable(message.clone())),
+        _ => None,
+    })
+}

@@ -1,0 +1,198 @@
+//! The execution store: where each task_id's state lives (READY → RUNNING →
+//! SUCCESSFUL | FAILED, FAILED → RUNNING on a retry). [`ExecutionStore`] is the
+//! contract the executor relies on: a claim and a finish of one round trip
+//! each, fenced by the attempt number. Two implementations: PostgreSQL for
+//! production, memory for dev. Statuses and HTTP are not decided here.
+
+mod memory;
+mod postgres;
+
+use std::fmt;
+use std::future::Future;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+pub(crate) use self::memory::MemoryStore;
+pub(crate) use self::postgres::migrate;
+pub use self::postgres::{Connector, DbConnection, PgConnection, PostgresStore};
+
+/// What the executor asks the store to record when a delivery arrives.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimRequest<'a> {
+    /// The execution id.
+    pub task_id: &'a str,
+    /// The route's task name.
+    pub task_name: &'a str,
+    /// The positional arguments as received.
+    pub args: &'a RawValue,
+    /// The keyword arguments as received.
+    pub kwargs: &'a RawValue,
+    /// The Pub/Sub message id, if any.
+    pub message_id: Option<&'a str>,
+    /// When the message says it was enqueued.
+    pub enqueued_at: Option<DateTime<Utc>>,
+    /// How long a RUNNING claim holds before another delivery may take over.
+    pub lease: Duration,
+    /// The route's attempt limit.
+    pub max_attempts: Option<NonZeroU32>,
+}
+
+/// The answer to a claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// The caller now runs the task as this attempt (from 1).
+    Claimed {
+        /// The attempt number that fences the finish.
+        attempt: u32,
+    },
+    /// The task already succeeded: do not run it again.
+    AlreadySucceeded,
+    /// Another delivery holds an unexpired lease.
+    Running,
+    /// The attempt limit is used up.
+    Exhausted {
+        /// Attempts made so far.
+        attempts: u32,
+    },
+}
+
+/// How a claimed attempt ended.
+#[derive(Debug, Clone, Copy)]
+pub enum Ending<'a> {
+    /// The task returned this JSON value.
+    Succeeded {
+        /// The return value.
+        return_value: &'a RawValue,
+    },
+    /// The task failed.
+    Failed {
+        /// One line: what went wrong.
+        message: &'a str,
+        /// The error chain or panic detail.
+        traceback: &'a str,
+    },
+}
+
+/// Whether a finish was recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finished {
+    /// The row was RUNNING at this attempt and now holds the ending.
+    Recorded,
+    /// A newer attempt owns the row (or it is no longer RUNNING): nothing changed.
+    Fenced,
+}
+
+/// An execution's lifecycle state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Status {
+    /// Enqueued, not yet run.
+    Ready,
+    /// A delivery is running it.
+    Running,
+    /// It ran and returned a value.
+    Successful,
+    /// Its last attempt failed (or it was skipped by its kill switch).
+    Failed,
+}
+
+impl Status {
+    /// The name stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ready => "READY",
+            Self::Running => "RUNNING",
+            Self::Successful => "SUCCESSFUL",
+            Self::Failed => "FAILED",
+        }
+    }
+
+    pub(crate) fn parse(text: &str) -> Option<Self> {
+        [Self::Ready, Self::Running, Self::Successful, Self::Failed].into_iter().find(|s| s.as_str() == text)
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One execution as stored: what result retrieval returns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Execution {
+    /// The execution id.
+    pub task_id: String,
+    /// The task name.
+    pub task_name: String,
+    /// Where it stands.
+    pub status: Status,
+    /// Positional arguments.
+    pub args: Value,
+    /// Keyword arguments.
+    pub kwargs: Value,
+    /// The return value of a successful run.
+    pub return_value: Option<Value>,
+    /// What went wrong in the last failed attempt.
+    pub error_message: Option<String>,
+    /// The error chain or panic detail of the last failed attempt.
+    pub error_traceback: Option<String>,
+    /// How many attempts were claimed.
+    pub attempts: u32,
+    /// The Pub/Sub message id of the latest claim.
+    pub message_id: Option<String>,
+    /// When the message was enqueued.
+    pub enqueued_at: Option<DateTime<Utc>>,
+    /// When the latest attempt started.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When the latest attempt ended.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// Why the store could not answer. Each maps to one HTTP status in `push`.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No pooled connection became free within `DATABASE_POOL_TIMEOUT_MS`.
+    #[error("no database connection free within {0:?} (pool exhausted)")]
+    PoolTimeout(Duration),
+    /// The server refused a new connection: too many clients or starting up.
+    #[error("the database refused a connection: {0}")]
+    Refused(String),
+    /// The server cannot be reached, or the connection broke.
+    #[error("the database is unreachable: {0}")]
+    Unavailable(String),
+    /// The database rejected the data itself (e.g. a `\u0000` in jsonb): retrying cannot help.
+    #[error("the database rejected the data: {0}")]
+    Rejected(String),
+    /// Any other database error.
+    #[error("database error: {0}")]
+    Database(String),
+}
+
+/// The state of every execution, one round trip per transition.
+pub trait ExecutionStore: Send + Sync + 'static {
+    /// Takes the task for one attempt, or says why not: already succeeded,
+    /// running under another delivery's lease, or out of attempts.
+    fn claim(&self, request: &ClaimRequest<'_>) -> impl Future<Output = Result<Claim, StoreError>> + Send;
+
+    /// Records the ending of `attempt`, only if the row is still RUNNING at it.
+    fn finish(
+        &self,
+        task_id: &str,
+        attempt: u32,
+        ending: Ending<'_>,
+    ) -> impl Future<Output = Result<Finished, StoreError>> + Send;
+
+    /// Records a delivery that was acknowledged without running (kill switch),
+    /// unless the task already succeeded or is running.
+    fn skip(&self, request: &ClaimRequest<'_>, reason: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The execution recorded under `task_id`.
+    fn get(&self, task_id: &str) -> impl Future<Output = Result<Option<Execution>, StoreError>> + Send;
+
+    /// Succeeds when the store can serve requests (`/readyz`).
+    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+}

@@ -1,0 +1,363 @@
+//! The PostgreSQL store: a bb8 pool of connections, each with the store's
+//! statements prepared once when it connects, so a claim or a finish is one
+//! round trip. Also the embedded migrations, applied under an advisory lock.
+//! Pool exhaustion, refusal and unreachability are told apart here, as
+//! [`StoreError`] variants; what they answer is for `push` to say.
+
+use std::error::Error as _;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bb8::{ErrorSink, ManageConnection, Pool, PooledConnection, RunError};
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::Json;
+use tokio_postgres::{Client, Config, NoTls, Statement};
+
+use super::{Claim, ClaimRequest, Ending, Execution, ExecutionStore, Finished, Status, StoreError};
+
+/// How long a finish keeps asking a busy pool for a connection: the task has
+/// run, and losing its ending would run it again after the lease.
+const FINISH_WAIT: Duration = Duration::from_secs(10);
+
+const CLAIM: &str = r"
+with claimed as (
+    insert into task_executions as t
+        (task_id, task_name, status, args, kwargs, attempts, message_id, enqueued_at, started_at)
+    values ($1, $2, 'RUNNING', $3, $4, 1, $5, $6, now())
+    on conflict (task_id) do update
+    set status = 'RUNNING', attempts = t.attempts + 1, message_id = excluded.message_id,
+        started_at = now(), finished_at = null, updated_at = now()
+    where ($8::int4 is null or t.attempts < $8)
+      and (t.status in ('READY', 'FAILED')
+           or (t.status = 'RUNNING' and t.started_at < now() - make_interval(secs => $7::float8)))
+    returning t.attempts
+)
+select 'CLAIMED' as state, attempts, false as lease_over from claimed
+union all
+select status, attempts, started_at < now() - make_interval(secs => $7::float8)
+from task_executions
+where task_id = $1 and not exists (select from claimed)";
+
+const FINISH: &str = r"
+update task_executions
+set status = $3, return_value = $4, error_message = $5, error_traceback = $6,
+    finished_at = now(), updated_at = now()
+where task_id = $1 and attempts = $2 and status = 'RUNNING'";
+
+const SKIP: &str = r"
+insert into task_executions as t
+    (task_id, task_name, status, args, kwargs, message_id, enqueued_at, error_message, finished_at)
+values ($1, $2, 'FAILED', $3, $4, $5, $6, $7, now())
+on conflict (task_id) do update
+set status = 'FAILED', error_message = excluded.error_message, error_traceback = null,
+    finished_at = now(), updated_at = now()
+where t.status in ('READY', 'FAILED')";
+
+const GET: &str = r"
+select task_id, task_name, status, args, kwargs, return_value, error_message, error_traceback,
+       attempts, message_id, enqueued_at, started_at, finished_at
+from task_executions
+where task_id = $1";
+
+/// The migrations, in order; each is applied once and recorded.
+const MIGRATIONS: &[(i32, &str, &str)] =
+    &[(1, "task_executions", include_str!("../../migrations/0001_task_executions.sql"))];
+
+/// Any constant works, as long as every instance agrees on it.
+const MIGRATION_LOCK: i64 = 0x7768_6972_6c69_6767; // "whirligg"
+
+/// A pooled connection with the store's statements prepared on it.
+#[derive(Debug)]
+pub struct PgConnection {
+    client: Client,
+    claim: Statement,
+    finish: Statement,
+    skip: Statement,
+    get: Statement,
+}
+
+impl std::ops::Deref for PgConnection {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+/// Connects and prepares; bb8 calls it for each new pooled connection.
+#[derive(Debug)]
+pub struct Connector {
+    config: Config,
+}
+
+impl ManageConnection for Connector {
+    type Connection = PgConnection;
+    type Error = tokio_postgres::Error;
+
+    async fn connect(&self) -> Result<PgConnection, tokio_postgres::Error> {
+        let client = connect(&self.config).await?;
+        // Issued together, the four prepares share one round trip.
+        let (claim, finish, skip, get) =
+            tokio::try_join!(client.prepare(CLAIM), client.prepare(FINISH), client.prepare(SKIP), client.prepare(GET))?;
+        Ok(PgConnection { client, claim, finish, skip, get })
+    }
+
+    async fn is_valid(&self, connection: &mut PgConnection) -> Result<(), tokio_postgres::Error> {
+        connection.client.simple_query("").await.map(drop)
+    }
+
+    fn has_broken(&self, connection: &mut PgConnection) -> bool {
+        connection.client.is_closed()
+    }
+}
+
+async fn connect(config: &Config) -> Result<Client, tokio_postgres::Error> {
+    let (client, connection) = config.connect(NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::warn!(%error, "database connection closed");
+        }
+    });
+    Ok(client)
+}
+
+/// The last connection failure bb8 reported, so a pool timeout can say
+/// whether it was a busy pool or a database that would not answer.
+#[derive(Debug, Clone, Default)]
+struct LastConnectFailure(Arc<Mutex<Option<(Instant, Failure)>>>);
+
+#[derive(Debug, Clone)]
+enum Failure {
+    Refused(String),
+    Unavailable(String),
+}
+
+impl ErrorSink<tokio_postgres::Error> for LastConnectFailure {
+    fn sink(&self, error: tokio_postgres::Error) {
+        let failure = match classify(error) {
+            StoreError::Refused(message) => Failure::Refused(message),
+            other => Failure::Unavailable(other.to_string()),
+        };
+        *self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some((Instant::now(), failure));
+    }
+
+    fn boxed_clone(&self) -> Box<dyn ErrorSink<tokio_postgres::Error>> {
+        Box::new(self.clone())
+    }
+}
+
+impl LastConnectFailure {
+    fn since(&self, start: Instant) -> Option<Failure> {
+        let last = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        last.as_ref().filter(|(at, _)| *at >= start).map(|(_, failure)| failure.clone())
+    }
+}
+
+/// Sorts a driver error into what the caller should do about it.
+fn classify(error: tokio_postgres::Error) -> StoreError {
+    if let Some(db) = error.as_db_error() {
+        let code = db.code();
+        return if *code == SqlState::TOO_MANY_CONNECTIONS || *code == SqlState::CANNOT_CONNECT_NOW {
+            StoreError::Refused(format!("{} ({})", db.message(), code.code()))
+        } else if code.code().starts_with("22") {
+            StoreError::Rejected(db.message().to_owned())
+        } else {
+            StoreError::Database(format!("{} ({})", db.message(), code.code()))
+        };
+    }
+    let io = error.source().is_some_and(|source| source.is::<std::io::Error>());
+    if io || error.is_closed() {
+        StoreError::Unavailable(error.to_string())
+    } else {
+        StoreError::Database(error.to_string())
+    }
+}
+
+/// Executions in PostgreSQL, through a bb8 pool.
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    pool: Pool<Connector>,
+    pool_timeout: Duration,
+    failures: LastConnectFailure,
+}
+
+/// A pooled connection for a task; it goes back to the pool when dropped.
+pub type DbConnection = PooledConnection<'static, Connector>;
+
+impl PostgresStore {
+    /// A pool of at most `size` connections to `url`, each get waiting at most
+    /// `pool_timeout`. Connects lazily: nothing is opened until first use.
+    pub fn new(url: &str, size: u32, pool_timeout: Duration) -> Result<Self, StoreError> {
+        let mut config = parse_url(url)?;
+        config.connect_timeout(pool_timeout.max(Duration::from_secs(1)));
+        let failures = LastConnectFailure::default();
+        let pool = Pool::builder()
+            .max_size(size)
+            .connection_timeout(pool_timeout)
+            .retry_connection(false)
+            .test_on_check_out(false)
+            .error_sink(Box::new(failures.clone()))
+            .build_unchecked(Connector { config });
+        Ok(Self { pool, pool_timeout, failures })
+    }
+
+    /// A connection within the pool timeout, or why there is none.
+    pub async fn connection(&self) -> Result<DbConnection, StoreError> {
+        let start = Instant::now();
+        self.pool.get_owned().await.map_err(|error| match error {
+            RunError::User(error) => classify(error),
+            RunError::TimedOut => match self.failures.since(start) {
+                Some(Failure::Refused(message)) => StoreError::Refused(message),
+                Some(Failure::Unavailable(message)) => StoreError::Unavailable(message),
+                None => StoreError::PoolTimeout(self.pool_timeout),
+            },
+        })
+    }
+
+    /// Like [`connection`](Self::connection), but a busy pool is waited out
+    /// for up to [`FINISH_WAIT`].
+    async fn patient_connection(&self) -> Result<DbConnection, StoreError> {
+        let start = Instant::now();
+        loop {
+            match self.connection().await {
+                Err(StoreError::PoolTimeout(_)) if start.elapsed() < FINISH_WAIT => continue,
+                other => return other,
+            }
+        }
+    }
+}
+
+fn parse_url(url: &str) -> Result<Config, StoreError> {
+    // The URL may hold a password: never repeat it in the error.
+    Config::from_str(url).map_err(|_| StoreError::Database("DATABASE_URL is not a valid PostgreSQL URL".into()))
+}
+
+fn attempts(value: i32) -> u32 {
+    u32::try_from(value).unwrap_or(0)
+}
+
+impl ExecutionStore for PostgresStore {
+    async fn claim(&self, request: &ClaimRequest<'_>) -> Result<Claim, StoreError> {
+        let connection = self.connection().await?;
+        let max_attempts = request.max_attempts.map(|max| i32::try_from(max.get()).unwrap_or(i32::MAX));
+        let rows = connection
+            .query(
+                &connection.claim,
+                &[
+                    &request.task_id,
+                    &request.task_name,
+                    &Json(request.args),
+                    &Json(request.kwargs),
+                    &request.message_id,
+                    &request.enqueued_at,
+                    &request.lease.as_secs_f64(),
+                    &max_attempts,
+                ],
+            )
+            .await
+            .map_err(classify)?;
+        // No row: a concurrent delivery inserted it after this statement's snapshot.
+        let Some(row) = rows.first() else { return Ok(Claim::Running) };
+        let (state, count, lease_over): (&str, i32, Option<bool>) = (row.get(0), row.get(1), row.get(2));
+        Ok(match state {
+            "CLAIMED" => Claim::Claimed { attempt: attempts(count) },
+            "SUCCESSFUL" => Claim::AlreadySucceeded,
+            "RUNNING" if lease_over != Some(true) => Claim::Running,
+            _ => Claim::Exhausted { attempts: attempts(count) },
+        })
+    }
+
+    async fn finish(&self, task_id: &str, attempt: u32, ending: Ending<'_>) -> Result<Finished, StoreError> {
+        let connection = self.patient_connection().await?;
+        let attempt = i32::try_from(attempt).unwrap_or(i32::MAX);
+        let (status, return_value, message, traceback) = match ending {
+            Ending::Succeeded { return_value } => (Status::Successful, Some(Json(return_value)), None, None),
+            Ending::Failed { message, traceback } => (Status::Failed, None, Some(message), Some(traceback)),
+        };
+        let changed = connection
+            .execute(&connection.finish, &[&task_id, &attempt, &status.as_str(), &return_value, &message, &traceback])
+            .await
+            .map_err(classify)?;
+        Ok(if changed == 1 { Finished::Recorded } else { Finished::Fenced })
+    }
+
+    async fn skip(&self, request: &ClaimRequest<'_>, reason: &str) -> Result<(), StoreError> {
+        let connection = self.connection().await?;
+        connection
+            .execute(
+                &connection.skip,
+                &[
+                    &request.task_id,
+                    &request.task_name,
+                    &Json(request.args),
+                    &Json(request.kwargs),
+                    &request.message_id,
+                    &request.enqueued_at,
+                    &reason,
+                ],
+            )
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn get(&self, task_id: &str) -> Result<Option<Execution>, StoreError> {
+        let connection = self.connection().await?;
+        let rows = connection.query(&connection.get, &[&task_id]).await.map_err(classify)?;
+        Ok(rows.first().map(|row| Execution {
+            task_id: row.get(0),
+            task_name: row.get(1),
+            status: Status::parse(row.get(2)).unwrap_or(Status::Failed),
+            args: row.get::<_, Json<Value>>(3).0,
+            kwargs: row.get::<_, Json<Value>>(4).0,
+            return_value: row.get::<_, Option<Json<Value>>>(5).map(|json| json.0),
+            error_message: row.get(6),
+            error_traceback: row.get(7),
+            attempts: attempts(row.get(8)),
+            message_id: row.get(9),
+            enqueued_at: row.get::<_, Option<DateTime<Utc>>>(10),
+            started_at: row.get(11),
+            finished_at: row.get(12),
+        }))
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let connection = self.connection().await?;
+        connection.simple_query("").await.map(drop).map_err(classify)
+    }
+}
+
+/// Applies every migration not yet recorded, in order, in one transaction
+/// under an advisory lock, so instances starting together take turns.
+/// Returns the versions it applied.
+pub(crate) async fn migrate(url: &str) -> Result<Vec<i32>, StoreError> {
+    let mut client = connect(&parse_url(url)?).await.map_err(classify)?;
+    let transaction = client.transaction().await.map_err(classify)?;
+    transaction.execute("select pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await.map_err(classify)?;
+    transaction
+        .batch_execute(
+            "create table if not exists whirligig_migrations (
+                version integer primary key,
+                name text not null,
+                applied_at timestamptz not null default now()
+            )",
+        )
+        .await
+        .map_err(classify)?;
+    let rows = transaction.query("select version from whirligig_migrations", &[]).await.map_err(classify)?;
+    let done: Vec<i32> = rows.iter().map(|row| row.get(0)).collect();
+    let mut applied = Vec::new();
+    for &(version, name, sql) in MIGRATIONS.iter().filter(|(version, ..)| !done.contains(version)) {
+        transaction.batch_execute(sql).await.map_err(classify)?;
+        transaction
+            .execute("insert into whirligig_migrations (version, name) values ($1, $2)", &[&version, &name])
+            .await
+            .map_err(classify)?;
+        applied.push(version);
+    }
+    transaction.commit().await.map_err(classify)?;
+    Ok(applied)
+}
