@@ -16,7 +16,7 @@ use crate::auth::PushAuth;
 use crate::context::Resources;
 use crate::executor::Executor;
 use crate::push::{Answer, push};
-use crate::store::ExecutionStore;
+use crate::store::{ExecutionStore, MemoryStore, PostgresStore};
 
 /// The largest push body accepted: a Pub/Sub message holds at most 10 MB of
 /// data, which base64 inflates by 4/3, plus the envelope around it.
@@ -35,11 +35,31 @@ pub struct App<S> {
     draining: AtomicBool,
 }
 
+impl App<PostgresStore> {
+    /// The app on PostgreSQL; tasks reach the same pool through their context.
+    pub fn postgres(registry: Arc<Registry>, store: PostgresStore, auth: PushAuth) -> Self {
+        let resources = Resources { database: Some(store.clone()) };
+        Self::new(registry, Arc::new(store), resources, auth)
+    }
+}
+
+impl App<MemoryStore> {
+    /// The app on the in-memory store (dev): nothing is persisted.
+    pub fn in_memory(registry: Arc<Registry>, auth: PushAuth) -> Self {
+        Self::new(registry, Arc::new(MemoryStore::default()), Resources::default(), auth)
+    }
+}
+
 impl<S: ExecutionStore> App<S> {
-    pub(crate) fn new(registry: Arc<Registry>, store: Arc<S>, resources: Resources, auth: PushAuth) -> Self {
+    fn new(registry: Arc<Registry>, store: Arc<S>, resources: Resources, auth: PushAuth) -> Self {
         let shutdown = CancellationToken::new();
         let executor = Executor::new(store, Arc::new(resources), shutdown.clone());
         Self { registry, executor, auth, shutdown, draining: AtomicBool::new(false) }
+    }
+
+    /// The store this app records executions in.
+    pub fn store(&self) -> &S {
+        self.executor.store()
     }
 
     /// Stops taking new pushes (they get 503) and tells running tasks, through

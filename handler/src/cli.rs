@@ -132,13 +132,11 @@ async fn serve_command(config: &Config, registry: Registry) -> Result<ExitCode, 
     match &config.database {
         Some(database) => {
             let store = postgres(database).await?;
-            let resources = Resources { database: Some(store.clone()) };
-            serve_app(config, App::new(registry, Arc::new(store), resources, push_auth(config))).await
+            serve_app(config, App::postgres(registry, store, push_auth(config))).await
         }
         None => {
             warn_in_memory();
-            let app = App::new(registry, Arc::new(MemoryStore::default()), Resources::default(), push_auth(config));
-            serve_app(config, app).await
+            serve_app(config, App::in_memory(registry, push_auth(config))).await
         }
     }
 }

@@ -13,7 +13,7 @@ use super::{Claim, ClaimRequest, Ending, Execution, ExecutionStore, Finished, St
 
 /// Executions in a map; for `TASKS_ENVIRONMENT=dev` without `DATABASE_URL`.
 #[derive(Debug, Default)]
-pub(crate) struct MemoryStore {
+pub struct MemoryStore {
     rows: Mutex<HashMap<String, Execution>>,
 }
 

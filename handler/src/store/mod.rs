@@ -16,8 +16,8 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-pub(crate) use self::memory::MemoryStore;
-pub(crate) use self::postgres::migrate;
+pub use self::memory::MemoryStore;
+pub use self::postgres::migrate;
 pub use self::postgres::{Connector, DbConnection, PgConnection, PostgresStore};
 
 /// What the executor asks the store to record when a delivery arrives.

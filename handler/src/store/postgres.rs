@@ -333,7 +333,7 @@ impl ExecutionStore for PostgresStore {
 /// Applies every migration not yet recorded, in order, in one transaction
 /// under an advisory lock, so instances starting together take turns.
 /// Returns the versions it applied.
-pub(crate) async fn migrate(url: &str) -> Result<Vec<i32>, StoreError> {
+pub async fn migrate(url: &str) -> Result<Vec<i32>, StoreError> {
     let mut client = connect(&parse_url(url)?).await.map_err(classify)?;
     let transaction = client.transaction().await.map_err(classify)?;
     transaction.execute("select pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await.map_err(classify)?;

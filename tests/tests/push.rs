@@ -1,0 +1,361 @@
+//! The push endpoint over real HTTP against PostgreSQL: every row of the
+//! status table, the at-least-once state machine as Pub/Sub exercises it,
+//! backpressure, and malformed input, each answered while the server keeps
+//! serving.
+
+// Helpers here are test code too: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use serde_json::json;
+use support::{TestDb, envelope, get, postgres_server, row, task};
+use whirligig_handler::{TaskContextExt as _, demo};
+use whirligig_registry::{Kwargs, Registry, TaskContext, TaskError, TaskRoute};
+
+/// Counts the runs of the `count` task, which sleeps `ms` first.
+#[derive(Clone, Default)]
+struct Runs(Arc<AtomicU32>);
+
+impl Runs {
+    fn get(&self) -> u32 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct Pause {
+    #[serde(default)]
+    ms: u64,
+}
+
+fn registry(runs: &Runs) -> Registry {
+    let counter = runs.clone();
+    let count = move |_: TaskContext, Kwargs(pause): Kwargs<Pause>| {
+        let counter = counter.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(pause.ms)).await;
+            Ok::<_, TaskError>(counter.0.fetch_add(1, Ordering::SeqCst) + 1)
+        }
+    };
+    Registry::builder()
+        .route(TaskRoute::new("count", count))
+        .route(TaskRoute::new("echo", demo::echo))
+        .route(TaskRoute::new("sleep", demo::sleep))
+        .route(TaskRoute::new("fail", demo::fail))
+        .route(TaskRoute::new("flaky", demo::flaky))
+        .route(TaskRoute::new("panic", demo::panic))
+        .route(TaskRoute::new("permanent", demo::permanent))
+        .route(TaskRoute::new("limited", demo::fail).max_attempts(2))
+        .route(TaskRoute::new("stuck", demo::sleep).ack_deadline(10).timeout(Duration::from_millis(200)))
+        .build()
+        .expect("the test registry is valid")
+}
+
+#[tokio::test]
+async fn a_task_runs_once_and_its_duplicate_is_acknowledged_without_running() {
+    let db = TestDb::new().await;
+    let runs = Runs::default();
+    let server = postgres_server(&db, registry(&runs), 4).await;
+
+    let reply = server.push(task("once", "count", json!({}))).await;
+    assert_eq!((reply.status, reply.body.as_str()), (200, "ok"));
+    assert_eq!(row(&db, "once").await, Some(("SUCCESSFUL".into(), 1, None, Some(json!(1)))));
+
+    let duplicate = server.push(task("once", "count", json!({}))).await;
+    assert_eq!(duplicate.status, 200);
+    assert_eq!(runs.get(), 1, "a duplicate of a SUCCESSFUL execution does not run the function");
+    assert_eq!(row(&db, "once").await.unwrap().1, 1);
+}
+
+#[tokio::test]
+async fn echo_returns_its_kwargs_as_the_stored_result() {
+    let db = TestDb::new().await;
+    let server = postgres_server(&db, registry(&Runs::default()), 4).await;
+    let kwargs = json!({"name": "Zoë", "n": 1.5, "list": [1, null]});
+    assert_eq!(server.push(task("e1", "echo", kwargs.clone())).await.status, 200);
+    assert_eq!(row(&db, "e1").await.unwrap().3, Some(kwargs));
+}
+
+#[tokio::test]
+async fn concurrent_deliveries_of_one_task_id_run_it_once() {
+    let db = TestDb::new().await;
+    let runs = Runs::default();
+    let server = postgres_server(&db, registry(&runs), 4).await;
+    let body = task("twice", "count", json!({"ms": 300}));
+    let (first, second) = tokio::join!(server.push(body.clone()), server.push(body));
+    let mut statuses = [first.status, second.status];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 409]);
+    assert_eq!(runs.get(), 1);
+}
+
+#[tokio::test]
+async fn a_failed_task_is_retried_to_success_and_its_error_cleared() {
+    let db = TestDb::new().await;
+    let server = postgres_server(&db, registry(&Runs::default()), 4).await;
+    let body = task("flaky-1", "flaky", json!({"succeed_on": 2}));
+    let first = server.push(body.clone()).await;
+    assert_eq!(first.status, 500);
+    let (status, attempts, error, _) = row(&db, "flaky-1").await.unwrap();
+    assert_eq!((status.as_str(), attempts, error.as_deref()), ("FAILED", 1, Some("attempt 1 of 2 fails")));
+    assert_eq!(server.push(body).await.status, 200);
+    assert_eq!(row(&db, "flaky-1").await, Some(("SUCCESSFUL".into(), 2, None, Some(json!(2)))));
+}
+
+#[tokio::test]
+async fn failures_answer_500_to_retry_or_400_to_stop() {
+    let db = TestDb::new().await;
+    let server = postgres_server(&db, registry(&Runs::default()), 4).await;
+
+    assert_eq!(server.push(task("f1", "fail", json!({}))).await.status, 500);
+    let panicked = server.push(task("p1", "panic", json!({}))).await;
+    assert_eq!(panicked.status, 500);
+    let (status, _, error, _) = row(&db, "p1").await.unwrap();
+    assert_eq!((status.as_str(), error.as_deref()), ("FAILED", Some("the task panicked: the panic task panicked")));
+
+    let permanent = server.push(task("x1", "permanent", json!({}))).await;
+    assert_eq!(permanent.status, 400);
+    assert!(permanent.body.contains("failed permanently"), "{}", permanent.body);
+    assert_eq!(row(&db, "x1").await.unwrap().0, "FAILED");
+
+    let stuck = server.push(task("s1", "stuck", json!({"ms": 10_000}))).await;
+    assert_eq!(stuck.status, 500);
+    assert!(row(&db, "s1").await.unwrap().2.unwrap().contains("timeout of 200ms"));
+
+    // The process survived all of it.
+    assert_eq!(server.push(task("after", "echo", json!({}))).await.status, 200);
+}
+
+#[tokio::test]
+async fn arguments_that_do_not_fit_are_recorded_and_acknowledged() {
+    let db = TestDb::new().await;
+    let server = postgres_server(&db, registry(&Runs::default()), 4).await;
+    let reply = server.push(task("bad-args", "sleep", json!({"ms": "soon"}))).await;
+    assert_eq!(reply.status, 400);
+    assert!(reply.body.contains("kwargs do not fit the task: invalid type: string \"soon\""), "{}", reply.body);
+    let (status, attempts, error, _) = row(&db, "bad-args").await.unwrap();
+    assert_eq!((status.as_str(), attempts), ("FAILED", 1));
+    assert!(error.unwrap().starts_with("kwargs do not fit"));
+}
+
+#[tokio::test]
+async fn max_attempts_stops_the_retries() {
+    let db = TestDb::new().await;
+    let server = postgres_server(&db, registry(&Runs::default()), 4).await;
+    let body = task("lim", "limited", json!({}));
+    assert_eq!(server.push(body.clone()).await.status, 500, "attempt 1 of 2: retry");
+    assert_eq!(server.push(body.clone()).await.status, 400, "attempt 2 of 2 failed: stop");
+    let exhausted = server.push(body).await;
+    assert_eq!(
+        (exhausted.status, exhausted.body.as_str()),
+        (400, "bad request: max_attempts reached after 2 attempts")
+    );
+    assert_eq!(row(&db, "lim").await.unwrap().1, 2);
+}
+
+#[tokio::test]
+async fn an_abandoned_run_is_reclaimed_after_its_lease_and_a_live_one_is_not() {
+    let db = TestDb::new().await;
+    let runs = Runs::default();
+    let server = postgres_server(&db, registry(&runs), 4).await;
+    let client = db.client().await;
+    let insert = "insert into task_executions (task_id, task_name, status, attempts, started_at)
+                  values ($1, 'count', 'RUNNING', 1, now() - $2::float8 * interval '1 second')";
+    client.execute(insert, &[&"crashed", &3600.0_f64]).await.unwrap();
+    client.execute(insert, &[&"live", &1.0_f64]).await.unwrap();
+
+    assert_eq!(server.push(task("crashed", "count", json!({}))).await.status, 200);
+    assert_eq!(row(&db, "crashed").await.unwrap().1, 2, "the reclaim is attempt 2");
+    assert_eq!(server.push(task("live", "count", json!({}))).await.status, 409);
+    assert_eq!(runs.get(), 1);
+}
+
+#[tokio::test]
+async fn scheduled_and_hand_published_messages_get_one_row_per_pubsub_message() {
+    let db = TestDb::new().await;
+    let runs = Runs::default();
+    let server = postgres_server(&db, registry(&runs), 4).await;
+    let scheduled = r#"{"task_id": "scheduled-count", "task_name": "count", "args": [], "kwargs": {}}"#;
+    assert_eq!(server.push(envelope(scheduled, "4001")).await.status, 200);
+    assert_eq!(server.push(envelope(scheduled, "4002")).await.status, 200);
+    assert_eq!(server.push(envelope(scheduled, "4001")).await.status, 200, "a redelivery of run 4001");
+    assert_eq!(runs.get(), 2);
+    assert_eq!(row(&db, "scheduled-count-4001").await.unwrap().0, "SUCCESSFUL");
+    assert_eq!(row(&db, "scheduled-count-4002").await.unwrap().0, "SUCCESSFUL");
+
+    assert_eq!(server.push(envelope(r#"{"task_name": "count"}"#, "5001")).await.status, 200);
+    assert_eq!(row(&db, "msg-5001").await.unwrap().0, "SUCCESSFUL");
+}
+
+#[tokio::test]
+async fn malformed_pushes_are_acknowledged_with_a_reason_and_the_server_keeps_serving() {
+    let db = TestDb::new().await;
+    let runs = Runs::default();
+    let server = postgres_server(&db, registry(&runs), 4).await;
+    let data = |payload: &str| envelope(payload, "m");
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("empty body", String::new(), "not a Pub/Sub push envelope"),
+        ("not JSON", "hello".into(), "not a Pub/Sub push envelope"),
+        ("JSON array", "[1, 2]".into(), "not a Pub/Sub push envelope"),
+        ("no message", r#"{"subscription": "s"}"#.into(), "missing field `message`"),
+        ("no messageId", r#"{"message": {"data": "e30="}}"#.into(), "missing field `messageId`"),
+        ("no data", r#"{"message": {"messageId": "1"}}"#.into(), "the message has no data"),
+        ("bad base64", r#"{"message": {"data": "***", "messageId": "1"}}"#.into(), "data is not base64"),
+        ("data not JSON", data("not json"), "not a task message"),
+        ("no task_name", data(r#"{"task_id": "a"}"#), "missing field `task_name`"),
+        ("args an object", data(r#"{"task_name": "count", "args": {}}"#), "args is not a list"),
+        ("kwargs a list", data(r#"{"task_name": "count", "kwargs": []}"#), "kwargs is not an object"),
+        ("unknown task", data(r#"{"task_name": "rm_rf_everything"}"#), "unknown task"),
+        ("NUL in kwargs", data(r#"{"task_name": "count", "kwargs": {"s": "\u0000"}}"#), "database rejected"),
+    ];
+    for (case, body, expected) in cases {
+        let reply = server.push(body).await;
+        assert_eq!(reply.status, 400, "{case}: {}", reply.body);
+        assert!(reply.body.contains(expected), "{case}: {}", reply.body);
+        assert!(!reply.body.contains("rm_rf_everything"), "an unknown task's name is never echoed");
+        assert!(!reply.body.contains('\n'), "{case}: one line");
+    }
+    assert_eq!(runs.get(), 0);
+    assert_eq!(server.push(task("still", "count", json!({}))).await.status, 200);
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_refused_with_413() {
+    let db = TestDb::new().await;
+    let server = postgres_server(&db, registry(&Runs::default()), 4).await;
+    let huge = vec![b'a'; 20 * 1024 * 1024];
+    assert_eq!(server.push(huge).await.status, 413);
+    assert_eq!(server.push(task("small", "echo", json!({}))).await.status, 200);
+}
+
+#[tokio::test]
+async fn health_readiness_and_unknown_paths() {
+    let db = TestDb::new().await;
+    let server = postgres_server(&db, registry(&Runs::default()), 2).await;
+    assert_eq!(get(server.addr, "/healthz").await.status, 200);
+    assert_eq!(get(server.addr, "/readyz").await.status, 200);
+    assert_eq!(get(server.addr, "/tasks/pubsub/").await.status, 405);
+    assert_eq!(get(server.addr, "/elsewhere").await.status, 404);
+    let no_slash = support::post(server.addr, "/tasks/pubsub", task("ns", "echo", json!({}))).await;
+    assert_eq!(no_slash.status, 200, "the path without its trailing slash works too");
+}
+
+#[tokio::test]
+async fn an_exhausted_pool_answers_429_quickly_and_loses_nothing() {
+    let db = TestDb::new().await;
+    let server = Arc::new(postgres_server(&db, registry(&Runs::default()), 1).await);
+    let holder = {
+        let server = Arc::clone(&server);
+        tokio::spawn(async move { server.push(task("holder", "sleep", json!({"ms": 1500, "hold_db": true}))).await })
+    };
+    wait_for_status(&db, "holder", "RUNNING").await;
+    // The claim's connection went back to the pool; give the task a moment to take it.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for n in 0..3 {
+        let reply =
+            tokio::time::timeout(Duration::from_secs(5), server.push(task(&format!("busy-{n}"), "echo", json!({}))))
+                .await
+                .expect("a busy pool answers, it does not hang");
+        assert_eq!((reply.status, reply.retry_after.as_deref()), (429, Some("1")), "{}", reply.body);
+    }
+    assert_eq!(holder.await.unwrap().status, 200);
+    assert_eq!(row(&db, "holder").await.unwrap().0, "SUCCESSFUL", "the slow task's finish was not lost");
+    assert_eq!(server.push(task("after-busy", "echo", json!({}))).await.status, 200);
+}
+
+/// Holds one pooled connection and asks for a second: with a pool of one,
+/// the second never comes.
+async fn greedy(ctx: TaskContext) -> Result<(), TaskError> {
+    let _first = ctx.database().await?;
+    let _second = ctx.database().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_task_that_cannot_get_a_connection_fails_retryably_with_429() {
+    let db = TestDb::new().await;
+    let registry = Registry::builder().route(TaskRoute::new("greedy", greedy)).build().unwrap();
+    let server = postgres_server(&db, registry, 1).await;
+    let reply = server.push(task("greedy-1", "greedy", json!({}))).await;
+    assert_eq!((reply.status, reply.retry_after.as_deref()), (429, Some("1")), "{}", reply.body);
+    let (status, attempts, error, _) = row(&db, "greedy-1").await.unwrap();
+    assert_eq!((status.as_str(), attempts), ("FAILED", 1), "recorded as a failed attempt, to be retried");
+    assert_eq!(error.as_deref(), Some("no database connection free within 250ms (pool exhausted)"));
+}
+
+#[tokio::test]
+async fn an_unreachable_database_answers_503() {
+    let store = whirligig_handler::store::PostgresStore::new(
+        "postgres://postgres@127.0.0.1:1/postgres",
+        2,
+        Duration::from_millis(250),
+    )
+    .unwrap();
+    let app = whirligig_handler::App::postgres(
+        Arc::new(registry(&Runs::default())),
+        store,
+        whirligig_handler::PushAuth::None,
+    );
+    let server = support::TestServer::start(app).await;
+    let reply = server.push(task("down", "echo", json!({}))).await;
+    assert_eq!((reply.status, reply.body.as_str()), (503, "database unavailable; retry"));
+    assert_eq!(get(server.addr, "/readyz").await.status, 503);
+    assert_eq!(get(server.addr, "/healthz").await.status, 200, "alive, just not ready");
+}
+
+#[tokio::test]
+async fn a_database_refusing_connections_answers_429() {
+    let db = TestDb::new().await;
+    let role = format!("limited_{}", uuid::Uuid::new_v4().simple());
+    let admin = support::connect(&support::admin_url()).await;
+    admin.batch_execute(&format!("create role {role} login connection limit 0")).await.unwrap();
+    let url = db.url.replacen("postgres://postgres@", &format!("postgres://{role}@"), 1);
+    let store = whirligig_handler::store::PostgresStore::new(&url, 2, Duration::from_millis(250)).unwrap();
+    let app = whirligig_handler::App::postgres(
+        Arc::new(registry(&Runs::default())),
+        store,
+        whirligig_handler::PushAuth::None,
+    );
+    let server = support::TestServer::start(app).await;
+    let reply = server.push(task("refused", "echo", json!({}))).await;
+    admin.batch_execute(&format!("drop role {role}")).await.unwrap();
+    assert_eq!((reply.status, reply.retry_after.as_deref()), (429, Some("1")), "{}", reply.body);
+}
+
+#[tokio::test]
+async fn h2c_is_served_on_the_same_port() {
+    use http_body_util::BodyExt as _;
+    let db = TestDb::new().await;
+    let server = postgres_server(&db, registry(&Runs::default()), 2).await;
+    let stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::post("http://localhost/tasks/pubsub/")
+        .body(http_body_util::Full::new(bytes::Bytes::from(task("h2", "echo", json!({"over": "h2"})))))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    let _ = response.into_body().collect().await.unwrap();
+    assert_eq!(row(&db, "h2").await.unwrap().3, Some(json!({"over": "h2"})));
+}
+
+async fn wait_for_status(db: &TestDb, task_id: &str, status: &str) {
+    for _ in 0..200 {
+        if row(db, task_id).await.is_some_and(|row| row.0 == status) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{task_id} never reached {status}");
+}

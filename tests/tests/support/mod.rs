@@ -1,0 +1,200 @@
+//! Shared helpers for the black-box suites: a fresh PostgreSQL schema per
+//! test, an in-process server on an ephemeral port, an HTTP client, push
+//! envelope builders, and the spawned test app.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_postgres::NoTls;
+use whirligig_handler::store::{ExecutionStore, PostgresStore, migrate};
+use whirligig_handler::{App, PushAuth};
+use whirligig_registry::Registry;
+
+/// The server every suite talks to; override with WHIRLIGIG_TEST_DATABASE_URL.
+pub fn admin_url() -> String {
+    std::env::var("WHIRLIGIG_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// A schema of its own for one test, dropped when the test ends.
+pub struct TestDb {
+    pub schema: String,
+    pub url: String,
+}
+
+impl TestDb {
+    /// Creates the schema and applies the migrations to it.
+    pub async fn new() -> Self {
+        let schema = format!("test_{}", uuid::Uuid::new_v4().simple());
+        let client = connect(&admin_url()).await;
+        client.batch_execute(&format!("create schema {schema}")).await.expect("create schema");
+        let separator = if admin_url().contains('?') { '&' } else { '?' };
+        let url = format!("{}{separator}options=-c%20search_path%3D{schema}", admin_url());
+        migrate(&url).await.expect("migrations apply to a fresh schema");
+        Self { schema, url }
+    }
+
+    /// A store on this schema.
+    pub fn store(&self, pool_size: u32, pool_timeout: Duration) -> PostgresStore {
+        PostgresStore::new(&self.url, pool_size, pool_timeout).expect("valid url")
+    }
+
+    /// A plain client on this schema, for looking at rows.
+    pub async fn client(&self) -> tokio_postgres::Client {
+        connect(&self.url).await
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let schema = self.schema.clone();
+        // Async drop is not a thing: clean up on a thread with its own runtime.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            runtime.block_on(async {
+                let client = connect(&admin_url()).await;
+                client.batch_execute(&format!("drop schema if exists {schema} cascade")).await.ok()
+            })
+        })
+        .join();
+    }
+}
+
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await.expect("PostgreSQL on 127.0.0.1:5432");
+    tokio::spawn(connection);
+    client
+}
+
+/// An app served on 127.0.0.1:0 until dropped.
+pub struct TestServer<S> {
+    pub addr: SocketAddr,
+    pub app: Arc<App<S>>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl<S: ExecutionStore> TestServer<S> {
+    pub async fn start(app: App<S>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind an ephemeral port");
+        let addr = listener.local_addr().expect("bound address");
+        let app = Arc::new(app);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let shutdown = async move {
+            let _ = stopped.await;
+        };
+        let task = tokio::spawn(whirligig_handler::server::serve(
+            listener,
+            Arc::clone(&app),
+            shutdown,
+            Duration::from_secs(5),
+        ));
+        Self { addr, app, stop: Some(stop), task: Some(task) }
+    }
+
+    /// Stops accepting and waits for in-flight requests.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+
+    pub async fn push(&self, body: impl Into<Bytes>) -> Reply {
+        post(self.addr, "/tasks/pubsub/", body).await
+    }
+}
+
+/// An app on a fresh schema's store with the given registry.
+pub async fn postgres_server(db: &TestDb, registry: Registry, pool_size: u32) -> TestServer<PostgresStore> {
+    let store = db.store(pool_size, Duration::from_millis(250));
+    TestServer::start(App::postgres(Arc::new(registry), store, PushAuth::None)).await
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub body: String,
+    pub retry_after: Option<String>,
+}
+
+pub async fn request(addr: SocketAddr, request: http::Request<Full<Bytes>>) -> Reply {
+    let stream = TcpStream::connect(addr).await.expect("connect to the test server");
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("HTTP/1.1 handshake");
+    tokio::spawn(connection);
+    let response = sender.send_request(request).await.expect("a response");
+    let status = response.status().as_u16();
+    let retry_after = response.headers().get("retry-after").map(|v| v.to_str().unwrap_or_default().to_owned());
+    let body = response.into_body().collect().await.expect("the body").to_bytes();
+    Reply { status, body: String::from_utf8_lossy(&body).trim_end().to_owned(), retry_after }
+}
+
+pub async fn post(addr: SocketAddr, path: &str, body: impl Into<Bytes>) -> Reply {
+    let request = http::Request::post(path)
+        .header("host", "localhost")
+        .header("content-type", "application/json")
+        .body(Full::new(body.into()))
+        .expect("a request");
+    request_to(addr, request).await
+}
+
+async fn request_to(addr: SocketAddr, request: http::Request<Full<Bytes>>) -> Reply {
+    self::request(addr, request).await
+}
+
+pub async fn get(addr: SocketAddr, path: &str) -> Reply {
+    let request =
+        http::Request::get(path).header("host", "localhost").body(Full::new(Bytes::new())).expect("a request");
+    request_to(addr, request).await
+}
+
+/// A push envelope around `payload`, as Pub/Sub posts it.
+pub fn envelope(payload: &str, message_id: &str) -> String {
+    let data = base64::engine::general_purpose::STANDARD.encode(payload);
+    serde_json::json!({
+        "message": {
+            "data": data,
+            "attributes": {},
+            "messageId": message_id,
+            "message_id": message_id,
+            "publishTime": "2026-11-27T10:00:00.000Z",
+            "publish_time": "2026-11-27T10:00:00.000Z",
+        },
+        "subscription": "projects/test/subscriptions/dev--gyrinx.tasks--test-sub",
+        "deliveryAttempt": 1,
+    })
+    .to_string()
+}
+
+/// A push of `task_name` with `task_id` and keyword arguments.
+pub fn task(task_id: &str, task_name: &str, kwargs: serde_json::Value) -> String {
+    let payload = serde_json::json!({"task_id": task_id, "task_name": task_name, "args": [], "kwargs": kwargs});
+    envelope(&payload.to_string(), &format!("m-{task_id}"))
+}
+
+/// The row for `task_id`: (status, attempts, error_message, return_value).
+pub async fn row(db: &TestDb, task_id: &str) -> Option<(String, i32, Option<String>, Option<serde_json::Value>)> {
+    let client = db.client().await;
+    let row = client
+        .query_opt(
+            "select status, attempts, error_message, return_value from task_executions where task_id = $1",
+            &[&task_id],
+        )
+        .await
+        .expect("query task_executions")?;
+    Some((row.get(0), row.get(1), row.get(2), row.get(3)))
+}
