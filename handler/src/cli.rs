@@ -165,42 +165,48 @@ struct JobRun {
     task_id: Option<String>,
 }
 
+/// Checks the task and its arguments before touching the database, so a
+/// usage error is exit 2 whatever state the database is in.
 async fn run_command(config: &Config, registry: &Registry, job: JobRun) -> Result<ExitCode, Fatal> {
-    match &config.database {
-        Some(database) => {
-            let store = postgres(database).await?;
-            let resources = Resources { database: Some(store.clone()) };
-            run_job(registry, Arc::new(store), resources, job).await
-        }
-        None => {
-            warn_in_memory();
-            run_job(registry, Arc::new(MemoryStore::default()), Resources::default(), job).await
-        }
-    }
-}
-
-async fn run_job<S: ExecutionStore>(
-    registry: &Registry,
-    store: Arc<S>,
-    resources: Resources,
-    job: JobRun,
-) -> Result<ExitCode, Fatal> {
     let route = registry.get(&job.name).ok_or_else(|| Fatal::Usage(format!("unknown task {:?}", job.name)))?;
     let args = raw_json("--args", job.args.as_deref().unwrap_or("[]"))?;
     let kwargs = raw_json("--kwargs", job.kwargs.as_deref().unwrap_or("{}"))?;
     let arguments = RawArguments::new(args, kwargs).map_err(|error| Fatal::Usage(error.to_string()))?;
     let shard = job_shard();
-    let task_id = job.task_id.unwrap_or_else(|| default_task_id(shard));
+    let delivery = Delivery {
+        route,
+        task_id: job.task_id.unwrap_or_else(|| default_task_id(shard)),
+        arguments,
+        message_id: None,
+        enqueued_at: None,
+        job: shard,
+    };
+    let outcome = match &config.database {
+        Some(database) => {
+            let store = postgres(database).await?;
+            let resources = Resources { database: Some(store.clone()) };
+            execute_once(Arc::new(store), resources, delivery).await
+        }
+        None => {
+            warn_in_memory();
+            execute_once(Arc::new(MemoryStore::default()), Resources::default(), delivery).await
+        }
+    };
+    match outcome {
+        Outcome::Succeeded | Outcome::Duplicate | Outcome::Skipped { .. } => Ok(ExitCode::SUCCESS),
+        Outcome::BadArguments(error) => Err(Fatal::Usage(error.to_string())),
+        _ => Ok(ExitCode::FAILURE),
+    }
+}
+
+async fn execute_once<S: ExecutionStore>(store: Arc<S>, resources: Resources, delivery: Delivery<'_>) -> Outcome {
     let executor = Executor::new(store, Arc::new(resources), tokio_util::sync::CancellationToken::new());
-    let delivery =
-        Delivery { route, task_id: task_id.clone(), arguments, message_id: None, enqueued_at: None, job: shard };
+    let (task_name, task_id) = (delivery.route.name(), delivery.task_id.clone());
+    // Cloud Run's own retry count; the store's attempt count is the one the task sees.
+    let job_attempt = std::env::var("CLOUD_RUN_TASK_ATTEMPT").ok();
     let outcome = executor.execute(delivery).await;
-    tracing::info!(task_name = route.name(), task_id, ?outcome, "job finished");
-    Ok(match outcome {
-        Outcome::Succeeded | Outcome::Duplicate | Outcome::Skipped { .. } => ExitCode::SUCCESS,
-        Outcome::BadArguments(error) => return Err(Fatal::Usage(error.to_string())),
-        _ => ExitCode::FAILURE,
-    })
+    tracing::info!(task_name, task_id, job_attempt, ?outcome, "job finished");
+    outcome
 }
 
 fn raw_json<'a>(flag: &str, text: &'a str) -> Result<&'a RawValue, Fatal> {

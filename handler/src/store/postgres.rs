@@ -168,12 +168,14 @@ fn classify(error: tokio_postgres::Error) -> StoreError {
             StoreError::Database(format!("{} ({})", db.message(), code.code()))
         };
     }
+    // The driver's own message ("error connecting to server") leaves the
+    // reason in the source; a log line needs both.
+    let message = match error.source() {
+        Some(source) => format!("{error}: {source}"),
+        None => error.to_string(),
+    };
     let io = error.source().is_some_and(|source| source.is::<std::io::Error>());
-    if io || error.is_closed() {
-        StoreError::Unavailable(error.to_string())
-    } else {
-        StoreError::Database(error.to_string())
-    }
+    if io || error.is_closed() { StoreError::Unavailable(message) } else { StoreError::Database(message) }
 }
 
 /// Executions in PostgreSQL, through a bb8 pool.

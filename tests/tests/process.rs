@@ -1,0 +1,310 @@
+//! The real binary as Cloud Run runs it: the test app is spawned with a clean
+//! environment, stopped with SIGTERM, and judged by its exit codes, HTTP
+//! answers, database rows and stderr.
+
+mod support;
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{ExitStatus, Output, Stdio};
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::process::{Child, Command};
+use tokio::time::{sleep, timeout};
+
+use support::TestDb;
+
+/// The demo app, built by Cargo for this package.
+const APP: &str = env!("CARGO_BIN_EXE_whirligig-test-app");
+
+/// The longest any process may take to start, answer or exit.
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A database that refuses every connection.
+const UNREACHABLE_DATABASE: &str = "postgres://postgres@127.0.0.1:1/postgres";
+
+/// The test app with nothing from the developer's environment but `PATH`.
+fn app(env: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(APP);
+    command
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    command
+}
+
+/// Everything a production-like run needs, on `database_url`.
+fn prod(database_url: &str) -> Vec<(&str, &str)> {
+    vec![
+        ("TASKS_ENVIRONMENT", "prod"),
+        ("GCP_PROJECT_ID", "whirligig-test"),
+        ("CLOUD_RUN_SERVICE_URL", "https://whirligig-test-abc123-nw.a.run.app"),
+        ("TASKS_SERVICE_ACCOUNT", "tasks@whirligig-test.iam.gserviceaccount.com"),
+        ("DATABASE_URL", database_url),
+    ]
+}
+
+/// Runs the test app to the end with `args`, within [`WAIT`].
+async fn run_app(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let output = app(env).args(args).output();
+    timeout(WAIT, output).await.unwrap_or_else(|_| panic!("{args:?} did not exit within {WAIT:?}")).expect("spawn")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Asserts the exit code, showing stderr when it is not the expected one.
+fn assert_exit(output: &Output, code: i32, what: &str) {
+    assert_eq!(output.status.code(), Some(code), "{what}: stderr:\n{}", text(&output.stderr));
+}
+
+/// A port nothing listens on right now.
+fn free_port() -> u16 {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind an ephemeral port");
+    listener.local_addr().expect("bound address").port()
+}
+
+/// `whirligig serve` in a child process, killed when dropped. Its stderr goes
+/// to a file, so a chatty child can never block on a full pipe.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    stderr: PathBuf,
+}
+
+impl Server {
+    /// Spawns `serve` on a free port and waits until `/healthz` answers.
+    async fn start(env: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let stderr =
+            PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("process-{}.stderr", uuid::Uuid::new_v4()));
+        let file = std::fs::File::create(&stderr).expect("create the stderr file");
+        let child = app(env)
+            .arg("serve")
+            .env("PORT", port.to_string())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("spawn the test app");
+        let mut server = Self { child, addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)), stderr };
+        server.wait_ready().await;
+        server
+    }
+
+    /// Polls until the port accepts connections: process start cannot be awaited otherwise.
+    async fn wait_ready(&mut self) {
+        for _ in 0..400 {
+            if let Some(status) = self.child.try_wait().expect("child status") {
+                panic!("serve exited before it was ready ({status}); stderr:\n{}", self.stderr());
+            }
+            if tokio::net::TcpStream::connect(self.addr).await.is_ok() {
+                let health = support::get(self.addr, "/healthz").await;
+                assert_eq!(health.status, 200, "{}", health.body);
+                return;
+            }
+            sleep(Duration::from_millis(25)).await;
+        }
+        panic!("serve did not listen on {} within 10 s; stderr:\n{}", self.addr, self.stderr());
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM, as Cloud Run does to stop an instance.
+    fn terminate(&self) {
+        let pid = self.child.id().expect("the child is still running");
+        let status = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().expect("run kill");
+        assert!(status.success(), "kill -TERM {pid} failed");
+    }
+
+    /// The exit status, within [`WAIT`].
+    async fn exit(&mut self) -> ExitStatus {
+        match timeout(WAIT, self.child.wait()).await {
+            Ok(status) => status.expect("wait for the child"),
+            Err(_) => panic!("serve did not exit within {WAIT:?} of SIGTERM; stderr:\n{}", self.stderr()),
+        }
+    }
+
+    async fn push(&self, body: String) -> support::Reply {
+        support::post(self.addr, "/tasks/pubsub/", body).await
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.stderr);
+    }
+}
+
+/// Waits until `task_id`'s row has `status`, polling the database.
+async fn wait_for_status(db: &TestDb, task_id: &str, status: &str) {
+    for _ in 0..200 {
+        if support::row(db, task_id).await.is_some_and(|row| row.0 == status) {
+            return;
+        }
+        sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{task_id} never became {status}: {:?}", support::row(db, task_id).await);
+}
+
+#[tokio::test]
+async fn sigterm_lets_the_task_in_flight_finish_and_exits_zero() {
+    let db = TestDb::new().await;
+    let mut server = Server::start(&prod(&db.url)).await;
+    let addr = server.addr;
+    let in_flight =
+        tokio::spawn(support::post(addr, "/tasks/pubsub/", support::task("in-flight", "sleep", json!({"ms": 1500}))));
+    wait_for_status(&db, "in-flight", "RUNNING").await;
+
+    server.terminate();
+    let reply = timeout(WAIT, in_flight).await.expect("the in-flight push is answered").expect("the push task");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let status = server.exit().await;
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", server.stderr());
+    assert!(server.stderr().contains("SIGTERM received"), "{}", server.stderr());
+
+    let (status, attempts, error, value) = support::row(&db, "in-flight").await.expect("the row");
+    assert_eq!((status.as_str(), attempts, error), ("SUCCESSFUL", 1, None));
+    assert_eq!(value, Some(json!(1500)));
+}
+
+#[tokio::test]
+async fn run_exits_0_on_success_1_on_failure_and_2_on_bad_usage() {
+    let db = TestDb::new().await;
+    let env = prod(&db.url);
+
+    let output = run_app(&["run", "noop", "--task-id", "job-ok"], &env).await;
+    assert_exit(&output, 0, "run noop");
+    assert_eq!(support::row(&db, "job-ok").await.expect("row job-ok").0, "SUCCESSFUL");
+
+    let output = run_app(&["run", "fail", "--task-id", "job-fail"], &env).await;
+    assert_exit(&output, 1, "run fail");
+    let (status, _, error, _) = support::row(&db, "job-fail").await.expect("row job-fail");
+    assert_eq!(status, "FAILED");
+    assert!(error.is_some_and(|error| error.contains("always fails")));
+
+    let output = run_app(&["run", "nosuch"], &env).await;
+    assert_exit(&output, 2, "run nosuch");
+    assert!(text(&output.stderr).contains("unknown task"), "{}", text(&output.stderr));
+
+    let output = run_app(&["run", "noop", "--args", "notjson"], &env).await;
+    assert_exit(&output, 2, "run noop --args notjson");
+    assert!(text(&output.stderr).contains("--args is not JSON"), "{}", text(&output.stderr));
+
+    let output = run_app(&["run", "sleep", "--kwargs", r#"{"ms": "x"}"#, "--task-id", "job-misfit"], &env).await;
+    assert_exit(&output, 2, "run sleep with arguments that do not fit");
+    assert_eq!(support::row(&db, "job-misfit").await.expect("row job-misfit").0, "FAILED");
+
+    let mut job_env = env.clone();
+    job_env.extend([("CLOUD_RUN_EXECUTION", "exec-abc"), ("CLOUD_RUN_TASK_INDEX", "3")]);
+    let output = run_app(&["run", "noop"], &job_env).await;
+    assert_exit(&output, 0, "run noop as Cloud Run job task 3");
+    assert_eq!(support::row(&db, "exec-abc-3").await.expect("row exec-abc-3").0, "SUCCESSFUL");
+}
+
+#[tokio::test]
+async fn outside_dev_serve_names_every_missing_variable_and_exits_2() {
+    let output = run_app(&["serve"], &[("TASKS_ENVIRONMENT", "prod")]).await;
+    assert_exit(&output, 2, "serve with nothing set");
+    let stderr = text(&output.stderr);
+    for name in ["GCP_PROJECT_ID", "CLOUD_RUN_SERVICE_URL", "TASKS_SERVICE_ACCOUNT", "DATABASE_URL"] {
+        assert!(stderr.contains(name), "{name} not named in:\n{stderr}");
+    }
+
+    // DATABASE_URL set with a password, the others missing: the password stays out of the message.
+    let secret = "hunter2-s3cret";
+    let url = format!("postgres://postgres:{secret}@127.0.0.1:5432/postgres");
+    let output = run_app(&["serve"], &[("TASKS_ENVIRONMENT", "prod"), ("DATABASE_URL", &url)]).await;
+    assert_exit(&output, 2, "serve with only DATABASE_URL set");
+    let stderr = text(&output.stderr);
+    for name in ["GCP_PROJECT_ID", "CLOUD_RUN_SERVICE_URL", "TASKS_SERVICE_ACCOUNT"] {
+        assert!(stderr.contains(name), "{name} not named in:\n{stderr}");
+    }
+    assert!(!stderr.contains("DATABASE_URL is required"), "{stderr}");
+    assert!(!stderr.contains(secret), "the password leaked:\n{stderr}");
+}
+
+#[tokio::test]
+async fn the_kill_switch_records_a_skip_and_acknowledges() {
+    let db = TestDb::new().await;
+    let on_env = prod(&db.url);
+    let mut off_env = on_env.clone();
+    off_env.push(("ENABLE_HEARTBEAT", "off"));
+    let (off, on) = tokio::join!(Server::start(&off_env), Server::start(&on_env));
+    let payload = r#"{"task_id": "scheduled-heartbeat", "task_name": "heartbeat", "args": [], "kwargs": {}}"#;
+
+    let reply = off.push(support::envelope(payload, "1001")).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let (status, attempts, error, _) = support::row(&db, "scheduled-heartbeat-1001").await.expect("the skipped row");
+    assert_eq!((status.as_str(), attempts), ("FAILED", 0), "skipped, never claimed");
+    let error = error.expect("an error message");
+    assert!(error.contains("kill switch") && error.contains("ENABLE_HEARTBEAT"), "{error}");
+
+    let reply = on.push(support::envelope(payload, "1002")).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let (status, attempts, ..) = support::row(&db, "scheduled-heartbeat-1002").await.expect("the run row");
+    assert_eq!((status.as_str(), attempts), ("SUCCESSFUL", 1));
+}
+
+#[tokio::test]
+async fn dev_without_a_database_serves_from_memory_and_says_so() {
+    let mut server = Server::start(&[]).await;
+    assert_eq!(support::get(server.addr, "/healthz").await.status, 200);
+    assert_eq!(support::get(server.addr, "/readyz").await.status, 200);
+    let reply = server.push(support::task("dev-echo", "echo", json!({"hello": "world"}))).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert!(server.stderr().contains("NOT persisted"), "no warning in:\n{}", server.stderr());
+
+    server.terminate();
+    let status = server.exit().await;
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", server.stderr());
+}
+
+#[tokio::test]
+async fn routes_lists_topics_and_scheduler_jobs() {
+    let output = run_app(&["routes"], &[]).await;
+    assert_exit(&output, 0, "routes");
+    let stdout = text(&output.stdout);
+    assert!(stdout.contains("dev--gyrinx.tasks--whirligig_handler.demo.noop"), "{stdout}");
+    assert!(stdout.contains("dev--gyrinx-scheduler--whirligig_handler-demo-heartbeat"), "{stdout}");
+}
+
+#[tokio::test]
+async fn migrate_twice_applies_once_then_nothing() {
+    let db = TestDb::new().await;
+    // Back to an empty schema, so the first run has something to apply.
+    db.client()
+        .await
+        .batch_execute("drop table task_executions, whirligig_migrations")
+        .await
+        .expect("empty the schema");
+    let env = [("DATABASE_URL", db.url.as_str())];
+
+    let first = run_app(&["migrate"], &env).await;
+    assert_exit(&first, 0, "first migrate");
+    assert!(!text(&first.stdout).starts_with("0 migration"), "{}", text(&first.stdout));
+    let second = run_app(&["migrate"], &env).await;
+    assert_exit(&second, 0, "second migrate");
+    assert!(text(&second.stdout).starts_with("0 migration(s) applied"), "{}", text(&second.stdout));
+    assert!(support::row(&db, "none").await.is_none(), "task_executions exists again");
+}
+
+#[tokio::test]
+async fn an_unreachable_database_at_start_is_one_line_and_a_failure() {
+    let mut env = prod(UNREACHABLE_DATABASE);
+    let port = free_port().to_string();
+    env.push(("PORT", &port));
+    let output = run_app(&["serve"], &env).await;
+    assert!(!output.status.success(), "serve exited {} without a database", output.status);
+    let stderr = text(&output.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|line| line.starts_with("whirligig:")).collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(lines[0].contains("database") && lines[0].contains("unreachable"), "{stderr}");
+}
