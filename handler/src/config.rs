@@ -113,6 +113,10 @@ impl Config {
         let pool_size = reader.number("DATABASE_POOL_SIZE", 10_u32, |size| *size > 0);
         let pool_timeout = Duration::from_millis(reader.number("DATABASE_POOL_TIMEOUT_MS", 250_u64, |ms| *ms > 0));
         let database = reader.text("DATABASE_URL").map(|url| DatabaseConfig { url, pool_size, pool_timeout });
+        if database.as_ref().is_some_and(|database| database.url.parse::<tokio_postgres::Config>().is_err()) {
+            // Not repeated: it may hold a password.
+            reader.problems.push("DATABASE_URL is not a valid PostgreSQL URL".to_owned());
+        }
         let config = Self {
             naming,
             project_id: reader.text("GCP_PROJECT_ID"),
@@ -221,6 +225,12 @@ mod tests {
         let error = load(&[("PORT", "http"), ("DATABASE_POOL_SIZE", "0"), ("TASKS_ENVIRONMENT", "goog")]).unwrap_err();
         assert_eq!(error.problems().len(), 3 + 4, "{error}");
         assert!(error.to_string().contains("PORT=\"http\" is not a valid value"));
+    }
+
+    #[test]
+    fn a_database_url_that_does_not_parse_is_a_problem_without_its_text() {
+        let error = load(&[("DATABASE_URL", "postgres://u:secret@h:notaport/db")]).unwrap_err();
+        assert_eq!(error.problems(), ["DATABASE_URL is not a valid PostgreSQL URL"]);
     }
 
     #[test]
