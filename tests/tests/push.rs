@@ -350,6 +350,36 @@ async fn h2c_is_served_on_the_same_port() {
     assert_eq!(row(&db, "h2").await.unwrap().3, Some(json!({"over": "h2"})));
 }
 
+/// Waits for the runner to ask it to stop, then says so.
+async fn until_shutdown(ctx: TaskContext) -> Result<&'static str, TaskError> {
+    tokio::select! {
+        () = ctx.cancelled() => Ok("cancelled"),
+        () = tokio::time::sleep(Duration::from_secs(10)) => Ok("never told"),
+    }
+}
+
+#[tokio::test]
+async fn shutdown_tells_running_tasks_and_turns_new_pushes_away_with_503() {
+    let db = TestDb::new().await;
+    let registry = Registry::builder()
+        .route(TaskRoute::new("until_shutdown", until_shutdown))
+        .route(TaskRoute::new("echo", demo::echo))
+        .build()
+        .unwrap();
+    let server = Arc::new(postgres_server(&db, registry, 2).await);
+    let running = {
+        let server = Arc::clone(&server);
+        tokio::spawn(async move { server.push(task("long", "until_shutdown", json!({}))).await })
+    };
+    wait_for_status(&db, "long", "RUNNING").await;
+    server.app.begin_shutdown();
+    assert_eq!(running.await.unwrap().status, 200);
+    assert_eq!(row(&db, "long").await.unwrap().3, Some(json!("cancelled")), "the task saw the signal");
+    let late = server.push(task("late", "echo", json!({}))).await;
+    assert_eq!((late.status, late.body.as_str()), (503, "shutting down; retry"));
+    assert!(row(&db, "late").await.is_none(), "turned away before anything was recorded");
+}
+
 async fn wait_for_status(db: &TestDb, task_id: &str, status: &str) {
     for _ in 0..200 {
         if row(db, task_id).await.is_some_and(|row| row.0 == status) {
