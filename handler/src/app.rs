@@ -138,6 +138,12 @@ where
     }
 }
 
+/// The answer for a request whose handling itself failed (it cannot panic:
+/// the executor catches task panics; this is the last line of defence).
+pub(crate) fn internal_error() -> Response<Full<Bytes>> {
+    respond(Answer::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error; retry"))
+}
+
 fn respond(answer: Answer) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(format!("{}\n", answer.body))));
     *response.status_mut() = answer.status;

@@ -5,6 +5,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use serde_json::value::RawValue;
@@ -116,7 +117,7 @@ async fn command(command: Command, registry: Registry) -> Result<ExitCode, Fatal
     }
 }
 
-/// The store the configuration asks for: PostgreSQL, migrated, or memory in dev.
+/// The PostgreSQL store, its migrations applied.
 async fn postgres(database: &DatabaseConfig) -> Result<PostgresStore, Fatal> {
     let applied = migrate(&database.url).await?;
     tracing::info!(database = %redact(&database.url), applied = applied.len(), "migrations up to date");
@@ -180,6 +181,8 @@ async fn run_command(config: &Config, registry: &Registry, job: JobRun) -> Resul
         message_id: None,
         enqueued_at: None,
         job: shard,
+        // A retried job attempt means the previous one is dead: take over at once.
+        lease: if shard.is_some_and(|shard| shard.attempt > 0) { Duration::ZERO } else { route.ack_deadline() },
     };
     let outcome = match &config.database {
         Some(database) => {
@@ -202,10 +205,8 @@ async fn run_command(config: &Config, registry: &Registry, job: JobRun) -> Resul
 async fn execute_once<S: ExecutionStore>(store: Arc<S>, resources: Resources, delivery: Delivery<'_>) -> Outcome {
     let executor = Executor::new(store, Arc::new(resources), tokio_util::sync::CancellationToken::new());
     let (task_name, task_id) = (delivery.route.name(), delivery.task_id.clone());
-    // Cloud Run's own retry count; the store's attempt count is the one the task sees.
-    let job_attempt = std::env::var("CLOUD_RUN_TASK_ATTEMPT").ok();
     let outcome = executor.execute(delivery).await;
-    tracing::info!(task_name, task_id, job_attempt, ?outcome, "job finished");
+    tracing::info!(task_name, task_id, ?outcome, "job finished");
     outcome
 }
 
@@ -217,11 +218,12 @@ fn env_number(name: &str) -> Option<u32> {
     std::env::var(name).ok()?.parse().ok()
 }
 
-/// `CLOUD_RUN_TASK_INDEX` of `CLOUD_RUN_TASK_COUNT`, when run as a job.
+/// `CLOUD_RUN_TASK_INDEX` of `CLOUD_RUN_TASK_COUNT`, try `CLOUD_RUN_TASK_ATTEMPT`, when run as a job.
 fn job_shard() -> Option<JobShard> {
     Some(JobShard {
         index: env_number("CLOUD_RUN_TASK_INDEX")?,
         count: env_number("CLOUD_RUN_TASK_COUNT").unwrap_or(1),
+        attempt: env_number("CLOUD_RUN_TASK_ATTEMPT").unwrap_or(0),
     })
 }
 

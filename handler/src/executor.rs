@@ -26,6 +26,9 @@ pub(crate) struct Delivery<'a> {
     pub(crate) message_id: Option<&'a str>,
     pub(crate) enqueued_at: Option<DateTime<Utc>>,
     pub(crate) job: Option<JobShard>,
+    /// How long another delivery's RUNNING claim holds: the route's ack
+    /// deadline, or zero when the caller knows the previous attempt is dead.
+    pub(crate) lease: Duration,
 }
 
 /// How a delivery ended.
@@ -35,6 +38,8 @@ pub(crate) enum Outcome {
     Succeeded,
     /// The task had already succeeded; it did not run again.
     Duplicate,
+    /// The task had already failed permanently; it did not run again.
+    AlreadyFailed,
     /// The route's kill switch is off; recorded, not run.
     Skipped { variable: String },
     /// Another delivery holds the lease, or took over while this one ran.
@@ -57,6 +62,8 @@ enum Failure {
     Task(TaskError),
     Panicked(String),
     TimedOut(Duration),
+    /// The task succeeded but the store refused its return value.
+    Unstorable(String),
 }
 
 /// Runs deliveries against one store.
@@ -86,7 +93,7 @@ impl<S: ExecutionStore> Executor<S> {
             kwargs: delivery.arguments.kwargs(),
             message_id: delivery.message_id,
             enqueued_at: delivery.enqueued_at,
-            lease: route.ack_deadline(),
+            lease: delivery.lease,
             max_attempts: route.max_attempts(),
         };
         if let Some(variable) = disabled_by(route) {
@@ -99,6 +106,7 @@ impl<S: ExecutionStore> Executor<S> {
         let attempt = match self.store.claim(&request).await {
             Ok(Claim::Claimed { attempt }) => attempt,
             Ok(Claim::AlreadySucceeded) => return Outcome::Duplicate,
+            Ok(Claim::AlreadyFailed) => return Outcome::AlreadyFailed,
             Ok(Claim::Running) => return Outcome::InProgress,
             Ok(Claim::Exhausted { attempts }) => return Outcome::Exhausted { attempts },
             Err(error) => return Outcome::Store(error),
@@ -124,33 +132,36 @@ impl<S: ExecutionStore> Executor<S> {
     }
 
     async fn record(&self, task_id: &str, attempt: u32, route: &Route, result: Result<TaskOutput, Failure>) -> Outcome {
-        match result {
+        let failure = match result {
             Ok(output) => {
-                self.finish(task_id, attempt, Ending::Succeeded { return_value: &output }, Outcome::Succeeded).await
+                match self.store.finish(task_id, attempt, Ending::Succeeded { return_value: &output }).await {
+                    // The task ran; only its result cannot be kept. Running it
+                    // again would produce the same value.
+                    Err(StoreError::Rejected(reason)) => Failure::Unstorable(reason),
+                    finished => return conclude(task_id, attempt, finished, Outcome::Succeeded),
+                }
             }
-            Err(failure) => {
-                let (message, traceback) = failure.describe();
-                let last_attempt = route.max_attempts().is_some_and(|max| attempt >= max.get());
-                let outcome = failure.outcome(&message, last_attempt);
-                let ending = Ending::Failed { message: &message, traceback: &traceback };
-                self.finish(task_id, attempt, ending, outcome).await
-            }
-        }
+            Err(failure) => failure,
+        };
+        let (message, traceback) = failure.describe();
+        let last_attempt = route.max_attempts().is_some_and(|max| attempt >= max.get());
+        let outcome = failure.outcome(&message, last_attempt);
+        let permanent = failure.is_permanent();
+        let ending = Ending::Failed { message: &message, traceback: &traceback, permanent };
+        conclude(task_id, attempt, self.store.finish(task_id, attempt, ending).await, outcome)
     }
+}
 
-    async fn finish(&self, task_id: &str, attempt: u32, ending: Ending<'_>, outcome: Outcome) -> Outcome {
-        match self.store.finish(task_id, attempt, ending).await {
-            Ok(Finished::Recorded) => outcome,
-            Ok(Finished::Fenced) => {
-                tracing::warn!(
-                    task_id,
-                    attempt,
-                    "a newer attempt owns this execution; this attempt's ending was dropped"
-                );
-                Outcome::InProgress
-            }
-            Err(error) => Outcome::Store(error),
+/// The outcome once the finish is known: a fenced finish means a newer
+/// attempt owns the execution.
+fn conclude(task_id: &str, attempt: u32, finished: Result<Finished, StoreError>, outcome: Outcome) -> Outcome {
+    match finished {
+        Ok(Finished::Recorded) => outcome,
+        Ok(Finished::Fenced) => {
+            tracing::warn!(task_id, attempt, "a newer attempt owns this execution; this attempt's ending was dropped");
+            Outcome::InProgress
         }
+        Err(error) => Outcome::Store(error),
     }
 }
 
@@ -201,6 +212,19 @@ impl Failure {
                 let message = format!("the task did not finish within its timeout of {timeout:?}");
                 (message.clone(), message)
             }
+            Self::Unstorable(reason) => {
+                let message = format!("the task succeeded but its return value could not be stored: {reason}");
+                (message.clone(), message)
+            }
+        }
+    }
+
+    /// Whether later deliveries should run the task again.
+    fn is_permanent(&self) -> bool {
+        match self {
+            Self::Arguments(_) | Self::Unstorable(_) => true,
+            Self::Task(error) => error.is_permanent(),
+            Self::Panicked(_) | Self::TimedOut(_) => false,
         }
     }
 
@@ -213,6 +237,7 @@ impl Failure {
                 None => Outcome::Failed { message, retry: error.retry() == Retry::Retryable && !last_attempt },
             },
             Self::Panicked(_) | Self::TimedOut(_) => Outcome::Failed { message, retry: !last_attempt },
+            Self::Unstorable(_) => Outcome::Failed { message, retry: false },
         }
     }
 }
@@ -221,9 +246,7 @@ impl Failure {
 /// a task failure: the same delivery should come back later.
 fn store_error_in(error: &TaskError) -> Option<StoreError> {
     error.chain().find_map(|cause| match cause.downcast_ref::<StoreError>()? {
-        StoreError::PoolTimeout(timeout) => Some(StoreError::PoolTimeout(*timeout)),
-        StoreError::Refused(message) => Some(StoreError::Refused(message.clone())),
-        StoreError::Unavailable(message) => Some(StoreError::Unavailable(message.clone())),
+        busy @ (StoreError::PoolTimeout(_) | StoreError::Refused(_) | StoreError::Unavailable(_)) => Some(busy.clone()),
         _ => None,
     })
 }

@@ -10,6 +10,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use http::StatusCode;
 use serde::Deserialize;
+use tracing::Instrument as _;
 use whirligig_registry::{ReceivedMessage, Registry};
 
 use crate::executor::{Delivery, Executor, Outcome};
@@ -56,53 +57,59 @@ impl Answer {
 
 /// Handles one push body.
 pub(crate) async fn push<S: ExecutionStore>(registry: &Registry, executor: &Executor<S>, body: &[u8]) -> Answer {
-    let envelope: PushEnvelope<'_> = match serde_json::from_slice(body) {
-        Ok(envelope) => envelope,
-        Err(error) => return rejected(None, Answer::bad_request(format_args!("not a Pub/Sub push envelope: {error}"))),
-    };
-    let message_id = envelope.message.message_id.as_str();
-    let data = match STANDARD.decode(envelope.message.data.as_bytes()) {
-        Ok(data) if !data.is_empty() => data,
-        Ok(_) => return rejected(Some(message_id), Answer::bad_request("the message has no data")),
-        Err(error) => {
-            return rejected(Some(message_id), Answer::bad_request(format_args!("data is not base64: {error}")));
+    let (envelope, data) = match decode(body) {
+        Ok(decoded) => decoded,
+        Err(answer) => {
+            tracing::warn!(reason = %answer.body, "malformed push: acknowledged without running");
+            return answer;
         }
     };
+    let message_id = envelope.message.message_id.as_str();
     let message = match ReceivedMessage::parse(&data) {
         Ok(message) => message,
-        Err(error) => return rejected(Some(message_id), Answer::bad_request(error)),
+        Err(error) => {
+            tracing::warn!(message_id, %error, "malformed task message: acknowledged without running");
+            return Answer::bad_request(error);
+        }
     };
     let Some(route) = registry.get(message.task_name()) else {
         // The name is logged, never echoed: the body goes back to whoever posted.
         tracing::warn!(message_id, task_name = message.task_name(), "unknown task: acknowledged without running");
         return Answer::bad_request("unknown task");
     };
+    let task_id = message.execution_id(message_id);
+    let span = tracing::info_span!(
+        "push",
+        task_name = route.name(),
+        task_id,
+        message_id,
+        delivery_attempt = envelope.delivery_attempt,
+        subscription = envelope.subscription.as_deref(),
+    );
     let delivery = Delivery {
         route,
-        task_id: message.execution_id(message_id),
+        task_id,
         arguments: message.arguments(),
         message_id: Some(message_id),
         enqueued_at: message.enqueued_at(),
         job: None,
+        lease: route.ack_deadline(),
     };
-    let task_id = delivery.task_id.clone();
-    let outcome = executor.execute(delivery).await;
+    let outcome = executor.execute(delivery).instrument(span.clone()).await;
     let answer = answer(&outcome);
-    log(
-        &outcome,
-        &answer,
-        route.name(),
-        &task_id,
-        message_id,
-        envelope.delivery_attempt,
-        envelope.subscription.as_deref(),
-    );
+    span.in_scope(|| log(&outcome, answer.status));
     answer
 }
 
-fn rejected(message_id: Option<&str>, answer: Answer) -> Answer {
-    tracing::warn!(message_id, reason = %answer.body, "malformed push: acknowledged without running");
-    answer
+/// The envelope and its decoded data, or the 400 that says what is wrong.
+fn decode(body: &[u8]) -> Result<(PushEnvelope<'_>, Vec<u8>), Answer> {
+    let envelope: PushEnvelope<'_> = serde_json::from_slice(body)
+        .map_err(|error| Answer::bad_request(format_args!("not a Pub/Sub push envelope: {error}")))?;
+    match STANDARD.decode(envelope.message.data.as_bytes()) {
+        Ok(data) if !data.is_empty() => Ok((envelope, data)),
+        Ok(_) => Err(Answer::bad_request("the message has no data")),
+        Err(error) => Err(Answer::bad_request(format_args!("data is not base64: {error}"))),
+    }
 }
 
 /// The status for each outcome, per the status table: 200 and 400 make
@@ -112,6 +119,7 @@ pub(crate) fn answer(outcome: &Outcome) -> Answer {
     match outcome {
         Outcome::Succeeded => Answer::new(Code::OK, "ok"),
         Outcome::Duplicate => Answer::new(Code::OK, "ok: already succeeded, not run again"),
+        Outcome::AlreadyFailed => Answer::bad_request("the task already failed permanently; not run again"),
         Outcome::Skipped { variable } => Answer::new(Code::OK, format!("ok: skipped, kill switch {variable} is off")),
         Outcome::InProgress => Answer::new(Code::CONFLICT, "another delivery of this task is running"),
         Outcome::Exhausted { attempts } => {
@@ -135,30 +143,21 @@ pub(crate) fn answer(outcome: &Outcome) -> Answer {
     }
 }
 
-fn log(
-    outcome: &Outcome,
-    answer: &Answer,
-    task_name: &str,
-    task_id: &str,
-    message_id: &str,
-    delivery_attempt: Option<u32>,
-    subscription: Option<&str>,
-) {
-    let status = answer.status.as_u16();
-    macro_rules! event {
-        ($level:ident, $($detail:tt)*) => {
-            tracing::$level!(task_name, task_id, message_id, delivery_attempt, subscription, status, $($detail)*)
-        };
-    }
+/// One line per outcome, inside the delivery's span (task, id, message).
+fn log(outcome: &Outcome, status: StatusCode) {
+    let status = status.as_u16();
     match outcome {
-        Outcome::Succeeded => event!(info, "task succeeded"),
-        Outcome::Duplicate => event!(info, "duplicate of a successful execution: not run again"),
-        Outcome::Skipped { variable } => event!(info, variable, "kill switch off: acknowledged without running"),
-        Outcome::InProgress => event!(info, "another delivery holds the lease"),
-        Outcome::Exhausted { attempts } => event!(warn, attempts, "max_attempts reached: acknowledged"),
-        Outcome::BadArguments(error) => event!(warn, %error, "arguments do not fit the task"),
-        Outcome::Failed { message, retry } => event!(warn, error = %message, retry, "task failed"),
-        Outcome::Store(error) => event!(warn, %error, "store unavailable for this delivery"),
+        Outcome::Succeeded => tracing::info!(status, "task succeeded"),
+        Outcome::Duplicate => tracing::info!(status, "duplicate of a successful execution: not run again"),
+        Outcome::AlreadyFailed => tracing::info!(status, "the task already failed permanently: not run again"),
+        Outcome::Skipped { variable } => {
+            tracing::info!(status, variable, "kill switch off: acknowledged without running")
+        }
+        Outcome::InProgress => tracing::info!(status, "another delivery holds the lease"),
+        Outcome::Exhausted { attempts } => tracing::warn!(status, attempts, "max_attempts reached: not run again"),
+        Outcome::BadArguments(error) => tracing::warn!(status, %error, "arguments do not fit the task"),
+        Outcome::Failed { message, retry } => tracing::warn!(status, error = %message, retry, "task failed"),
+        Outcome::Store(error) => tracing::warn!(status, %error, "the store could not serve this delivery"),
     }
 }
 
@@ -166,11 +165,24 @@ fn log(
 mod tests {
     use super::*;
 
+    fn argument_error() -> whirligig_registry::ArgumentError {
+        let route = whirligig_registry::TaskRoute::new("t", |_: whirligig_registry::TaskContext| async {});
+        let registry = Registry::builder().route(route).build().unwrap();
+        let args: &serde_json::value::RawValue = serde_json::from_str("[1]").unwrap();
+        let kwargs: &serde_json::value::RawValue = serde_json::from_str("{}").unwrap();
+        let arguments = whirligig_registry::RawArguments::new(args, kwargs).unwrap();
+        let ctx = whirligig_registry::TaskContext::new("t");
+        registry.get("t").unwrap().call(ctx, &arguments).err().unwrap()
+    }
+
     #[test]
     fn every_outcome_maps_to_the_status_table() {
         let status = |outcome: Outcome| answer(&outcome).status.as_u16();
         assert_eq!(status(Outcome::Succeeded), 200);
         assert_eq!(status(Outcome::Duplicate), 200);
+        assert_eq!(status(Outcome::AlreadyFailed), 400);
+        let misfit = whirligig_registry::ArgumentError::clone(&argument_error());
+        assert_eq!(status(Outcome::BadArguments(misfit)), 400);
         assert_eq!(status(Outcome::Skipped { variable: "ENABLE_X".into() }), 200);
         assert_eq!(status(Outcome::InProgress), 409);
         assert_eq!(status(Outcome::Exhausted { attempts: 3 }), 400);

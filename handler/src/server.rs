@@ -13,11 +13,12 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
-use crate::app::App;
+use crate::app::{App, internal_error};
 use crate::store::ExecutionStore;
 
-/// Cloud Run gives an instance 10 seconds between SIGTERM and SIGKILL.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Cloud Run gives an instance 10 seconds between SIGTERM and SIGKILL; keep
+/// some of it for flushing and exiting.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
 
 /// Serves `app` on `listener` until `shutdown` completes, then drains for at
 /// most `grace`. Tests bind `127.0.0.1:0` and pass their own shutdown future.
@@ -36,8 +37,10 @@ pub async fn serve<S: ExecutionStore>(
                 let stream = match accepted {
                     Ok((stream, _)) => stream,
                     Err(error) => {
-                        // Out of file descriptors and the like: the listener itself is fine.
+                        // Out of file descriptors and the like: the listener is fine,
+                        // but retrying at once would spin.
                         tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
                 };
@@ -45,7 +48,11 @@ pub async fn serve<S: ExecutionStore>(
                 let app = Arc::clone(&app);
                 let service = service_fn(move |request| {
                     let app = Arc::clone(&app);
-                    async move { Ok::<_, Infallible>(app.handle(request).await) }
+                    // Detached from the connection: a client that goes away (Pub/Sub
+                    // at its push deadline) must not cancel a task between its
+                    // claim and its finish, leaving it RUNNING until the lease ends.
+                    let handling = tokio::spawn(async move { app.handle(request).await });
+                    async move { Ok::<_, Infallible>(handling.await.unwrap_or_else(|_| internal_error())) }
                 });
                 let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
                 tokio::spawn(async move {

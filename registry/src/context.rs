@@ -7,13 +7,15 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 /// The shard of a Cloud Run job execution that runs this task
-/// (`CLOUD_RUN_TASK_INDEX` of `CLOUD_RUN_TASK_COUNT`).
+/// (`CLOUD_RUN_TASK_INDEX` of `CLOUD_RUN_TASK_COUNT`, try `CLOUD_RUN_TASK_ATTEMPT`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct JobShard {
     /// This shard's index, from 0.
     pub index: u32,
     /// How many shards the execution has.
     pub count: u32,
+    /// Cloud Run's retry count for this shard, from 0.
+    pub attempt: u32,
 }
 
 /// Facts about one execution, passed to every task function.
@@ -146,11 +148,11 @@ mod tests {
         let ctx = TaskContext::new("t-2")
             .with_attempt(3)
             .with_message_id("m-9")
-            .with_job(JobShard { index: 1, count: 4 })
+            .with_job(JobShard { index: 1, count: 4, attempt: 0 })
             .with_cancellation(token.clone());
         assert_eq!(ctx.attempt(), 3);
         assert_eq!(ctx.message_id(), Some("m-9"));
-        assert_eq!(ctx.job(), Some(JobShard { index: 1, count: 4 }));
+        assert_eq!(ctx.job(), Some(JobShard { index: 1, count: 4, attempt: 0 }));
         token.cancel();
         assert!(ctx.is_cancelled());
     }

@@ -38,7 +38,7 @@ async fn lifecycle(store: &impl ExecutionStore) {
     let claim = request("life", LEASE, None);
     assert_eq!(store.claim(&claim).await.unwrap(), Claim::Claimed { attempt: 1 });
     assert_eq!(store.claim(&claim).await.unwrap(), Claim::Running, "the lease holds");
-    let failed = Ending::Failed { message: "boom", traceback: "boom\ncaused by: io" };
+    let failed = Ending::Failed { message: "boom", traceback: "boom\ncaused by: io", permanent: false };
     assert_eq!(store.finish("life", 1, failed).await.unwrap(), Finished::Recorded);
     let row = store.get("life").await.unwrap().unwrap();
     assert_eq!((row.status, row.attempts, row.error_message.as_deref()), (Status::Failed, 1, Some("boom")));
@@ -78,7 +78,7 @@ async fn attempt_limit(store: &impl ExecutionStore) {
     let limited = request("limited", LEASE, Some(2));
     for attempt in 1..=2 {
         assert_eq!(store.claim(&limited).await.unwrap(), Claim::Claimed { attempt });
-        let failed = Ending::Failed { message: "no", traceback: "no" };
+        let failed = Ending::Failed { message: "no", traceback: "no", permanent: false };
         assert_eq!(store.finish("limited", attempt, failed).await.unwrap(), Finished::Recorded);
     }
     assert_eq!(store.claim(&limited).await.unwrap(), Claim::Exhausted { attempts: 2 });
@@ -88,6 +88,25 @@ async fn attempt_limit(store: &impl ExecutionStore) {
     tokio::time::sleep(Duration::from_millis(5)).await;
     let retry = request("crashed", Duration::ZERO, Some(1));
     assert_eq!(store.claim(&retry).await.unwrap(), Claim::Exhausted { attempts: 1 });
+    let row = store.get("crashed").await.unwrap().unwrap();
+    assert_eq!(row.status, Status::Failed, "an abandoned last attempt does not stay RUNNING");
+    assert_eq!(row.error_message.as_deref(), Some("abandoned: the last attempt did not finish within its lease"));
+}
+
+async fn permanent_failure_is_final(store: &impl ExecutionStore) {
+    let claim = request("final", LEASE, None);
+    assert_eq!(store.claim(&claim).await.unwrap(), Claim::Claimed { attempt: 1 });
+    let failed = Ending::Failed { message: "no such user", traceback: "no such user", permanent: true };
+    assert_eq!(store.finish("final", 1, failed).await.unwrap(), Finished::Recorded);
+    assert_eq!(store.claim(&claim).await.unwrap(), Claim::AlreadyFailed, "a redelivery does not run it again");
+    store.skip(&claim, "skipped: kill switch X is off").await.unwrap();
+    let row = store.get("final").await.unwrap().unwrap();
+    assert!(row.permanent);
+    assert_eq!(
+        (row.attempts, row.error_message.as_deref()),
+        (1, Some("no such user")),
+        "a skip keeps the real failure"
+    );
 }
 
 async fn skip(store: &impl ExecutionStore) {
@@ -129,6 +148,7 @@ async fn postgres_holds_the_contract() {
     lifecycle(store.as_ref()).await;
     fence_and_lease(store.as_ref()).await;
     attempt_limit(store.as_ref()).await;
+    permanent_failure_is_final(store.as_ref()).await;
     skip(store.as_ref()).await;
     concurrent_claims(store).await;
 }
@@ -139,8 +159,52 @@ async fn memory_holds_the_same_contract() {
     lifecycle(store.as_ref()).await;
     fence_and_lease(store.as_ref()).await;
     attempt_limit(store.as_ref()).await;
+    permanent_failure_is_final(store.as_ref()).await;
     skip(store.as_ref()).await;
     concurrent_claims(store).await;
+}
+
+/// A claim that blocks behind another delivery's uncommitted claim of an
+/// existing row, then finds it taken, is told "running", never "exhausted".
+#[tokio::test]
+async fn a_claim_that_loses_a_race_on_an_existing_row_is_told_it_is_running() {
+    let db = TestDb::new().await;
+    let store = Arc::new(db.store(2, Duration::from_secs(5)));
+    let lost = request("contended", LEASE, None);
+    assert_eq!(store.claim(&lost).await.unwrap(), Claim::Claimed { attempt: 1 });
+    let failed = Ending::Failed { message: "first", traceback: "first", permanent: false };
+    store.finish("contended", 1, failed).await.unwrap();
+
+    let mut other = db.client().await;
+    let winner = other.transaction().await.unwrap();
+    let taken = "update task_executions set status = 'RUNNING', attempts = 2, started_at = now() where task_id = $1";
+    winner.execute(taken, &[&"contended"]).await.unwrap();
+    let loser = {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move { store.claim(&request("contended", LEASE, None)).await.unwrap() })
+    };
+    wait_until_blocked_on_a_lock(&db).await;
+    winner.commit().await.unwrap();
+    assert_eq!(loser.await.unwrap(), Claim::Running);
+}
+
+/// Polls pg_stat_activity: a lock wait has no event a test can await.
+async fn wait_until_blocked_on_a_lock(db: &TestDb) {
+    let client = db.client().await;
+    for _ in 0..500 {
+        let waiting = client
+            .query_one(
+                "select count(*) from pg_stat_activity where wait_event_type = 'Lock' and query like '%claimed%'",
+                &[],
+            )
+            .await
+            .unwrap();
+        if waiting.get::<_, i64>(0) > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the claim never blocked");
 }
 
 #[tokio::test]
@@ -151,10 +215,10 @@ async fn migrations_applied_twice_at_once_apply_once() {
     let (first, second) = tokio::join!(migrate(&db.url), migrate(&db.url));
     let mut applied = [first.unwrap(), second.unwrap()];
     applied.sort();
-    assert_eq!(applied, [vec![], vec![1]]);
+    assert_eq!(applied, [vec![], vec![1, 2]]);
     assert_eq!(migrate(&db.url).await.unwrap(), Vec::<i32>::new(), "a third run has nothing to do");
     let versions = db.client().await.query("select version from whirligig_migrations", &[]).await.unwrap();
-    assert_eq!(versions.len(), 1);
+    assert_eq!(versions.len(), 2);
 }
 
 #[tokio::test]

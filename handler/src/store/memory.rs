@@ -9,7 +9,7 @@ use chrono::Utc;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use super::{Claim, ClaimRequest, Ending, Execution, ExecutionStore, Finished, Status, StoreError};
+use super::{ABANDONED, Claim, ClaimRequest, Ending, Execution, ExecutionStore, Finished, Status, StoreError};
 
 /// Executions in a map; for `TASKS_ENVIRONMENT=dev` without `DATABASE_URL`.
 #[derive(Debug, Default)]
@@ -39,6 +39,7 @@ fn new_row(request: &ClaimRequest<'_>, status: Status, attempts: u32) -> Executi
         error_message: None,
         error_traceback: None,
         attempts,
+        permanent: false,
         message_id: request.message_id.map(str::to_owned),
         enqueued_at: request.enqueued_at,
         started_at: None,
@@ -54,8 +55,16 @@ fn claim_row(row: &mut Execution, request: &ClaimRequest<'_>) -> Claim {
     let exhausted = request.max_attempts.is_some_and(|max| row.attempts >= max.get());
     match row.status {
         Status::Successful => Claim::AlreadySucceeded,
+        Status::Failed if row.permanent => Claim::AlreadyFailed,
         Status::Running if !lease_over => Claim::Running,
-        _ if exhausted => Claim::Exhausted { attempts: row.attempts },
+        _ if exhausted => {
+            if row.status == Status::Running {
+                row.status = Status::Failed;
+                row.error_message = Some(ABANDONED.to_owned());
+                row.finished_at = Some(now);
+            }
+            Claim::Exhausted { attempts: row.attempts }
+        }
         _ => {
             row.status = Status::Running;
             row.attempts += 1;
@@ -84,12 +93,14 @@ impl ExecutionStore for MemoryStore {
         match ending {
             Ending::Succeeded { return_value } => {
                 row.status = Status::Successful;
+                row.permanent = false;
                 row.return_value = Some(json(return_value));
                 row.error_message = None;
                 row.error_traceback = None;
             }
-            Ending::Failed { message, traceback } => {
+            Ending::Failed { message, traceback, permanent } => {
                 row.status = Status::Failed;
+                row.permanent = permanent;
                 row.return_value = None;
                 row.error_message = Some(message.to_owned());
                 row.error_traceback = Some(traceback.to_owned());
@@ -101,7 +112,7 @@ impl ExecutionStore for MemoryStore {
     async fn skip(&self, request: &ClaimRequest<'_>, reason: &str) -> Result<(), StoreError> {
         let mut rows = self.rows();
         let row = rows.entry(request.task_id.to_owned()).or_insert_with(|| new_row(request, Status::Ready, 0));
-        if matches!(row.status, Status::Ready | Status::Failed) {
+        if matches!(row.status, Status::Ready | Status::Failed) && !row.permanent {
             row.status = Status::Failed;
             row.error_message = Some(reason.to_owned());
             row.error_traceback = None;

@@ -20,6 +20,9 @@ pub use self::memory::MemoryStore;
 pub use self::postgres::migrate;
 pub use self::postgres::{Connector, DbConnection, PgConnection, PostgresStore};
 
+/// The error recorded for a last attempt that died while RUNNING.
+pub(crate) const ABANDONED: &str = "abandoned: the last attempt did not finish within its lease";
+
 /// What the executor asks the store to record when a delivery arrives.
 #[derive(Debug, Clone, Copy)]
 pub struct ClaimRequest<'a> {
@@ -51,9 +54,12 @@ pub enum Claim {
     },
     /// The task already succeeded: do not run it again.
     AlreadySucceeded,
+    /// The task already failed permanently: do not run it again.
+    AlreadyFailed,
     /// Another delivery holds an unexpired lease.
     Running,
-    /// The attempt limit is used up.
+    /// The attempt limit is used up. A last attempt abandoned while RUNNING
+    /// (its lease over) is recorded FAILED on the way.
     Exhausted {
         /// Attempts made so far.
         attempts: u32,
@@ -74,6 +80,8 @@ pub enum Ending<'a> {
         message: &'a str,
         /// The error chain or panic detail.
         traceback: &'a str,
+        /// Retrying cannot help: later deliveries are not run.
+        permanent: bool,
     },
 }
 
@@ -142,6 +150,8 @@ pub struct Execution {
     pub error_traceback: Option<String>,
     /// How many attempts were claimed.
     pub attempts: u32,
+    /// A FAILED execution that will not be run again.
+    pub permanent: bool,
     /// The Pub/Sub message id of the latest claim.
     pub message_id: Option<String>,
     /// When the message was enqueued.
@@ -153,9 +163,9 @@ pub struct Execution {
 }
 
 /// Why the store could not answer. Each maps to one HTTP status in `push`.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
-    /// No pooled connection became free within `DATABASE_POOL_TIMEOUT_MS`.
+    /// Every pooled connection stayed busy for `DATABASE_POOL_TIMEOUT_MS`.
     #[error("no database connection free within {0:?} (pool exhausted)")]
     PoolTimeout(Duration),
     /// The server refused a new connection: too many clients or starting up.
@@ -179,6 +189,8 @@ pub trait ExecutionStore: Send + Sync + 'static {
     fn claim(&self, request: &ClaimRequest<'_>) -> impl Future<Output = Result<Claim, StoreError>> + Send;
 
     /// Records the ending of `attempt`, only if the row is still RUNNING at it.
+    /// Never waits on the pool that claims use: the task has run, and losing
+    /// its ending would run it again after the lease.
     fn finish(
         &self,
         task_id: &str,
@@ -193,6 +205,7 @@ pub trait ExecutionStore: Send + Sync + 'static {
     /// The execution recorded under `task_id`.
     fn get(&self, task_id: &str) -> impl Future<Output = Result<Option<Execution>, StoreError>> + Send;
 
-    /// Succeeds when the store can serve requests (`/readyz`).
+    /// Succeeds when the store can reach its database (`/readyz`); a busy
+    /// pool counts as reachable.
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 }

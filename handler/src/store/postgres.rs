@@ -16,11 +16,22 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Json;
 use tokio_postgres::{Client, Config, NoTls, Statement};
 
-use super::{Claim, ClaimRequest, Ending, Execution, ExecutionStore, Finished, Status, StoreError};
+use super::{ABANDONED, Claim, ClaimRequest, Ending, Execution, ExecutionStore, Finished, Status, StoreError};
 
-/// How long a finish keeps asking a busy pool for a connection: the task has
-/// run, and losing its ending would run it again after the lease.
-const FINISH_WAIT: Duration = Duration::from_secs(10);
+/// Connections kept aside for finishes, so a busy pool cannot starve them.
+const FINISH_RESERVE: u32 = 2;
+
+/// How long a finish waits for a reserved connection. Below the smallest
+/// margin between a route's timeout and its lease (5 s), so a finish either
+/// lands before another delivery may take the execution over, or gives up.
+const FINISH_WAIT: Duration = Duration::from_secs(4);
+
+/// Opening a connection (TCP, startup, the prepares) never takes longer than
+/// this; a server that accepts and then says nothing must not hold a slot.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A connection whose peer stops acknowledging is dropped after this.
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(15);
 
 const CLAIM: &str = r"
 with claimed as (
@@ -31,20 +42,26 @@ with claimed as (
     set status = 'RUNNING', attempts = t.attempts + 1, message_id = excluded.message_id,
         started_at = now(), finished_at = null, updated_at = now()
     where ($8::int4 is null or t.attempts < $8)
-      and (t.status in ('READY', 'FAILED')
+      and ((t.status in ('READY', 'FAILED') and not t.permanent)
            or (t.status = 'RUNNING' and t.started_at < now() - make_interval(secs => $7::float8)))
     returning t.attempts
 )
-select 'CLAIMED' as state, attempts, false as lease_over from claimed
+select 'CLAIMED' as state, attempts, false as exhausted, false as lease_over, false as permanent from claimed
 union all
-select status, attempts, started_at < now() - make_interval(secs => $7::float8)
+select status, attempts, $8::int4 is not null and attempts >= $8,
+       started_at < now() - make_interval(secs => $7::float8), permanent
 from task_executions
 where task_id = $1 and not exists (select from claimed)";
 
 const FINISH: &str = r"
 update task_executions
-set status = $3, return_value = $4, error_message = $5, error_traceback = $6,
+set status = $3, return_value = $4, error_message = $5, error_traceback = $6, permanent = $7,
     finished_at = now(), updated_at = now()
+where task_id = $1 and attempts = $2 and status = 'RUNNING'";
+
+const ABANDON: &str = r"
+update task_executions
+set status = 'FAILED', error_message = $3, finished_at = now(), updated_at = now()
 where task_id = $1 and attempts = $2 and status = 'RUNNING'";
 
 const SKIP: &str = r"
@@ -54,17 +71,19 @@ values ($1, $2, 'FAILED', $3, $4, $5, $6, $7, now())
 on conflict (task_id) do update
 set status = 'FAILED', error_message = excluded.error_message, error_traceback = null,
     finished_at = now(), updated_at = now()
-where t.status in ('READY', 'FAILED')";
+where t.status in ('READY', 'FAILED') and not t.permanent";
 
 const GET: &str = r"
 select task_id, task_name, status, args, kwargs, return_value, error_message, error_traceback,
-       attempts, message_id, enqueued_at, started_at, finished_at
+       attempts, permanent, message_id, enqueued_at, started_at, finished_at
 from task_executions
 where task_id = $1";
 
 /// The migrations, in order; each is applied once and recorded.
-const MIGRATIONS: &[(i32, &str, &str)] =
-    &[(1, "task_executions", include_str!("../../migrations/0001_task_executions.sql"))];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "task_executions", include_str!("../../migrations/0001_task_executions.sql")),
+    (2, "permanent_failures", include_str!("../../migrations/0002_permanent_failures.sql")),
+];
 
 /// Any constant works, as long as every instance agrees on it.
 const MIGRATION_LOCK: i64 = 0x7768_6972_6c69_6767; // "whirligg"
@@ -75,6 +94,7 @@ pub struct PgConnection {
     client: Client,
     claim: Statement,
     finish: Statement,
+    abandon: Statement,
     skip: Statement,
     get: Statement,
 }
@@ -87,6 +107,17 @@ impl std::ops::Deref for PgConnection {
     }
 }
 
+/// Why a new connection could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The driver or the server said no.
+    #[error(transparent)]
+    Postgres(#[from] tokio_postgres::Error),
+    /// The server did not finish the handshake in time.
+    #[error("no answer from the database within {0:?}")]
+    TimedOut(Duration),
+}
+
 /// Connects and prepares; bb8 calls it for each new pooled connection.
 #[derive(Debug)]
 pub struct Connector {
@@ -95,18 +126,26 @@ pub struct Connector {
 
 impl ManageConnection for Connector {
     type Connection = PgConnection;
-    type Error = tokio_postgres::Error;
+    type Error = ConnectError;
 
-    async fn connect(&self) -> Result<PgConnection, tokio_postgres::Error> {
-        let client = connect(&self.config).await?;
-        // Issued together, the four prepares share one round trip.
-        let (claim, finish, skip, get) =
-            tokio::try_join!(client.prepare(CLAIM), client.prepare(FINISH), client.prepare(SKIP), client.prepare(GET))?;
-        Ok(PgConnection { client, claim, finish, skip, get })
+    async fn connect(&self) -> Result<PgConnection, ConnectError> {
+        let connecting = async {
+            let client = connect(&self.config).await?;
+            // Issued together, the prepares share one round trip.
+            let (claim, finish, abandon, skip, get) = tokio::try_join!(
+                client.prepare(CLAIM),
+                client.prepare(FINISH),
+                client.prepare(ABANDON),
+                client.prepare(SKIP),
+                client.prepare(GET),
+            )?;
+            Ok(PgConnection { client, claim, finish, abandon, skip, get })
+        };
+        tokio::time::timeout(CONNECT_TIMEOUT, connecting).await.unwrap_or(Err(ConnectError::TimedOut(CONNECT_TIMEOUT)))
     }
 
-    async fn is_valid(&self, connection: &mut PgConnection) -> Result<(), tokio_postgres::Error> {
-        connection.client.simple_query("").await.map(drop)
+    async fn is_valid(&self, connection: &mut PgConnection) -> Result<(), ConnectError> {
+        Ok(connection.client.simple_query("").await.map(drop)?)
     }
 
     fn has_broken(&self, connection: &mut PgConnection) -> bool {
@@ -124,35 +163,33 @@ async fn connect(config: &Config) -> Result<Client, tokio_postgres::Error> {
     Ok(client)
 }
 
-/// The last connection failure bb8 reported, so a pool timeout can say
-/// whether it was a busy pool or a database that would not answer.
+/// The last connection failure bb8 reported, so a pool timeout with no
+/// connection open can say why.
 #[derive(Debug, Clone, Default)]
-struct LastConnectFailure(Arc<Mutex<Option<(Instant, Failure)>>>);
+struct LastConnectFailure(Arc<Mutex<Option<(Instant, StoreError)>>>);
 
-#[derive(Debug, Clone)]
-enum Failure {
-    Refused(String),
-    Unavailable(String),
-}
-
-impl ErrorSink<tokio_postgres::Error> for LastConnectFailure {
-    fn sink(&self, error: tokio_postgres::Error) {
-        let failure = match classify(error) {
-            StoreError::Refused(message) => Failure::Refused(message),
-            other => Failure::Unavailable(other.to_string()),
-        };
+impl ErrorSink<ConnectError> for LastConnectFailure {
+    fn sink(&self, error: ConnectError) {
+        let failure = classify_connect(error);
         *self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some((Instant::now(), failure));
     }
 
-    fn boxed_clone(&self) -> Box<dyn ErrorSink<tokio_postgres::Error>> {
+    fn boxed_clone(&self) -> Box<dyn ErrorSink<ConnectError>> {
         Box::new(self.clone())
     }
 }
 
 impl LastConnectFailure {
-    fn since(&self, start: Instant) -> Option<Failure> {
+    fn since(&self, start: Instant) -> Option<StoreError> {
         let last = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         last.as_ref().filter(|(at, _)| *at >= start).map(|(_, failure)| failure.clone())
+    }
+}
+
+fn classify_connect(error: ConnectError) -> StoreError {
+    match error {
+        ConnectError::Postgres(error) => classify(error),
+        ConnectError::TimedOut(_) => StoreError::Unavailable(error.to_string()),
     }
 }
 
@@ -178,10 +215,12 @@ fn classify(error: tokio_postgres::Error) -> StoreError {
     if io || error.is_closed() { StoreError::Unavailable(message) } else { StoreError::Database(message) }
 }
 
-/// Executions in PostgreSQL, through a bb8 pool.
+/// Executions in PostgreSQL, through a bb8 pool shared with the tasks, and
+/// a small reserve of connections that only finishes use.
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: Pool<Connector>,
+    reserve: Pool<Connector>,
     pool_timeout: Duration,
     failures: LastConnectFailure,
 }
@@ -191,44 +230,56 @@ pub type DbConnection = PooledConnection<'static, Connector>;
 
 impl PostgresStore {
     /// A pool of at most `size` connections to `url`, each get waiting at most
-    /// `pool_timeout`. Connects lazily: nothing is opened until first use.
+    /// `pool_timeout`, plus [`FINISH_RESERVE`] connections kept for finishes.
+    /// Connections open in the background: nothing here waits for the server.
     pub fn new(url: &str, size: u32, pool_timeout: Duration) -> Result<Self, StoreError> {
         let mut config = parse_url(url)?;
-        config.connect_timeout(pool_timeout.max(Duration::from_secs(1)));
+        config.connect_timeout(CONNECT_TIMEOUT).tcp_user_timeout(TCP_USER_TIMEOUT);
         let failures = LastConnectFailure::default();
         let pool = Pool::builder()
             .max_size(size)
+            .min_idle(Some(1))
             .connection_timeout(pool_timeout)
             .retry_connection(false)
             .test_on_check_out(false)
             .error_sink(Box::new(failures.clone()))
+            .build_unchecked(Connector { config: config.clone() });
+        let reserve = Pool::builder()
+            .max_size(FINISH_RESERVE)
+            .min_idle(Some(FINISH_RESERVE))
+            .connection_timeout(FINISH_WAIT)
+            .test_on_check_out(false)
+            .error_sink(Box::new(failures.clone()))
             .build_unchecked(Connector { config });
-        Ok(Self { pool, pool_timeout, failures })
+        Ok(Self { pool, reserve, pool_timeout, failures })
     }
 
     /// A connection within the pool timeout, or why there is none.
     pub async fn connection(&self) -> Result<DbConnection, StoreError> {
         let start = Instant::now();
         self.pool.get_owned().await.map_err(|error| match error {
-            RunError::User(error) => classify(error),
-            RunError::TimedOut => match self.failures.since(start) {
-                Some(Failure::Refused(message)) => StoreError::Refused(message),
-                Some(Failure::Unavailable(message)) => StoreError::Unavailable(message),
-                None => StoreError::PoolTimeout(self.pool_timeout),
-            },
+            RunError::User(error) => classify_connect(error),
+            RunError::TimedOut => self.why_none(start),
         })
     }
 
-    /// Like [`connection`](Self::connection), but a busy pool is waited out
-    /// for up to [`FINISH_WAIT`].
-    async fn patient_connection(&self) -> Result<DbConnection, StoreError> {
-        let start = Instant::now();
-        loop {
-            match self.connection().await {
-                Err(StoreError::PoolTimeout(_)) if start.elapsed() < FINISH_WAIT => continue,
-                other => return other,
-            }
+    /// With connections open, a timeout means they were all busy; with none,
+    /// the database would not give one.
+    fn why_none(&self, start: Instant) -> StoreError {
+        if self.pool.state().connections > 0 {
+            return StoreError::PoolTimeout(self.pool_timeout);
         }
+        self.failures.since(start).unwrap_or_else(|| {
+            StoreError::Unavailable(format!("no connection could be opened within {:?}", self.pool_timeout))
+        })
+    }
+
+    async fn reserved_connection(&self) -> Result<PooledConnection<'_, Connector>, StoreError> {
+        let start = Instant::now();
+        self.reserve.get().await.map_err(|error| match error {
+            RunError::User(error) => classify_connect(error),
+            RunError::TimedOut => self.failures.since(start).unwrap_or(StoreError::PoolTimeout(FINISH_WAIT)),
+        })
     }
 }
 
@@ -237,8 +288,14 @@ fn parse_url(url: &str) -> Result<Config, StoreError> {
     Config::from_str(url).map_err(|_| StoreError::Database("DATABASE_URL is not a valid PostgreSQL URL".into()))
 }
 
+/// `attempts` is never negative: the column starts at 0 and only grows.
 fn attempts(value: i32) -> u32 {
     u32::try_from(value).unwrap_or(0)
+}
+
+/// PostgreSQL text cannot hold NUL: an error message that has one is still recorded.
+fn storable(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains('\0') { text.replace('\0', "\\0").into() } else { text.into() }
 }
 
 impl ExecutionStore for PostgresStore {
@@ -263,24 +320,42 @@ impl ExecutionStore for PostgresStore {
             .map_err(classify)?;
         // No row: a concurrent delivery inserted it after this statement's snapshot.
         let Some(row) = rows.first() else { return Ok(Claim::Running) };
-        let (state, count, lease_over): (&str, i32, Option<bool>) = (row.get(0), row.get(1), row.get(2));
+        let state: &str = row.get(0);
+        let count: i32 = row.get(1);
+        let (exhausted, lease_over, permanent): (bool, Option<bool>, bool) = (row.get(2), row.get(3), row.get(4));
+        // The columns describe the row as this statement first saw it: a
+        // concurrent claim may have moved it on since. Anything not clearly
+        // final is therefore "running elsewhere", which Pub/Sub retries.
         Ok(match state {
             "CLAIMED" => Claim::Claimed { attempt: attempts(count) },
             "SUCCESSFUL" => Claim::AlreadySucceeded,
-            "RUNNING" if lease_over != Some(true) => Claim::Running,
-            _ => Claim::Exhausted { attempts: attempts(count) },
+            "FAILED" if permanent => Claim::AlreadyFailed,
+            "RUNNING" if exhausted && lease_over == Some(true) => {
+                connection
+                    .execute(&connection.abandon, &[&request.task_id, &count, &ABANDONED])
+                    .await
+                    .map_err(classify)?;
+                Claim::Exhausted { attempts: attempts(count) }
+            }
+            "READY" | "FAILED" if exhausted => Claim::Exhausted { attempts: attempts(count) },
+            _ => Claim::Running,
         })
     }
 
     async fn finish(&self, task_id: &str, attempt: u32, ending: Ending<'_>) -> Result<Finished, StoreError> {
-        let connection = self.patient_connection().await?;
+        let connection = self.reserved_connection().await?;
         let attempt = i32::try_from(attempt).unwrap_or(i32::MAX);
-        let (status, return_value, message, traceback) = match ending {
-            Ending::Succeeded { return_value } => (Status::Successful, Some(Json(return_value)), None, None),
-            Ending::Failed { message, traceback } => (Status::Failed, None, Some(message), Some(traceback)),
+        let (status, return_value, message, traceback, permanent) = match ending {
+            Ending::Succeeded { return_value } => (Status::Successful, Some(Json(return_value)), None, None, false),
+            Ending::Failed { message, traceback, permanent } => {
+                (Status::Failed, None, Some(storable(message)), Some(storable(traceback)), permanent)
+            }
         };
         let changed = connection
-            .execute(&connection.finish, &[&task_id, &attempt, &status.as_str(), &return_value, &message, &traceback])
+            .execute(
+                &connection.finish,
+                &[&task_id, &attempt, &status.as_str(), &return_value, &message, &traceback, &permanent],
+            )
             .await
             .map_err(classify)?;
         Ok(if changed == 1 { Finished::Recorded } else { Finished::Fenced })
@@ -309,34 +384,46 @@ impl ExecutionStore for PostgresStore {
     async fn get(&self, task_id: &str) -> Result<Option<Execution>, StoreError> {
         let connection = self.connection().await?;
         let rows = connection.query(&connection.get, &[&task_id]).await.map_err(classify)?;
-        Ok(rows.first().map(|row| Execution {
-            task_id: row.get(0),
-            task_name: row.get(1),
-            status: Status::parse(row.get(2)).unwrap_or(Status::Failed),
-            args: row.get::<_, Json<Value>>(3).0,
-            kwargs: row.get::<_, Json<Value>>(4).0,
-            return_value: row.get::<_, Option<Json<Value>>>(5).map(|json| json.0),
-            error_message: row.get(6),
-            error_traceback: row.get(7),
-            attempts: attempts(row.get(8)),
-            message_id: row.get(9),
-            enqueued_at: row.get::<_, Option<DateTime<Utc>>>(10),
-            started_at: row.get(11),
-            finished_at: row.get(12),
-        }))
+        rows.first().map(execution).transpose()
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        let connection = self.connection().await?;
-        connection.simple_query("").await.map(drop).map_err(classify)
+        match self.connection().await {
+            Ok(connection) => connection.simple_query("").await.map(drop).map_err(classify),
+            Err(StoreError::PoolTimeout(_)) => Ok(()),
+            Err(error) => Err(error),
+        }
     }
+}
+
+fn execution(row: &tokio_postgres::Row) -> Result<Execution, StoreError> {
+    let status: &str = row.get(2);
+    let corrupt = |what: &str| StoreError::Database(format!("task_executions row has {what}"));
+    Ok(Execution {
+        task_id: row.get(0),
+        task_name: row.get(1),
+        status: Status::parse(status).ok_or_else(|| corrupt(&format!("an unknown status {status:?}")))?,
+        args: row.get::<_, Json<Value>>(3).0,
+        kwargs: row.get::<_, Json<Value>>(4).0,
+        return_value: row.get::<_, Option<Json<Value>>>(5).map(|json| json.0),
+        error_message: row.get(6),
+        error_traceback: row.get(7),
+        attempts: u32::try_from(row.get::<_, i32>(8)).map_err(|_| corrupt("negative attempts"))?,
+        permanent: row.get(9),
+        message_id: row.get(10),
+        enqueued_at: row.get::<_, Option<DateTime<Utc>>>(11),
+        started_at: row.get(12),
+        finished_at: row.get(13),
+    })
 }
 
 /// Applies every migration not yet recorded, in order, in one transaction
 /// under an advisory lock, so instances starting together take turns.
 /// Returns the versions it applied.
 pub async fn migrate(url: &str) -> Result<Vec<i32>, StoreError> {
-    let mut client = connect(&parse_url(url)?).await.map_err(classify)?;
+    let mut config = parse_url(url)?;
+    config.connect_timeout(CONNECT_TIMEOUT).tcp_user_timeout(TCP_USER_TIMEOUT);
+    let mut client = connect(&config).await.map_err(classify)?;
     let transaction = client.transaction().await.map_err(classify)?;
     transaction.execute("select pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await.map_err(classify)?;
     transaction
