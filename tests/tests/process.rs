@@ -210,6 +210,34 @@ async fn run_exits_0_on_success_1_on_failure_and_2_on_bad_usage() {
 }
 
 #[tokio::test]
+async fn a_retried_job_attempt_takes_over_from_the_dead_one() {
+    let db = TestDb::new().await;
+    // Attempt 0 was killed mid-run: its row is RUNNING with a fresh lease.
+    let client = db.client().await;
+    client
+        .execute(
+            "insert into task_executions (task_id, task_name, status, attempts, started_at)
+             values ('exec-dead-0', 'noop', 'RUNNING', 1, now())",
+            &[],
+        )
+        .await
+        .expect("insert the dead attempt's row");
+    let mut env = prod(&db.url);
+    env.extend([("CLOUD_RUN_EXECUTION", "exec-dead"), ("CLOUD_RUN_TASK_INDEX", "0")]);
+
+    let mut first_try = env.clone();
+    first_try.push(("CLOUD_RUN_TASK_ATTEMPT", "0"));
+    let output = run_app(&["run", "noop"], &first_try).await;
+    assert_exit(&output, 1, "attempt 0 again: the lease is someone else's");
+
+    env.push(("CLOUD_RUN_TASK_ATTEMPT", "1"));
+    let output = run_app(&["run", "noop"], &env).await;
+    assert_exit(&output, 0, "Cloud Run's retry");
+    let (status, attempts, ..) = support::row(&db, "exec-dead-0").await.expect("the job's row");
+    assert_eq!((status.as_str(), attempts), ("SUCCESSFUL", 2));
+}
+
+#[tokio::test]
 async fn outside_dev_serve_names_every_missing_variable_and_exits_2() {
     let output = run_app(&["serve"], &[("TASKS_ENVIRONMENT", "prod")]).await;
     assert_exit(&output, 2, "serve with nothing set");
@@ -246,6 +274,11 @@ async fn the_kill_switch_records_a_skip_and_acknowledges() {
     assert_eq!((status.as_str(), attempts), ("FAILED", 0), "skipped, never claimed");
     let error = error.expect("an error message");
     assert!(error.contains("kill switch") && error.contains("ENABLE_HEARTBEAT"), "{error}");
+    let log = off.stderr();
+    assert!(
+        log.lines().any(|line| line.contains("kill switch off") && line.contains("scheduled-heartbeat-1001")),
+        "no log line for the skip:\n{log}"
+    );
 
     let reply = on.push(support::envelope(payload, "1002")).await;
     assert_eq!(reply.status, 200, "{}", reply.body);

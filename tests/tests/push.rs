@@ -380,6 +380,133 @@ async fn shutdown_tells_running_tasks_and_turns_new_pushes_away_with_503() {
     assert!(row(&db, "late").await.is_none(), "turned away before anything was recorded");
 }
 
+#[tokio::test]
+async fn a_client_that_hangs_up_does_not_cancel_the_task() {
+    let db = TestDb::new().await;
+    let server = postgres_server(&db, registry(&Runs::default()), 2).await;
+    let body = task("hung-up", "sleep", json!({"ms": 500}));
+    let client = tokio::spawn(support::post(server.addr, "/tasks/pubsub/", body));
+    wait_for_status(&db, "hung-up", "RUNNING").await;
+    client.abort();
+    wait_for_status(&db, "hung-up", "SUCCESSFUL").await;
+}
+
+#[tokio::test]
+async fn a_finish_is_not_starved_by_a_busy_pool() {
+    let db = TestDb::new().await;
+    let server = Arc::new(postgres_server(&db, registry(&Runs::default()), 1).await);
+    let quick = {
+        let server = Arc::clone(&server);
+        tokio::spawn(async move { server.push(task("quick", "sleep", json!({"ms": 400}))).await })
+    };
+    wait_for_status(&db, "quick", "RUNNING").await;
+    // Takes the pool's only connection and keeps it past quick's finish.
+    let hog = {
+        let server = Arc::clone(&server);
+        tokio::spawn(async move { server.push(task("hog", "sleep", json!({"ms": 3000, "hold_db": true}))).await })
+    };
+    wait_for_status(&db, "hog", "RUNNING").await;
+    assert_eq!(quick.await.unwrap().status, 200);
+    assert_eq!(row(&db, "quick").await.unwrap().0, "SUCCESSFUL");
+    assert_eq!(row(&db, "hog").await.unwrap().0, "RUNNING", "quick finished while the pool was still held");
+    assert_eq!(hog.await.unwrap().status, 200);
+}
+
+/// Returns a string PostgreSQL's jsonb cannot hold.
+async fn nul(_: TaskContext) -> Result<String, TaskError> {
+    Ok("a\u{0}b".to_owned())
+}
+
+#[tokio::test]
+async fn a_result_postgres_cannot_store_fails_the_execution_for_good() {
+    let db = TestDb::new().await;
+    let registry = Registry::builder()
+        .route(TaskRoute::new("nul", nul))
+        .route(TaskRoute::new("permanent", demo::permanent))
+        .build()
+        .unwrap();
+    let server = postgres_server(&db, registry, 2).await;
+    let reply = server.push(task("nul-1", "nul", json!({}))).await;
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    let (status, _, error, _) = row(&db, "nul-1").await.unwrap();
+    assert_eq!(status, "FAILED");
+    assert!(error.unwrap().starts_with("the task succeeded but its return value could not be stored"));
+
+    assert_eq!(server.push(task("perm-1", "permanent", json!({}))).await.status, 400);
+    let again = server.push(task("perm-1", "permanent", json!({}))).await;
+    assert_eq!(
+        (again.status, again.body.as_str()),
+        (400, "bad request: the task already failed permanently; not run again")
+    );
+    assert_eq!(row(&db, "perm-1").await.unwrap().1, 1, "the redelivery did not run it");
+}
+
+#[tokio::test]
+async fn a_busy_pool_is_still_ready() {
+    let db = TestDb::new().await;
+    let server = Arc::new(postgres_server(&db, registry(&Runs::default()), 1).await);
+    let hog = {
+        let server = Arc::clone(&server);
+        tokio::spawn(async move { server.push(task("hog", "sleep", json!({"ms": 1000, "hold_db": true}))).await })
+    };
+    wait_for_status(&db, "hog", "RUNNING").await;
+    assert_eq!(get(server.addr, "/readyz").await.status, 200);
+    assert_eq!(hog.await.unwrap().status, 200);
+}
+
+#[tokio::test]
+async fn a_database_that_accepts_but_never_answers_is_unavailable_not_a_hang() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut connections = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            connections.push(stream);
+        }
+    });
+    let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+    let store = whirligig_handler::store::PostgresStore::new(&url, 2, Duration::from_millis(250)).unwrap();
+    let app = whirligig_handler::App::postgres(
+        Arc::new(registry(&Runs::default())),
+        store,
+        whirligig_handler::PushAuth::None,
+    );
+    let server = support::TestServer::start(app).await;
+    let reply = tokio::time::timeout(Duration::from_secs(5), server.push(task("silent", "echo", json!({}))))
+        .await
+        .expect("answered, not hung");
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    held.abort();
+}
+
+#[tokio::test]
+async fn a_chunked_body_over_the_limit_is_refused_with_413() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let db = TestDb::new().await;
+    let server = postgres_server(&db, registry(&Runs::default()), 2).await;
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let head = "POST /tasks/pubsub/ HTTP/1.1\r\nhost: localhost\r\ntransfer-encoding: chunked\r\n\r\n";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let chunk = vec![b'a'; 1 << 20];
+    for _ in 0..16 {
+        // The server may answer and close before the body ends.
+        if stream.write_all(format!("{:x}\r\n", chunk.len()).as_bytes()).await.is_err()
+            || stream.write_all(&chunk).await.is_err()
+            || stream.write_all(b"\r\n").await.is_err()
+        {
+            break;
+        }
+    }
+    let _ = stream.write_all(b"0\r\n\r\n").await;
+    let mut response = vec![0; 64];
+    let read = stream.read(&mut response).await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&response[..read]).starts_with("HTTP/1.1 413"),
+        "{}",
+        String::from_utf8_lossy(&response[..read])
+    );
+}
+
 async fn wait_for_status(db: &TestDb, task_id: &str, status: &str) {
     for _ in 0..200 {
         if row(db, task_id).await.is_some_and(|row| row.0 == status) {
