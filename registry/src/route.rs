@@ -362,10 +362,11 @@ fn resolve_function_path(module_path: &str, written: &str) -> (String, String) {
     (name, base.into_iter().chain(rest).collect::<Vec<_>>().join("."))
 }
 
-/// The ack deadline less a tenth of it, the tenth kept between 1 and 10
-/// seconds: time to record the outcome and answer before Pub/Sub redelivers.
+/// The ack deadline less a tenth of it, the tenth kept between 5 and 10
+/// seconds: time to record the outcome (a runner may wait a few seconds for a
+/// connection to do it) and answer before Pub/Sub redelivers.
 fn default_timeout(deadline: Duration) -> Duration {
-    let margin = (deadline / 10).clamp(Duration::from_secs(1), Duration::from_secs(10));
+    let margin = (deadline / 10).clamp(Duration::from_secs(5), Duration::from_secs(10));
     deadline.saturating_sub(margin)
 }
 
@@ -477,7 +478,7 @@ mod tests {
     #[test]
     fn default_timeout_leaves_a_margin_before_the_ack_deadline() {
         let timeout = |seconds| route().ack_deadline(seconds).into_route().unwrap().timeout();
-        assert_eq!(timeout(10), Duration::from_secs(9));
+        assert_eq!(timeout(10), Duration::from_secs(5));
         assert_eq!(timeout(60), Duration::from_secs(54));
         assert_eq!(timeout(600), Duration::from_secs(590));
     }
