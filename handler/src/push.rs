@@ -34,6 +34,8 @@ struct PushedMessage<'a> {
     data: Cow<'a, str>,
     #[serde(rename = "messageId")]
     message_id: String,
+    #[serde(default, rename = "publishTime")]
+    publish_time: Option<String>,
 }
 
 /// What the endpoint answers: a status and one line saying why.
@@ -83,6 +85,7 @@ pub(crate) async fn push<S: ExecutionStore>(registry: &Registry, executor: &Exec
         task_name = route.name(),
         task_id,
         message_id,
+        publish_time = envelope.message.publish_time.as_deref(),
         delivery_attempt = envelope.delivery_attempt,
         subscription = envelope.subscription.as_deref(),
     );
