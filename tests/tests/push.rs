@@ -248,11 +248,8 @@ async fn health_readiness_and_unknown_paths() {
 #[tokio::test]
 async fn an_exhausted_pool_answers_429_quickly_and_loses_nothing() {
     let db = TestDb::new().await;
-    let server = Arc::new(postgres_server(&db, registry(&Runs::default()), 1).await);
-    let holder = {
-        let server = Arc::clone(&server);
-        tokio::spawn(async move { server.push(task("holder", "sleep", json!({"ms": 1500, "hold_db": true}))).await })
-    };
+    let server = postgres_server(&db, registry(&Runs::default()), 1).await;
+    let holder = server.push_in_background(task("holder", "sleep", json!({"ms": 1500, "hold_db": true})));
     wait_for_status(&db, "holder", "RUNNING").await;
     // The claim's connection went back to the pool; give the task a moment to take it.
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -366,11 +363,8 @@ async fn shutdown_tells_running_tasks_and_turns_new_pushes_away_with_503() {
         .route(TaskRoute::new("echo", demo::echo))
         .build()
         .unwrap();
-    let server = Arc::new(postgres_server(&db, registry, 2).await);
-    let running = {
-        let server = Arc::clone(&server);
-        tokio::spawn(async move { server.push(task("long", "until_shutdown", json!({}))).await })
-    };
+    let server = postgres_server(&db, registry, 2).await;
+    let running = server.push_in_background(task("long", "until_shutdown", json!({})));
     wait_for_status(&db, "long", "RUNNING").await;
     server.app.begin_shutdown();
     assert_eq!(running.await.unwrap().status, 200);
@@ -394,17 +388,11 @@ async fn a_client_that_hangs_up_does_not_cancel_the_task() {
 #[tokio::test]
 async fn a_finish_is_not_starved_by_a_busy_pool() {
     let db = TestDb::new().await;
-    let server = Arc::new(postgres_server(&db, registry(&Runs::default()), 1).await);
-    let quick = {
-        let server = Arc::clone(&server);
-        tokio::spawn(async move { server.push(task("quick", "sleep", json!({"ms": 400}))).await })
-    };
+    let server = postgres_server(&db, registry(&Runs::default()), 1).await;
+    let quick = server.push_in_background(task("quick", "sleep", json!({"ms": 400})));
     wait_for_status(&db, "quick", "RUNNING").await;
     // Takes the pool's only connection and keeps it past quick's finish.
-    let hog = {
-        let server = Arc::clone(&server);
-        tokio::spawn(async move { server.push(task("hog", "sleep", json!({"ms": 3000, "hold_db": true}))).await })
-    };
+    let hog = server.push_in_background(task("hog", "sleep", json!({"ms": 3000, "hold_db": true})));
     wait_for_status(&db, "hog", "RUNNING").await;
     assert_eq!(quick.await.unwrap().status, 200);
     assert_eq!(row(&db, "quick").await.unwrap().0, "SUCCESSFUL");
@@ -444,11 +432,8 @@ async fn a_result_postgres_cannot_store_fails_the_execution_for_good() {
 #[tokio::test]
 async fn a_busy_pool_is_still_ready() {
     let db = TestDb::new().await;
-    let server = Arc::new(postgres_server(&db, registry(&Runs::default()), 1).await);
-    let hog = {
-        let server = Arc::clone(&server);
-        tokio::spawn(async move { server.push(task("hog", "sleep", json!({"ms": 1000, "hold_db": true}))).await })
-    };
+    let server = postgres_server(&db, registry(&Runs::default()), 1).await;
+    let hog = server.push_in_background(task("hog", "sleep", json!({"ms": 1000, "hold_db": true})));
     wait_for_status(&db, "hog", "RUNNING").await;
     assert_eq!(get(server.addr, "/readyz").await.status, 200);
     assert_eq!(hog.await.unwrap().status, 200);

@@ -115,6 +115,11 @@ impl<S: ExecutionStore> TestServer<S> {
     pub async fn push(&self, body: impl Into<Bytes>) -> Reply {
         post(self.addr, "/tasks/pubsub/", body).await
     }
+
+    /// Pushes on a task of its own, for a delivery that should stay in flight.
+    pub fn push_in_background(&self, body: impl Into<Bytes>) -> JoinHandle<Reply> {
+        tokio::spawn(post(self.addr, "/tasks/pubsub/", body.into()))
+    }
 }
 
 /// An app on a fresh schema's store with the given registry.
