@@ -12,7 +12,7 @@ use hyper::body::Body;
 use tokio_util::sync::CancellationToken;
 use whirligig_registry::Registry;
 
-use crate::auth::PushAuth;
+use crate::auth::{AuthError, PushAuth};
 use crate::context::Resources;
 use crate::executor::Executor;
 use crate::push::{Answer, push};
@@ -55,6 +55,11 @@ impl<S: ExecutionStore> App<S> {
         let shutdown = CancellationToken::new();
         let executor = Executor::new(store, Arc::new(resources), shutdown.clone());
         Self { registry, executor, auth, shutdown, draining: AtomicBool::new(false) }
+    }
+
+    /// Starts the background work the app needs (fetching the issuer's keys).
+    pub fn start(&self) {
+        self.auth.start();
     }
 
     /// The store this app records executions in.
@@ -103,9 +108,16 @@ impl<S: ExecutionStore> App<S> {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         // Authentication comes first: an unauthenticated request costs no body read.
-        if let Err(error) = self.auth.check(request.headers()) {
-            tracing::warn!(%error, "push rejected");
-            return Answer::new(StatusCode::FORBIDDEN, "forbidden");
+        match self.auth.check(request.headers()).await {
+            Ok(()) => {}
+            Err(AuthError::Forbidden(check)) => {
+                tracing::warn!(failed_check = %check, "push rejected");
+                return Answer::new(StatusCode::FORBIDDEN, "forbidden");
+            }
+            Err(AuthError::KeysUnavailable) => {
+                tracing::warn!("push not verified: the issuer's keys are not available yet");
+                return Answer::new(StatusCode::SERVICE_UNAVAILABLE, "cannot verify tokens yet; retry");
+            }
         }
         if self.draining.load(Ordering::SeqCst) {
             return Answer::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down; retry");

@@ -13,8 +13,8 @@ use tokio::net::TcpListener;
 use whirligig_registry::{JobShard, RawArguments, Registry, RegistryError};
 
 use crate::app::App;
-use crate::auth::PushAuth;
-use crate::config::{Config, ConfigError, DatabaseConfig, redact};
+use crate::auth::{Clock, PushAuth};
+use crate::config::{AuthConfig, Config, ConfigError, DatabaseConfig, redact};
 use crate::context::Resources;
 use crate::executor::{Delivery, Executor, Outcome};
 use crate::server::{SHUTDOWN_GRACE, serve, shutdown_signal};
@@ -133,20 +133,31 @@ async fn serve_command(config: &Config, registry: Registry) -> Result<ExitCode, 
     match &config.database {
         Some(database) => {
             let store = postgres(database).await?;
-            serve_app(config, App::postgres(registry, store, push_auth(config))).await
+            serve_app(config, App::postgres(registry, store, push_auth(config)?)).await
         }
         None => {
             warn_in_memory();
-            serve_app(config, App::in_memory(registry, push_auth(config))).await
+            serve_app(config, App::in_memory(registry, push_auth(config)?)).await
         }
     }
 }
 
-fn push_auth(config: &Config) -> PushAuth {
-    if !config.is_dev() {
-        tracing::warn!("push requests are not authenticated yet: OIDC verification is not built in this version");
-    }
-    PushAuth::None
+fn push_auth(config: &Config) -> Result<PushAuth, Fatal> {
+    let auth = match &config.auth {
+        AuthConfig::None => {
+            tracing::warn!("TASKS_AUTH=none: push requests are NOT authenticated (dev only)");
+            Ok(PushAuth::none())
+        }
+        AuthConfig::Oidc(settings) => {
+            tracing::info!(issuer = settings.issuer, audience = settings.audience, "verifying push tokens (oidc)");
+            PushAuth::oidc(settings, Clock::system())
+        }
+        AuthConfig::CloudRunIam(settings) => {
+            tracing::info!(audience = settings.audience, "checking the claims of push tokens Cloud Run verified");
+            PushAuth::cloud_run_iam(settings, Clock::system())
+        }
+    };
+    auth.map_err(Fatal::Usage)
 }
 
 async fn serve_app<S: ExecutionStore>(config: &Config, app: App<S>) -> Result<ExitCode, Fatal> {

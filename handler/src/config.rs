@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use whirligig_registry::{DEFAULT_ENVIRONMENT, DEFAULT_NAMESPACE, Naming};
 
+use crate::auth::OidcSettings;
+
 /// The development environment: the only one where the in-memory store is allowed.
 const DEV: &str = "dev";
 
@@ -27,7 +29,23 @@ pub struct Config {
     pub port: u16,
     /// `DATABASE_URL` and the pool settings; none means the in-memory store.
     pub database: Option<DatabaseConfig>,
+    /// `TASKS_AUTH`, with what OIDC verification needs.
+    pub auth: AuthConfig,
 }
+
+/// How push requests are authenticated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthConfig {
+    /// `none`: dev only.
+    None,
+    /// `oidc`: the default outside dev.
+    Oidc(OidcSettings),
+    /// `cloud-run-iam`: Cloud Run checked the signature.
+    CloudRunIam(OidcSettings),
+}
+
+const GOOGLE_ISSUER: &str = "https://accounts.google.com";
+const GOOGLE_JWKS: &str = "https://www.googleapis.com/oauth2/v3/certs";
 
 /// Where executions are stored.
 #[derive(Clone)]
@@ -94,6 +112,43 @@ impl Reader<'_> {
     }
 }
 
+impl Reader<'_> {
+    /// `TASKS_AUTH`: `none` by default in dev and refused outside it; `oidc`
+    /// by default elsewhere. Both token modes need an audience and an account.
+    fn auth(&mut self, dev: bool, service_url: Option<&str>, service_account: Option<&str>) -> AuthConfig {
+        let mode = self.text("TASKS_AUTH").unwrap_or_else(|| if dev { "none" } else { "oidc" }.to_owned());
+        let settings = |reader: &mut Self| {
+            let audience = reader.text("TASKS_OIDC_AUDIENCE").or_else(|| service_url.map(str::to_owned));
+            // Outside dev the missing variables are named anyway.
+            if audience.is_none() && dev {
+                reader.problems.push(format!("TASKS_AUTH={mode} needs TASKS_OIDC_AUDIENCE or CLOUD_RUN_SERVICE_URL"));
+            }
+            if service_account.is_none() && dev {
+                reader.problems.push(format!("TASKS_AUTH={mode} needs TASKS_SERVICE_ACCOUNT"));
+            }
+            OidcSettings {
+                issuer: reader.text("TASKS_OIDC_ISSUER").unwrap_or_else(|| GOOGLE_ISSUER.to_owned()),
+                jwks_url: reader.text("TASKS_OIDC_JWKS_URL").unwrap_or_else(|| GOOGLE_JWKS.to_owned()),
+                audience: audience.unwrap_or_default(),
+                service_account: service_account.unwrap_or_default().to_owned(),
+            }
+        };
+        match mode.trim() {
+            "none" if dev => AuthConfig::None,
+            "none" => {
+                self.problems.push("TASKS_AUTH=none is allowed only when TASKS_ENVIRONMENT is \"dev\"".to_owned());
+                AuthConfig::None
+            }
+            "oidc" => AuthConfig::Oidc(settings(self)),
+            "cloud-run-iam" => AuthConfig::CloudRunIam(settings(self)),
+            other => {
+                self.problems.push(format!("TASKS_AUTH={other:?}: expected oidc, cloud-run-iam or none"));
+                AuthConfig::None
+            }
+        }
+    }
+}
+
 impl Config {
     /// Loads the configuration from the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -117,14 +172,18 @@ impl Config {
             // Not repeated: it may hold a password.
             reader.problems.push("DATABASE_URL is not a valid PostgreSQL URL".to_owned());
         }
+        let service_url = reader.text("CLOUD_RUN_SERVICE_URL");
+        let service_account = reader.text("TASKS_SERVICE_ACCOUNT");
+        let auth = reader.auth(environment == DEV, service_url.as_deref(), service_account.as_deref());
         let config = Self {
             naming,
             project_id: reader.text("GCP_PROJECT_ID"),
-            service_url: reader.text("CLOUD_RUN_SERVICE_URL"),
-            service_account: reader.text("TASKS_SERVICE_ACCOUNT"),
+            service_url,
+            service_account,
             scheduler_location: reader.text("SCHEDULER_LOCATION").unwrap_or_else(|| "europe-west2".to_owned()),
             port,
             database,
+            auth,
         };
         if environment != DEV {
             reader.problems.extend(
@@ -206,6 +265,7 @@ mod tests {
     #[test]
     fn dev_needs_nothing_and_has_the_documented_defaults() {
         let config = load(&[]).unwrap();
+        assert_eq!(config.auth, AuthConfig::None);
         assert!(config.is_dev());
         assert_eq!(config.naming, Naming::default());
         assert_eq!(config.port, 8080);
@@ -237,6 +297,43 @@ mod tests {
         assert_eq!((database.pool_size, database.pool_timeout), (4, Duration::from_millis(100)));
         assert_eq!(config.port, 9000);
         assert!(!format!("{config:?}").contains("secret"));
+        assert_eq!(
+            config.auth,
+            AuthConfig::Oidc(OidcSettings {
+                issuer: "https://accounts.google.com".into(),
+                jwks_url: "https://www.googleapis.com/oauth2/v3/certs".into(),
+                audience: "https://x.run.app".into(),
+                service_account: "a@p.iam.gserviceaccount.com".into(),
+            })
+        );
+    }
+
+    #[test]
+    fn auth_modes() {
+        let prod = [
+            ("TASKS_ENVIRONMENT", "prod"),
+            ("GCP_PROJECT_ID", "p"),
+            ("CLOUD_RUN_SERVICE_URL", "https://x.run.app"),
+            ("TASKS_SERVICE_ACCOUNT", "a@p"),
+            ("DATABASE_URL", "postgres://db/tasks"),
+        ];
+        let with = |extra: &[(&'static str, &'static str)]| load(&[&prod[..], extra].concat());
+        let none = with(&[("TASKS_AUTH", "none")]).unwrap_err();
+        assert_eq!(none.problems(), ["TASKS_AUTH=none is allowed only when TASKS_ENVIRONMENT is \"dev\""]);
+        let iam = with(&[("TASKS_AUTH", "cloud-run-iam"), ("TASKS_OIDC_AUDIENCE", "aud")]).unwrap();
+        assert!(matches!(iam.auth, AuthConfig::CloudRunIam(ref s) if s.audience == "aud"));
+        let custom =
+            with(&[("TASKS_OIDC_ISSUER", "http://127.0.0.1:9/"), ("TASKS_OIDC_JWKS_URL", "http://127.0.0.1:9/k")])
+                .unwrap();
+        assert!(
+            matches!(custom.auth, AuthConfig::Oidc(ref s) if s.issuer == "http://127.0.0.1:9/" && s.jwks_url.ends_with("/k"))
+        );
+        assert!(
+            with(&[("TASKS_AUTH", "magic")]).unwrap_err().problems()[0]
+                .contains("expected oidc, cloud-run-iam or none")
+        );
+        let dev_oidc = load(&[("TASKS_AUTH", "oidc")]).unwrap_err();
+        assert_eq!(dev_oidc.problems().len(), 2, "{dev_oidc}");
     }
 
     #[test]

@@ -25,8 +25,8 @@ use std::process::ExitCode;
 use whirligig_registry::Registry;
 
 pub use crate::app::{App, MAX_BODY_BYTES};
-pub use crate::auth::PushAuth;
-pub use crate::config::{Config, ConfigError, DatabaseConfig};
+pub use crate::auth::{Clock, OidcSettings, PushAuth};
+pub use crate::config::{AuthConfig, Config, ConfigError, DatabaseConfig};
 pub use crate::context::TaskContextExt;
 
 /// The whole command line for a service's own binary:

@@ -28,6 +28,7 @@ pub async fn serve<S: ExecutionStore>(
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) {
+    app.start();
     let builder = auto::Builder::new(TokioExecutor::new());
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);

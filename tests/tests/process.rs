@@ -14,6 +14,7 @@ use tokio::process::{Child, Command};
 use tokio::time::{sleep, timeout};
 
 use support::TestDb;
+use support::issuer::{self, Issuer, Key};
 
 /// The demo app, built by Cargo for this package.
 const APP: &str = env!("CARGO_BIN_EXE_whirligig-test-app");
@@ -38,8 +39,39 @@ fn app(env: &[(&str, &str)]) -> Command {
     command
 }
 
+/// A production-like server's environment: tokens verified against `issuer`.
+struct Verified {
+    issuer: Issuer,
+    key: Key,
+    vars: Vec<(&'static str, String)>,
+}
+
+impl Verified {
+    async fn new(database_url: &str) -> Verified {
+        let key = Key::generated(0);
+        let issuer = Issuer::start(&key).await;
+        let mut vars: Vec<(&'static str, String)> =
+            prod(database_url).into_iter().map(|(name, value)| (name, value.to_owned())).collect();
+        vars.extend([
+            ("TASKS_OIDC_ISSUER", issuer.url()),
+            ("TASKS_OIDC_JWKS_URL", issuer.jwks_url()),
+            ("TASKS_OIDC_AUDIENCE", issuer::AUDIENCE.to_owned()),
+            ("TASKS_SERVICE_ACCOUNT", issuer::SERVICE_ACCOUNT.to_owned()),
+        ]);
+        Verified { issuer, key, vars }
+    }
+
+    fn env(&self) -> Vec<(&str, &str)> {
+        self.vars.iter().map(|(name, value)| (*name, value.as_str())).collect()
+    }
+
+    fn authorization(&self) -> String {
+        format!("Bearer {}", self.issuer.token(&self.key))
+    }
+}
+
 /// Everything a production-like run needs, on `database_url`.
-fn prod(database_url: &str) -> Vec<(&str, &str)> {
+fn prod(database_url: &str) -> Vec<(&'static str, &str)> {
     vec![
         ("TASKS_ENVIRONMENT", "prod"),
         ("GCP_PROJECT_ID", "whirligig-test"),
@@ -135,6 +167,10 @@ impl Server {
     async fn push(&self, body: String) -> support::Reply {
         support::post(self.addr, "/tasks/pubsub/", body).await
     }
+
+    async fn push_as(&self, authorization: &str, body: String) -> support::Reply {
+        support::post_as(self.addr, "/tasks/pubsub/", Some(authorization), body).await
+    }
 }
 
 impl Drop for Server {
@@ -157,10 +193,12 @@ async fn wait_for_status(db: &TestDb, task_id: &str, status: &str) {
 #[tokio::test]
 async fn sigterm_lets_the_task_in_flight_finish_and_exits_zero() {
     let db = TestDb::new().await;
-    let mut server = Server::start(&prod(&db.url)).await;
-    let addr = server.addr;
+    let verified = Verified::new(&db.url).await;
+    let mut server = Server::start(&verified.env()).await;
+    let (addr, authorization) = (server.addr, verified.authorization());
+    let body = support::task("in-flight", "sleep", json!({"ms": 1500}));
     let in_flight =
-        tokio::spawn(support::post(addr, "/tasks/pubsub/", support::task("in-flight", "sleep", json!({"ms": 1500}))));
+        tokio::spawn(async move { support::post_as(addr, "/tasks/pubsub/", Some(&authorization), body).await });
     wait_for_status(&db, "in-flight", "RUNNING").await;
 
     server.terminate();
@@ -238,6 +276,27 @@ async fn a_retried_job_attempt_takes_over_from_the_dead_one() {
 }
 
 #[tokio::test]
+async fn unauthenticated_pushes_to_a_production_server_are_refused() {
+    let db = TestDb::new().await;
+    let verified = Verified::new(&db.url).await;
+    let server = Server::start(&verified.env()).await;
+    let reply = server.push(support::task("anonymous", "noop", json!({}))).await;
+    assert_eq!((reply.status, reply.body.as_str()), (403, "forbidden"));
+    assert!(support::row(&db, "anonymous").await.is_none());
+    assert!(server.stderr().contains("failed_check=no Authorization header"), "{}", server.stderr());
+}
+
+#[tokio::test]
+async fn tasks_auth_none_outside_dev_refuses_to_start() {
+    let db = TestDb::new().await;
+    let mut env = prod(&db.url);
+    env.push(("TASKS_AUTH", "none"));
+    let output = run_app(&["serve"], &env).await;
+    assert_exit(&output, 2, "serve with TASKS_AUTH=none in prod");
+    assert!(text(&output.stderr).contains("TASKS_AUTH=none is allowed only"), "{}", text(&output.stderr));
+}
+
+#[tokio::test]
 async fn outside_dev_serve_names_every_missing_variable_and_exits_2() {
     let output = run_app(&["serve"], &[("TASKS_ENVIRONMENT", "prod")]).await;
     assert_exit(&output, 2, "serve with nothing set");
@@ -262,13 +321,15 @@ async fn outside_dev_serve_names_every_missing_variable_and_exits_2() {
 #[tokio::test]
 async fn the_kill_switch_records_a_skip_and_acknowledges() {
     let db = TestDb::new().await;
-    let on_env = prod(&db.url);
+    let verified = Verified::new(&db.url).await;
+    let on_env = verified.env();
     let mut off_env = on_env.clone();
     off_env.push(("ENABLE_HEARTBEAT", "off"));
     let (off, on) = tokio::join!(Server::start(&off_env), Server::start(&on_env));
     let payload = r#"{"task_id": "scheduled-heartbeat", "task_name": "heartbeat", "args": [], "kwargs": {}}"#;
 
-    let reply = off.push(support::envelope(payload, "1001")).await;
+    let authorization = verified.authorization();
+    let reply = off.push_as(&authorization, support::envelope(payload, "1001")).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     let (status, attempts, error, _) = support::row(&db, "scheduled-heartbeat-1001").await.expect("the skipped row");
     assert_eq!((status.as_str(), attempts), ("FAILED", 0), "skipped, never claimed");
@@ -280,7 +341,7 @@ async fn the_kill_switch_records_a_skip_and_acknowledges() {
         "no log line for the skip:\n{log}"
     );
 
-    let reply = on.push(support::envelope(payload, "1002")).await;
+    let reply = on.push_as(&authorization, support::envelope(payload, "1002")).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     let (status, attempts, ..) = support::row(&db, "scheduled-heartbeat-1002").await.expect("the run row");
     assert_eq!((status.as_str(), attempts), ("SUCCESSFUL", 1));

@@ -296,7 +296,7 @@ async fn an_unreachable_database_answers_503() {
     let app = whirligig_handler::App::postgres(
         Arc::new(registry(&Runs::default())),
         store,
-        whirligig_handler::PushAuth::None,
+        whirligig_handler::PushAuth::none(),
     );
     let server = support::TestServer::start(app).await;
     let reply = server.push(task("down", "echo", json!({}))).await;
@@ -316,7 +316,7 @@ async fn a_database_refusing_connections_answers_429() {
     let app = whirligig_handler::App::postgres(
         Arc::new(registry(&Runs::default())),
         store,
-        whirligig_handler::PushAuth::None,
+        whirligig_handler::PushAuth::none(),
     );
     let server = support::TestServer::start(app).await;
     let reply = server.push(task("refused", "echo", json!({}))).await;
@@ -454,7 +454,7 @@ async fn a_database_that_accepts_but_never_answers_is_unavailable_not_a_hang() {
     let app = whirligig_handler::App::postgres(
         Arc::new(registry(&Runs::default())),
         store,
-        whirligig_handler::PushAuth::None,
+        whirligig_handler::PushAuth::none(),
     );
     let server = support::TestServer::start(app).await;
     let reply = tokio::time::timeout(Duration::from_secs(5), server.push(task("silent", "echo", json!({}))))

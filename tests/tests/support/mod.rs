@@ -4,6 +4,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod issuer;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -125,7 +127,7 @@ impl<S: ExecutionStore> TestServer<S> {
 /// An app on a fresh schema's store with the given registry.
 pub async fn postgres_server(db: &TestDb, registry: Registry, pool_size: u32) -> TestServer<PostgresStore> {
     let store = db.store(pool_size, Duration::from_millis(250));
-    TestServer::start(App::postgres(Arc::new(registry), store, PushAuth::None)).await
+    TestServer::start(App::postgres(Arc::new(registry), store, PushAuth::none())).await
 }
 
 /// A response, read whole.
@@ -149,12 +151,16 @@ pub async fn request(addr: SocketAddr, request: http::Request<Full<Bytes>>) -> R
 }
 
 pub async fn post(addr: SocketAddr, path: &str, body: impl Into<Bytes>) -> Reply {
-    let request = http::Request::post(path)
-        .header("host", "localhost")
-        .header("content-type", "application/json")
-        .body(Full::new(body.into()))
-        .expect("a request");
-    request_to(addr, request).await
+    post_as(addr, path, None, body).await
+}
+
+/// A POST with `Authorization: {authorization}` when given.
+pub async fn post_as(addr: SocketAddr, path: &str, authorization: Option<&str>, body: impl Into<Bytes>) -> Reply {
+    let mut request = http::Request::post(path).header("host", "localhost").header("content-type", "application/json");
+    if let Some(authorization) = authorization {
+        request = request.header("authorization", authorization);
+    }
+    request_to(addr, request.body(Full::new(body.into())).expect("a request")).await
 }
 
 async fn request_to(addr: SocketAddr, request: http::Request<Full<Bytes>>) -> Reply {

@@ -1,0 +1,252 @@
+//! Push authentication against a real OIDC issuer on loopback with real RSA
+//! keys: a valid Pub/Sub token runs the task; every kind of bad token is
+//! answered 403 with the task not run and nothing written; keys rotate, expire
+//! with their max-age, and may be late to arrive.
+
+// Helpers here are test code too: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use hmac::{Hmac, Mac as _};
+use serde_json::json;
+use sha2::Sha256;
+use support::issuer::{Issuer, Key, encode};
+use support::{TestDb, TestServer, post_as, row, task};
+use whirligig_handler::store::PostgresStore;
+use whirligig_handler::{App, Clock, PushAuth};
+use whirligig_registry::{Registry, TaskContext, TaskError, TaskRoute};
+
+/// A server that counts runs of its one task, `count`.
+struct Guarded {
+    server: TestServer<PostgresStore>,
+    runs: Arc<AtomicU32>,
+}
+
+impl Guarded {
+    async fn start(db: &TestDb, auth: PushAuth) -> Guarded {
+        let runs = Arc::new(AtomicU32::new(0));
+        let counter = Arc::clone(&runs);
+        let count = move |_: TaskContext| {
+            let counter = Arc::clone(&counter);
+            async move { Ok::<_, TaskError>(counter.fetch_add(1, Ordering::SeqCst) + 1) }
+        };
+        let registry = Registry::builder().route(TaskRoute::new("count", count)).build().unwrap();
+        let store = db.store(4, Duration::from_millis(250));
+        let server = TestServer::start(App::postgres(Arc::new(registry), store, auth)).await;
+        Guarded { server, runs }
+    }
+
+    async fn push(&self, authorization: Option<&str>, task_id: &str) -> u16 {
+        post_as(self.server.addr, "/tasks/pubsub/", authorization, task(task_id, "count", json!({}))).await.status
+    }
+
+    async fn push_bearer(&self, token: &str, task_id: &str) -> u16 {
+        self.push(Some(&format!("Bearer {token}")), task_id).await
+    }
+
+    fn runs(&self) -> u32 {
+        self.runs.load(Ordering::SeqCst)
+    }
+}
+
+async fn oidc(issuer: &Issuer, clock: Clock) -> PushAuth {
+    PushAuth::oidc(&issuer.settings(), clock).unwrap()
+}
+
+#[tokio::test]
+async fn a_valid_pubsub_token_runs_the_task() {
+    let db = TestDb::new().await;
+    let key = Key::generated(0);
+    let issuer = Issuer::start(&key).await;
+    let guarded = Guarded::start(&db, oidc(&issuer, Clock::system()).await).await;
+    assert_eq!(guarded.push_bearer(&issuer.token(&key), "valid").await, 200);
+    assert_eq!(guarded.runs(), 1);
+    assert_eq!(row(&db, "valid").await.unwrap().0, "SUCCESSFUL");
+    assert_eq!(guarded.push(Some(&format!("bearer {}", issuer.token(&key))), "lower").await, 200, "scheme case");
+}
+
+#[tokio::test]
+async fn every_bad_token_is_refused_before_anything_happens() {
+    let db = TestDb::new().await;
+    let key = Key::generated(0);
+    let stranger = Key::generated(1);
+    let issuer = Issuer::start(&key).await;
+    let guarded = Guarded::start(&db, oidc(&issuer, Clock::system()).await).await;
+    let now = chrono::Utc::now().timestamp();
+
+    let valid = issuer.token(&key);
+    let (header, _, signature) = split(&valid);
+    let mut forged_claims = issuer.claims();
+    forged_claims["email"] = json!("attacker@evil.example");
+    let tampered = format!("{header}.{}.{signature}", encode(&forged_claims));
+    let unsigned = format!("{}.{}.", encode(&json!({"alg": "none", "typ": "JWT"})), encode(&issuer.claims()));
+    let hs256 = {
+        let signing_input =
+            format!("{}.{}", encode(&json!({"alg": "HS256", "kid": key.kid, "typ": "JWT"})), encode(&issuer.claims()));
+        let mut mac = Hmac::<Sha256>::new_from_slice(key.public_pem().as_bytes()).unwrap();
+        mac.update(signing_input.as_bytes());
+        let tag =
+            base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, mac.finalize().into_bytes());
+        format!("{signing_input}.{tag}")
+    };
+
+    let cases: Vec<(&str, Option<String>)> = vec![
+        ("missing header", None),
+        ("Basic scheme", Some("Basic cHVic3ViOnB1YnN1Yg==".into())),
+        ("malformed JWT", Some("Bearer not-a-jwt".into())),
+        ("tampered payload", Some(format!("Bearer {tampered}"))),
+        ("unknown key, known kid", Some(format!("Bearer {}", issuer.token(&stranger.with_kid(&key.kid))))),
+        ("alg none", Some(format!("Bearer {unsigned}"))),
+        ("HS256 with the public key", Some(format!("Bearer {hs256}"))),
+        ("wrong iss", Some(format!("Bearer {}", issuer.token_with(&key, json!({"iss": "https://evil.example"}))))),
+        (
+            "bare accounts.google.com",
+            Some(format!("Bearer {}", issuer.token_with(&key, json!({"iss": "accounts.google.com"})))),
+        ),
+        ("wrong aud", Some(format!("Bearer {}", issuer.token_with(&key, json!({"aud": "https://other.a.run.app"}))))),
+        ("expired", Some(format!("Bearer {}", issuer.token_with(&key, json!({"iat": now - 3000, "exp": now - 120}))))),
+        (
+            "iat in the future",
+            Some(format!("Bearer {}", issuer.token_with(&key, json!({"iat": now + 300, "exp": now + 3900})))),
+        ),
+        (
+            "iat over an hour old",
+            Some(format!("Bearer {}", issuer.token_with(&key, json!({"iat": now - 3800, "exp": now + 600})))),
+        ),
+        ("wrong email", Some(format!("Bearer {}", issuer.token_with(&key, json!({"email": "someone@else.example"}))))),
+        ("email_verified false", Some(format!("Bearer {}", issuer.token_with(&key, json!({"email_verified": false}))))),
+    ];
+    for (case, authorization) in &cases {
+        assert_eq!(guarded.push(authorization.as_deref(), case).await, 403, "{case}");
+        assert!(row(&db, case).await.is_none(), "{case}: nothing recorded");
+    }
+    assert_eq!(guarded.runs(), 0);
+    assert_eq!(guarded.push_bearer(&valid, "still-valid").await, 200, "the good token still works");
+}
+
+fn split(token: &str) -> (&str, &str, &str) {
+    let mut parts = token.splitn(3, '.');
+    (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap())
+}
+
+#[tokio::test]
+async fn a_burst_of_unknown_kids_refetches_the_keys_once() {
+    let db = TestDb::new().await;
+    let key = Key::generated(0);
+    let issuer = Issuer::start(&key).await;
+    let guarded = Arc::new(Guarded::start(&db, oidc(&issuer, Clock::system()).await).await);
+    assert_eq!(guarded.push_bearer(&issuer.token(&key), "warm").await, 200);
+    assert_eq!(issuer.fetches(), 1);
+
+    let unknown = issuer.token(&Key::generated(1).with_kid("nobody-knows-me"));
+    let burst: Vec<_> = (0..50)
+        .map(|n| {
+            let (guarded, token) = (Arc::clone(&guarded), unknown.clone());
+            tokio::spawn(async move { guarded.push_bearer(&token, &format!("unknown-{n}")).await })
+        })
+        .collect();
+    for push in burst {
+        assert_eq!(push.await.unwrap(), 403);
+    }
+    assert_eq!(issuer.fetches(), 2, "one refetch for the whole burst");
+    assert_eq!(guarded.push_bearer(&unknown, "unknown-again").await, 403);
+    assert_eq!(issuer.fetches(), 2, "and none again within the minute");
+    assert_eq!(guarded.runs(), 1);
+}
+
+#[tokio::test]
+async fn a_rotated_key_verifies_after_one_refetch() {
+    let db = TestDb::new().await;
+    let (old, new) = (Key::generated(0), Key::generated(2));
+    let issuer = Issuer::start(&old).await;
+    let guarded = Guarded::start(&db, oidc(&issuer, Clock::system()).await).await;
+    assert_eq!(guarded.push_bearer(&issuer.token(&old), "before").await, 200);
+    issuer.set_keys(&[&new]);
+    assert_eq!(guarded.push_bearer(&issuer.token(&new), "after").await, 200);
+    assert_eq!(issuer.fetches(), 2);
+}
+
+#[tokio::test]
+async fn keys_are_kept_for_their_max_age_then_refreshed() {
+    let db = TestDb::new().await;
+    let key = Key::generated(0);
+    let issuer = Issuer::start(&key).await;
+    issuer.set_max_age(600);
+    let clock = Clock::adjustable();
+    let guarded = Guarded::start(&db, oidc(&issuer, clock.clone()).await).await;
+    assert_eq!(guarded.push_bearer(&issuer.token(&key), "first").await, 200);
+    assert_eq!(issuer.fetches(), 1);
+
+    clock.advance(Duration::from_secs(590));
+    assert_eq!(guarded.push_bearer(&issuer.token(&key), "fresh").await, 200);
+    assert_eq!(issuer.fetches(), 1, "no refetch before max-age");
+
+    clock.advance(Duration::from_secs(20));
+    // Tokens are judged by the same clock: sign this one in its future.
+    let later = chrono::Utc::now().timestamp() + 610;
+    let token = issuer.token_with(&key, json!({"iat": later, "exp": later + 3600}));
+    assert_eq!(guarded.push_bearer(&token, "stale").await, 200, "stale keys still serve while refreshing");
+    wait_until(|| issuer.fetches() == 2).await;
+}
+
+#[tokio::test]
+async fn an_issuer_down_at_start_means_503_until_its_keys_arrive() {
+    let db = TestDb::new().await;
+    let key = Key::generated(0);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let settings = whirligig_handler::OidcSettings {
+        issuer: format!("http://{port}"),
+        jwks_url: format!("http://{port}/keys"),
+        audience: support::issuer::AUDIENCE.into(),
+        service_account: support::issuer::SERVICE_ACCOUNT.into(),
+    };
+    let guarded = Guarded::start(&db, PushAuth::oidc(&settings, Clock::system()).unwrap()).await;
+    let early = Issuer::start(&key).await.token_with(&key, json!({"iss": format!("http://{port}")}));
+    assert_eq!(guarded.push_bearer(&early, "too-early").await, 503);
+    assert!(row(&db, "too-early").await.is_none());
+
+    let issuer = Issuer::start_on(port, &key).await;
+    let token = issuer.token(&key);
+    for attempt in 0.. {
+        match guarded.push_bearer(&token, &format!("late-{attempt}")).await {
+            200 => break,
+            503 if attempt < 20 => tokio::time::sleep(Duration::from_millis(250)).await,
+            status => panic!("answered {status} after the issuer came up"),
+        }
+    }
+    assert_eq!(guarded.runs(), 1);
+}
+
+#[tokio::test]
+async fn cloud_run_iam_mode_checks_the_claims_of_stripped_tokens() {
+    let db = TestDb::new().await;
+    let key = Key::generated(0);
+    let issuer = Issuer::start(&key).await;
+    let guarded = Guarded::start(&db, PushAuth::cloud_run_iam(&issuer.settings(), Clock::system()).unwrap()).await;
+    let signed = issuer.token(&key);
+    let (header, claims, _) = split(&signed);
+    let stripped = format!("{header}.{claims}.SIGNATURE_REMOVED_BY_GOOGLE");
+    assert_eq!(guarded.push_bearer(&stripped, "stripped").await, 200);
+    assert_eq!(guarded.push_bearer(&signed, "still-signed").await, 403, "a real signature means IAM is off");
+    let wrong = issuer.token_with(&key, json!({"aud": "https://other"}));
+    let (header, claims, _) = split(&wrong);
+    assert_eq!(guarded.push_bearer(&format!("{header}.{claims}.SIGNATURE_REMOVED_BY_GOOGLE"), "wrong-aud").await, 403);
+    assert_eq!(issuer.fetches(), 0, "no keys needed");
+    assert_eq!(guarded.runs(), 1);
+}
+
+/// Polls a condition the test cannot await (a refresh runs in the background).
+async fn wait_until(condition: impl Fn() -> bool) {
+    for _ in 0..200 {
+        if condition() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("condition never held");
+}
