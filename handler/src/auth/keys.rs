@@ -7,11 +7,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use openidconnect::core::{CoreIdTokenVerifier, CoreJsonWebKeySet};
 use openidconnect::reqwest;
 use tokio::sync::{Mutex, watch};
 
-use super::token::{Expectations, Rejection, key_lifetime};
+use super::token::{Expectations, KeySet, Rejection, Verifier, key_lifetime};
 use super::{AuthError, Clock};
 
 /// A request that finds no keys yet waits this long for the first fetch.
@@ -24,7 +23,7 @@ const LAST_RETRY: Duration = Duration::from_secs(30);
 
 /// One fetched key set, ready to verify with.
 struct Keys {
-    verifier: CoreIdTokenVerifier<'static>,
+    verifier: Verifier,
     expires_at: Instant,
     generation: u64,
 }
@@ -174,7 +173,7 @@ impl KeyCache {
         let cache_control = response.headers().get(reqwest::header::CACHE_CONTROL).and_then(|v| v.to_str().ok());
         let lifetime = key_lifetime(cache_control);
         let body = response.bytes().await.map_err(|error| error.to_string())?;
-        let set: CoreJsonWebKeySet =
+        let set: KeySet =
             serde_json::from_slice(&body).map_err(|error| format!("{} is not a key set: {error}", self.url))?;
         let keys = Arc::new(Keys {
             verifier: self.expect.verifier(set),

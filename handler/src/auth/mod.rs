@@ -4,6 +4,7 @@
 //! never logged.
 
 mod clock;
+mod jwk;
 mod keys;
 mod token;
 

@@ -8,13 +8,19 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use http::HeaderMap;
-use openidconnect::core::{
-    CoreIdToken, CoreIdTokenClaims, CoreIdTokenVerifier, CoreJsonWebKeySet, CoreJwsSigningAlgorithm,
+use openidconnect::core::{CoreIdToken, CoreIdTokenClaims, CoreJwsSigningAlgorithm};
+use openidconnect::{
+    ClaimsVerificationError, ClientId, IdTokenVerifier, IssuerUrl, JsonWebKeySet, Nonce, SignatureVerificationError,
 };
-use openidconnect::{ClaimsVerificationError, ClientId, IssuerUrl, Nonce, SignatureVerificationError};
 
 use super::Clock;
 use super::OidcSettings;
+use super::jwk::RingJsonWebKey;
+
+/// A verifier over the issuer's keys, checked with ring.
+pub(crate) type Verifier = IdTokenVerifier<'static, RingJsonWebKey>;
+/// The issuer's key set.
+pub(crate) type KeySet = JsonWebKeySet<RingJsonWebKey>;
 
 /// Clocks disagree a little; Google's own libraries allow a minute too.
 const SKEW: TimeDelta = TimeDelta::seconds(60);
@@ -80,7 +86,7 @@ pub(crate) struct Expectations {
     service_account: String,
     clock: Clock,
     /// Claims only: for tokens whose signature Cloud Run already checked.
-    stripped: CoreIdTokenVerifier<'static>,
+    stripped: Verifier,
 }
 
 impl fmt::Debug for Expectations {
@@ -98,20 +104,20 @@ impl Expectations {
         let issuer = IssuerUrl::new(settings.issuer.clone()).map_err(|error| format!("TASKS_OIDC_ISSUER: {error}"))?;
         let audience = ClientId::new(settings.audience.clone());
         let mut expect = Self {
-            stripped: CoreIdTokenVerifier::new_insecure_without_verification(),
+            stripped: Verifier::new_insecure_without_verification(),
             issuer,
             audience,
             service_account: settings.service_account.clone(),
             clock,
         };
-        expect.stripped = expect.verifier(CoreJsonWebKeySet::new(Vec::new())).insecure_disable_signature_check();
+        expect.stripped = expect.verifier(KeySet::new(Vec::new())).insecure_disable_signature_check();
         Ok(expect)
     }
 
     /// A verifier for `keys`, built once per key set.
-    pub(crate) fn verifier(&self, keys: CoreJsonWebKeySet) -> CoreIdTokenVerifier<'static> {
+    pub(crate) fn verifier(&self, keys: KeySet) -> Verifier {
         let (exp_clock, iat_clock) = (self.clock.clone(), self.clock.clone());
-        CoreIdTokenVerifier::new_public_client(self.audience.clone(), self.issuer.clone(), keys)
+        Verifier::new_public_client(self.audience.clone(), self.issuer.clone(), keys)
             .set_allowed_algs([CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256])
             // exp is compared with "now": a minute earlier grants the skew.
             .set_time_fn(move || exp_clock.utc() - SKEW)
@@ -119,7 +125,7 @@ impl Expectations {
     }
 
     /// Every check, the signature against `verifier`'s keys.
-    pub(crate) fn verify(&self, verifier: &CoreIdTokenVerifier<'static>, token: &str) -> Result<(), Rejection> {
+    pub(crate) fn verify(&self, verifier: &Verifier, token: &str) -> Result<(), Rejection> {
         let token = CoreIdToken::from_str(token).map_err(|error| Rejection::Malformed(error.to_string()))?;
         let claims = token.claims(verifier, |_: Option<&Nonce>| Ok(())).map_err(rejection)?;
         self.check_email(claims)
