@@ -13,8 +13,8 @@ use serde_json::json;
 use tokio::process::{Child, Command};
 use tokio::time::{sleep, timeout};
 
-use support::TestDb;
 use support::issuer::{self, Issuer, Key};
+use support::{TestDb, wait_for_status};
 
 /// The demo app, built by Cargo for this package.
 const APP: &str = env!("CARGO_BIN_EXE_whirligig-test-app");
@@ -180,15 +180,6 @@ impl Drop for Server {
 }
 
 /// Waits until `task_id`'s row has `status`, polling the database.
-async fn wait_for_status(db: &TestDb, task_id: &str, status: &str) {
-    for _ in 0..200 {
-        if support::row(db, task_id).await.is_some_and(|row| row.0 == status) {
-            return;
-        }
-        sleep(Duration::from_millis(25)).await;
-    }
-    panic!("{task_id} never became {status}: {:?}", support::row(db, task_id).await);
-}
 
 #[tokio::test]
 async fn sigterm_lets_the_task_in_flight_finish_and_exits_zero() {

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use serde_json::json;
-use support::{TestDb, envelope, get, postgres_server, row, task};
+use support::{TestDb, envelope, get, postgres_server, row, task, wait_for_status};
 use whirligig_handler::{TaskContextExt as _, demo};
 use whirligig_registry::{Kwargs, Registry, TaskContext, TaskError, TaskRoute};
 
@@ -490,14 +490,4 @@ async fn a_chunked_body_over_the_limit_is_refused_with_413() {
         "{}",
         String::from_utf8_lossy(&response[..read])
     );
-}
-
-async fn wait_for_status(db: &TestDb, task_id: &str, status: &str) {
-    for _ in 0..200 {
-        if row(db, task_id).await.is_some_and(|row| row.0 == status) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("{task_id} never reached {status}");
 }

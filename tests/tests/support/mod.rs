@@ -209,3 +209,15 @@ pub async fn row(db: &TestDb, task_id: &str) -> Option<(String, i32, Option<Stri
         .expect("query task_executions")?;
     Some((row.get(0), row.get(1), row.get(2), row.get(3)))
 }
+
+/// Waits until `task_id`'s row has `status`: the row changes in another task
+/// or process, so there is nothing to await but the row itself (5 s at most).
+pub async fn wait_for_status(db: &TestDb, task_id: &str, status: &str) {
+    for _ in 0..200 {
+        if row(db, task_id).await.is_some_and(|row| row.0 == status) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{task_id} never became {status}: {:?}", row(db, task_id).await);
+}
