@@ -58,6 +58,9 @@ impl<S: ExecutionStore> App<S> {
     }
 
     /// Starts the background work the app needs (fetching the issuer's keys).
+    /// [`serve`](crate::server::serve) calls it; an app driven through
+    /// [`handle`](Self::handle) alone must call it once, or every verified
+    /// push waits for keys that never come and gets 503.
     pub fn start(&self) {
         self.auth.start();
     }
@@ -110,8 +113,8 @@ impl<S: ExecutionStore> App<S> {
         // Authentication comes first: an unauthenticated request costs no body read.
         match self.auth.check(request.headers()).await {
             Ok(()) => {}
-            Err(AuthError::Forbidden(check)) => {
-                tracing::warn!(failed_check = %check, "push rejected");
+            Err(AuthError::Forbidden(rejection)) => {
+                tracing::warn!(failed_check = rejection.check(), detail = ?rejection.detail(), "push rejected");
                 return Answer::new(StatusCode::FORBIDDEN, "forbidden");
             }
             Err(AuthError::KeysUnavailable) => {

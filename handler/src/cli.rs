@@ -130,14 +130,16 @@ fn warn_in_memory() {
 
 async fn serve_command(config: &Config, registry: Registry) -> Result<ExitCode, Fatal> {
     let registry = Arc::new(registry);
+    // Before the database: a bad auth setting should not wait on migrations.
+    let auth = push_auth(config)?;
     match &config.database {
         Some(database) => {
             let store = postgres(database).await?;
-            serve_app(config, App::postgres(registry, store, push_auth(config)?)).await
+            serve_app(config, App::postgres(registry, store, auth)).await
         }
         None => {
             warn_in_memory();
-            serve_app(config, App::in_memory(registry, push_auth(config)?)).await
+            serve_app(config, App::in_memory(registry, auth)).await
         }
     }
 }

@@ -126,9 +126,13 @@ impl Reader<'_> {
             if service_account.is_none() && dev {
                 reader.problems.push(format!("TASKS_AUTH={mode} needs TASKS_SERVICE_ACCOUNT"));
             }
+            let issuer = reader.text("TASKS_OIDC_ISSUER").unwrap_or_else(|| GOOGLE_ISSUER.to_owned());
+            let jwks_url = reader.text("TASKS_OIDC_JWKS_URL").unwrap_or_else(|| GOOGLE_JWKS.to_owned());
+            reader.problems.extend(check_key_url("TASKS_OIDC_ISSUER", &issuer));
+            reader.problems.extend(check_key_url("TASKS_OIDC_JWKS_URL", &jwks_url));
             OidcSettings {
-                issuer: reader.text("TASKS_OIDC_ISSUER").unwrap_or_else(|| GOOGLE_ISSUER.to_owned()),
-                jwks_url: reader.text("TASKS_OIDC_JWKS_URL").unwrap_or_else(|| GOOGLE_JWKS.to_owned()),
+                issuer,
+                jwks_url,
                 audience: audience.unwrap_or_default(),
                 service_account: service_account.unwrap_or_default().to_owned(),
             }
@@ -147,6 +151,17 @@ impl Reader<'_> {
             }
         }
     }
+}
+
+/// Keys fetched over plain HTTP could be swapped on the way: HTTPS, unless
+/// the issuer is on this machine (tests, a local emulator).
+fn check_key_url(name: &str, value: &str) -> Option<String> {
+    let Ok(url) = openidconnect::url::Url::parse(value) else {
+        return Some(format!("{name}={value:?} is not an absolute URL"));
+    };
+    let loopback = matches!(url.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
+    (url.scheme() != "https" && !(url.scheme() == "http" && loopback))
+        .then(|| format!("{name}={value:?} must be https (plain http only on loopback)"))
 }
 
 impl Config {
@@ -333,7 +348,13 @@ mod tests {
                 .contains("expected oidc, cloud-run-iam or none")
         );
         let dev_oidc = load(&[("TASKS_AUTH", "oidc")]).unwrap_err();
-        assert_eq!(dev_oidc.problems().len(), 2, "{dev_oidc}");
+        assert_eq!(
+            dev_oidc.problems(),
+            [
+                "TASKS_AUTH=oidc needs TASKS_OIDC_AUDIENCE or CLOUD_RUN_SERVICE_URL",
+                "TASKS_AUTH=oidc needs TASKS_SERVICE_ACCOUNT",
+            ]
+        );
     }
 
     #[test]

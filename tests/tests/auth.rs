@@ -81,8 +81,9 @@ async fn every_bad_token_is_refused_before_anything_happens() {
 
     let valid = issuer.token(&key);
     let (header, _, signature) = split(&valid);
+    // Only the signature can catch this: sub is not otherwise checked.
     let mut forged_claims = issuer.claims();
-    forged_claims["email"] = json!("attacker@evil.example");
+    forged_claims["sub"] = json!("someone-else");
     let tampered = format!("{header}.{}.{signature}", encode(&forged_claims));
     let unsigned = format!("{}.{}.", encode(&json!({"alg": "none", "typ": "JWT"})), encode(&issuer.claims()));
     let hs256 = {
@@ -125,6 +126,9 @@ async fn every_bad_token_is_refused_before_anything_happens() {
         assert_eq!(guarded.push(authorization.as_deref(), case).await, 403, "{case}");
         assert!(row(&db, case).await.is_none(), "{case}: nothing recorded");
     }
+    // Refused before the body is read: a body that would be a 400 is a 403.
+    let garbage = post_as(guarded.server.addr, "/tasks/pubsub/", Some("Bearer x.y.z"), "not even json").await;
+    assert_eq!(garbage.status, 403);
     assert_eq!(guarded.runs(), 0);
     assert_eq!(guarded.push_bearer(&valid, "still-valid").await, 200, "the good token still works");
 }
@@ -154,6 +158,7 @@ async fn a_burst_of_unknown_kids_refetches_the_keys_once() {
         assert_eq!(push.await.unwrap(), 403);
     }
     assert_eq!(issuer.fetches(), 2, "one refetch for the whole burst");
+    assert!(row(&db, "unknown-0").await.is_none() && row(&db, "unknown-49").await.is_none());
     assert_eq!(guarded.push_bearer(&unknown, "unknown-again").await, 403);
     assert_eq!(issuer.fetches(), 2, "and none again within the minute");
     assert_eq!(guarded.runs(), 1);
@@ -169,6 +174,82 @@ async fn a_rotated_key_verifies_after_one_refetch() {
     issuer.set_keys(&[&new]);
     assert_eq!(guarded.push_bearer(&issuer.token(&new), "after").await, 200);
     assert_eq!(issuer.fetches(), 2);
+}
+
+#[tokio::test]
+async fn a_burst_of_tokens_with_a_rotated_key_shares_one_refetch() {
+    let db = TestDb::new().await;
+    let (old, new) = (Key::generated(0), Key::generated(2));
+    let issuer = Issuer::start(&old).await;
+    let guarded = Arc::new(Guarded::start(&db, oidc(&issuer, Clock::system()).await).await);
+    assert_eq!(guarded.push_bearer(&issuer.token(&old), "before").await, 200);
+    issuer.set_keys(&[&old, &new]);
+    let token = issuer.token(&new);
+    let burst: Vec<_> = (0..50)
+        .map(|n| {
+            let (guarded, token) = (Arc::clone(&guarded), token.clone());
+            tokio::spawn(async move { guarded.push_bearer(&token, &format!("rotated-{n}")).await })
+        })
+        .collect();
+    for push in burst {
+        assert_eq!(push.await.unwrap(), 200, "every waiter uses the one refetch's keys");
+    }
+    assert_eq!(issuer.fetches(), 2);
+}
+
+#[tokio::test]
+async fn a_failed_or_empty_refetch_keeps_the_cached_keys() {
+    let db = TestDb::new().await;
+    let key = Key::generated(0);
+    let issuer = Issuer::start(&key).await;
+    let guarded = Guarded::start(&db, oidc(&issuer, Clock::system()).await).await;
+    assert_eq!(guarded.push_bearer(&issuer.token(&key), "cached").await, 200);
+
+    issuer.set_failing(true);
+    let unknown = issuer.token(&Key::generated(1).with_kid("new-kid"));
+    assert_eq!(guarded.push_bearer(&unknown, "during-outage").await, 403);
+    assert_eq!(issuer.fetches(), 2, "the refetch was tried");
+    assert_eq!(guarded.push_bearer(&issuer.token(&key), "still-served").await, 200);
+}
+
+#[tokio::test]
+async fn an_empty_key_set_does_not_replace_good_keys() {
+    let db = TestDb::new().await;
+    let key = Key::generated(0);
+    let issuer = Issuer::start(&key).await;
+    let guarded = Guarded::start(&db, oidc(&issuer, Clock::system()).await).await;
+    assert_eq!(guarded.push_bearer(&issuer.token(&key), "cached").await, 200);
+    issuer.set_keys(&[]);
+    let unknown = issuer.token(&Key::generated(1).with_kid("new-kid"));
+    assert_eq!(guarded.push_bearer(&unknown, "empty-set").await, 403);
+    assert_eq!(issuer.fetches(), 2);
+    assert_eq!(guarded.push_bearer(&issuer.token(&key), "still-served").await, 200);
+}
+
+#[tokio::test]
+async fn expired_keys_serve_while_a_failing_issuer_is_asked_at_most_every_30_s() {
+    let db = TestDb::new().await;
+    let key = Key::generated(0);
+    let issuer = Issuer::start(&key).await;
+    issuer.set_max_age(300);
+    let clock = Clock::adjustable();
+    let guarded = Guarded::start(&db, oidc(&issuer, clock.clone()).await).await;
+    assert_eq!(guarded.push_bearer(&issuer.token(&key), "first").await, 200);
+
+    issuer.set_failing(true);
+    clock.advance(Duration::from_secs(301));
+    let later = chrono::Utc::now().timestamp() + 301;
+    let token = issuer.token_with(&key, json!({"iat": later, "exp": later + 3600}));
+    for n in 0..40 {
+        let status = if n % 2 == 0 {
+            guarded.push_bearer(&token, &format!("stale-{n}")).await
+        } else {
+            guarded.push_bearer("garbage", &format!("garbage-{n}")).await
+        };
+        assert_eq!(status, if n % 2 == 0 { 200 } else { 403 }, "push {n}");
+    }
+    wait_until(|| issuer.fetches() == 2).await;
+    assert_eq!(issuer.fetches(), 2, "one refresh attempt for 40 pushes");
 }
 
 #[tokio::test]
@@ -233,6 +314,13 @@ async fn cloud_run_iam_mode_checks_the_claims_of_stripped_tokens() {
     let stripped = format!("{header}.{claims}.SIGNATURE_REMOVED_BY_GOOGLE");
     assert_eq!(guarded.push_bearer(&stripped, "stripped").await, 200);
     assert_eq!(guarded.push_bearer(&signed, "still-signed").await, 403, "a real signature means IAM is off");
+    // Cloud Run checked this header, not Authorization, which it passed through as sent.
+    let sidestep = http::Request::post("/tasks/pubsub/")
+        .header("authorization", format!("Bearer {stripped}"))
+        .header("x-serverless-authorization", "Bearer some-invokers-own-token")
+        .body(http_body_util::Full::new(bytes::Bytes::from(task("sidestep", "count", json!({})))))
+        .unwrap();
+    assert_eq!(support::request(guarded.server.addr, sidestep).await.status, 403);
     let wrong = issuer.token_with(&key, json!({"aud": "https://other"}));
     let (header, claims, _) = split(&wrong);
     assert_eq!(guarded.push_bearer(&format!("{header}.{claims}.SIGNATURE_REMOVED_BY_GOOGLE"), "wrong-aud").await, 403);

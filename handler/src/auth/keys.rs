@@ -20,6 +20,9 @@ const UNKNOWN_KID_INTERVAL: Duration = Duration::from_secs(60);
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 const LAST_RETRY: Duration = Duration::from_secs(30);
+/// After a failed refresh of expired keys, the next try waits this long:
+/// requests keep coming, and the issuer may be struggling.
+const REFRESH_RETRY: Duration = Duration::from_secs(30);
 
 /// One fetched key set, ready to verify with.
 struct Keys {
@@ -39,6 +42,8 @@ pub(crate) struct KeyCache {
     /// holds when an unknown kid last caused one.
     fetching: Mutex<Option<Instant>>,
     refresh_scheduled: AtomicBool,
+    /// No background refresh before this, after one failed.
+    refresh_not_before: std::sync::Mutex<Option<Instant>>,
     started: AtomicBool,
 }
 
@@ -63,6 +68,7 @@ impl KeyCache {
             current: watch::Sender::new(None),
             fetching: Mutex::new(None),
             refresh_scheduled: AtomicBool::new(false),
+            refresh_not_before: std::sync::Mutex::new(None),
             started: AtomicBool::new(false),
         })
     }
@@ -124,7 +130,10 @@ impl KeyCache {
     }
 
     fn refresh_in_background(self: &Arc<Self>, seen: u64) {
-        if self.refresh_scheduled.swap(true, Ordering::SeqCst) {
+        let now = self.clock.now();
+        let waiting =
+            self.refresh_not_before.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).is_some_and(|at| now < at);
+        if waiting || self.refresh_scheduled.swap(true, Ordering::SeqCst) {
             return;
         }
         let cache = Arc::clone(self);
@@ -133,7 +142,9 @@ impl KeyCache {
             if cache.generation() == Some(seen)
                 && let Err(error) = cache.fetch().await
             {
-                tracing::warn!(%error, "cannot refresh the issuer's keys; keeping the cached ones");
+                tracing::warn!(%error, retry_in = ?REFRESH_RETRY, "cannot refresh the issuer's keys; keeping the cached ones");
+                let retry_at = cache.clock.now() + REFRESH_RETRY;
+                *cache.refresh_not_before.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(retry_at);
             }
             cache.refresh_scheduled.store(false, Ordering::SeqCst);
         });
@@ -175,6 +186,11 @@ impl KeyCache {
         let body = response.bytes().await.map_err(|error| error.to_string())?;
         let set: KeySet =
             serde_json::from_slice(&body).map_err(|error| format!("{} is not a key set: {error}", self.url))?;
+        // Keys it cannot read are dropped while parsing; a set left with none
+        // would refuse every token, so the old keys stay instead.
+        if !set.keys().iter().any(|key| key.can_verify_rs256()) {
+            return Err(format!("{} holds no RSA signing key", self.url));
+        }
         let keys = Arc::new(Keys {
             verifier: self.expect.verifier(set),
             expires_at: self.clock.now() + lifetime,

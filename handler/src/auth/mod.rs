@@ -87,7 +87,7 @@ impl PushAuth {
             Mode::None => Ok(()),
             Mode::Oidc(keys) => keys.verify(token::bearer(headers).map_err(AuthError::Forbidden)?).await,
             Mode::CloudRunIam(expect) => expect
-                .verify_stripped(token::bearer(headers).map_err(AuthError::Forbidden)?)
+                .verify_stripped(token::stripped_bearer(headers).map_err(AuthError::Forbidden)?)
                 .map_err(AuthError::Forbidden),
         }
     }

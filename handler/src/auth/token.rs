@@ -15,12 +15,12 @@ use openidconnect::{
 
 use super::Clock;
 use super::OidcSettings;
-use super::jwk::RingJsonWebKey;
+use super::jwk::IssuerKey;
 
 /// A verifier over the issuer's keys, checked with ring.
-pub(crate) type Verifier = IdTokenVerifier<'static, RingJsonWebKey>;
+pub(crate) type Verifier = IdTokenVerifier<'static, IssuerKey>;
 /// The issuer's key set.
-pub(crate) type KeySet = JsonWebKeySet<RingJsonWebKey>;
+pub(crate) type KeySet = JsonWebKeySet<IssuerKey>;
 
 /// Clocks disagree a little; Google's own libraries allow a minute too.
 const SKEW: TimeDelta = TimeDelta::seconds(60);
@@ -34,6 +34,7 @@ const STRIPPED: &str = "SIGNATURE_REMOVED_BY_GOOGLE";
 pub(crate) enum Rejection {
     MissingHeader,
     NotBearer,
+    ServerlessHeader,
     Malformed(String),
     UnknownKey,
     Signature(String),
@@ -47,26 +48,65 @@ pub(crate) enum Rejection {
     Other(String),
 }
 
-impl fmt::Display for Rejection {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Rejection {
+    /// The check that failed, a fixed name: safe to log as it is.
+    pub(crate) fn check(&self) -> &'static str {
         match self {
-            Self::MissingHeader => f.write_str("no Authorization header"),
-            Self::NotBearer => f.write_str("Authorization is not a Bearer token"),
-            Self::Malformed(why) => write!(f, "malformed token: {why}"),
-            Self::UnknownKey => f.write_str("signature: the token's kid is not in the issuer's key set"),
-            Self::Signature(why) => write!(f, "signature: {why}"),
-            Self::Issuer(why) => write!(f, "iss: {why}"),
-            Self::Audience(why) => write!(f, "aud: {why}"),
-            Self::Expired(why) => write!(f, "exp: {why}"),
-            Self::IssueTime(why) => write!(f, "iat: {why}"),
-            Self::Email => f.write_str("email: not the push service account"),
-            Self::EmailNotVerified => f.write_str("email_verified: not true"),
-            Self::NotStripped => f.write_str(
-                "the token still has a signature: TASKS_AUTH=cloud-run-iam needs Cloud Run's invoker IAM check on",
-            ),
-            Self::Other(why) => f.write_str(why),
+            Self::MissingHeader => "authorization header present",
+            Self::NotBearer => "bearer scheme",
+            Self::ServerlessHeader => "no X-Serverless-Authorization",
+            Self::Malformed(_) => "well-formed token",
+            Self::UnknownKey => "kid in the issuer's key set",
+            Self::Signature(_) => "signature",
+            Self::Issuer(_) => "iss",
+            Self::Audience(_) => "aud",
+            Self::Expired(_) => "exp",
+            Self::IssueTime(_) => "iat",
+            Self::Email => "email",
+            Self::EmailNotVerified => "email_verified",
+            Self::NotStripped => "signature removed by Cloud Run",
+            Self::Other(_) => "id token",
         }
     }
+
+    /// What the library said, which may quote the token's claims: cut short,
+    /// and to be logged with `?` so control characters stay escaped.
+    pub(crate) fn detail(&self) -> Option<&str> {
+        let detail = match self {
+            Self::Malformed(why)
+            | Self::Signature(why)
+            | Self::Issuer(why)
+            | Self::Audience(why)
+            | Self::Expired(why)
+            | Self::IssueTime(why)
+            | Self::Other(why) => why.as_str(),
+            _ => return None,
+        };
+        Some(detail.char_indices().nth(120).map_or(detail, |(end, _)| &detail[..end]))
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.detail() {
+            Some(detail) => write!(f, "{}: {detail:?}", self.check()),
+            None => f.write_str(self.check()),
+        }
+    }
+}
+
+/// Cloud Run takes this header for its IAM check when it is present and
+/// passes `Authorization` through untouched; Pub/Sub never sends it.
+const SERVERLESS_AUTHORIZATION: &str = "x-serverless-authorization";
+
+/// The token Cloud Run checked and stripped: a request that carried
+/// `X-Serverless-Authorization` had some other token checked, so its
+/// `Authorization` proves nothing and it is refused.
+pub(crate) fn stripped_bearer(headers: &HeaderMap) -> Result<&str, Rejection> {
+    if headers.contains_key(SERVERLESS_AUTHORIZATION) {
+        return Err(Rejection::ServerlessHeader);
+    }
+    bearer(headers)
 }
 
 /// The token from `Authorization: Bearer <token>`.
@@ -103,25 +143,13 @@ impl Expectations {
     pub(crate) fn new(settings: &OidcSettings, clock: Clock) -> Result<Self, String> {
         let issuer = IssuerUrl::new(settings.issuer.clone()).map_err(|error| format!("TASKS_OIDC_ISSUER: {error}"))?;
         let audience = ClientId::new(settings.audience.clone());
-        let mut expect = Self {
-            stripped: Verifier::new_insecure_without_verification(),
-            issuer,
-            audience,
-            service_account: settings.service_account.clone(),
-            clock,
-        };
-        expect.stripped = expect.verifier(KeySet::new(Vec::new())).insecure_disable_signature_check();
-        Ok(expect)
+        let stripped = verifier(&issuer, &audience, &clock, KeySet::new(Vec::new())).insecure_disable_signature_check();
+        Ok(Self { issuer, audience, service_account: settings.service_account.clone(), clock, stripped })
     }
 
     /// A verifier for `keys`, built once per key set.
     pub(crate) fn verifier(&self, keys: KeySet) -> Verifier {
-        let (exp_clock, iat_clock) = (self.clock.clone(), self.clock.clone());
-        Verifier::new_public_client(self.audience.clone(), self.issuer.clone(), keys)
-            .set_allowed_algs([CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256])
-            // exp is compared with "now": a minute earlier grants the skew.
-            .set_time_fn(move || exp_clock.utc() - SKEW)
-            .set_issue_time_verifier_fn(move |issued| issued_in_time(issued, iat_clock.utc()))
+        verifier(&self.issuer, &self.audience, &self.clock, keys)
     }
 
     /// Every check, the signature against `verifier`'s keys.
@@ -150,6 +178,18 @@ impl Expectations {
     }
 }
 
+fn verifier(issuer: &IssuerUrl, audience: &ClientId, clock: &Clock, keys: KeySet) -> Verifier {
+    let (exp_clock, iat_clock) = (clock.clone(), clock.clone());
+    Verifier::new_public_client(audience.clone(), issuer.clone(), keys)
+        .set_allowed_algs([CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256])
+        // exp is compared with "now": a minute earlier grants the skew.
+        .set_time_fn(move || exp_clock.utc() - SKEW)
+        .set_issue_time_verifier_fn(move |issued| issued_in_time(issued, iat_clock.utc()))
+}
+
+/// The iat check's verdict; its message starts with "iat", which is how
+/// [`rejection`] tells it from the library's own exp failure (both arrive
+/// as `Expired`).
 fn issued_in_time(issued: DateTime<Utc>, now: DateTime<Utc>) -> Result<(), String> {
     if issued > now + SKEW {
         Err(format!("iat {issued} is in the future (now {now})"))
@@ -198,6 +238,20 @@ mod tests {
         assert_eq!(bearer(&headers), Err(Rejection::NotBearer));
         headers.insert("authorization", "bearer abc.def.ghi".parse().unwrap());
         assert_eq!(bearer(&headers), Ok("abc.def.ghi"));
+        assert_eq!(stripped_bearer(&headers), Ok("abc.def.ghi"));
+        headers.insert("x-serverless-authorization", "Bearer other".parse().unwrap());
+        assert_eq!(stripped_bearer(&headers), Err(Rejection::ServerlessHeader));
+    }
+
+    #[test]
+    fn log_text_is_a_fixed_check_and_an_escaped_short_detail() {
+        let forged =
+            Rejection::Audience(format!("found `x`)\n2026-01-01 INFO forged line\u{1b}[2K{}", "a".repeat(300)));
+        let text = forged.to_string();
+        assert!(text.starts_with("aud: \""), "{text}");
+        assert!(!text.contains('\n') && !text.contains('\u{1b}'), "{text}");
+        assert!(text.len() < 200, "{}", text.len());
+        assert_eq!(Rejection::Email.to_string(), "email");
     }
 
     #[test]

@@ -141,7 +141,10 @@ impl Issuer {
     fn respond(&self, path: &str) -> http::Response<Full<Bytes>> {
         let (status, cache, body) = match path {
             "/.well-known/openid-configuration" => (200, None, self.discovery()),
-            "/keys" if self.state.failing.load(Ordering::SeqCst) => (500, None, json!({"error": "down"})),
+            "/keys" if self.state.failing.load(Ordering::SeqCst) => {
+                self.state.fetches.fetch_add(1, Ordering::SeqCst);
+                (500, None, json!({"error": "down"}))
+            }
             "/keys" => {
                 self.state.fetches.fetch_add(1, Ordering::SeqCst);
                 let keys: Vec<Value> = self.state.keys.lock().expect("the key list").iter().map(Key::jwk).collect();
@@ -175,11 +178,12 @@ impl Issuer {
         format!("http://{}/keys", self.addr)
     }
 
-    /// How many times the key set was fetched.
+    /// How many times the key set was asked for, answered or not.
     pub fn fetches(&self) -> u32 {
         self.state.fetches.load(Ordering::SeqCst)
     }
 
+    /// Replaces the key set (a rotation; an empty list serves `{"keys": []}`).
     pub fn set_keys(&self, keys: &[&Key]) {
         *self.state.keys.lock().expect("the key list") = keys.iter().map(|key| (*key).clone()).collect();
     }
