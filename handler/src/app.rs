@@ -65,11 +65,6 @@ impl<S: ExecutionStore> App<S> {
         self.auth.start();
     }
 
-    /// The store this app records executions in.
-    pub fn store(&self) -> &S {
-        self.executor.store()
-    }
-
     /// Stops taking new pushes (they get 503) and tells running tasks, through
     /// their context, that the instance is shutting down.
     pub fn begin_shutdown(&self) {

@@ -3,7 +3,7 @@
 //! serves the Pub/Sub push endpoint, runs a task as a job, lists routes or
 //! migrates the database.
 //!
-//! Requests flow one way: [`server`] (sockets) → `app` (routing, body limit)
+//! Requests flow one way: [`server`] (sockets) → `app` (routing, body limit, auth)
 //! → `push` (envelope, status) → `executor` (store, timeout, panics) → the
 //! task function from the registry.
 
