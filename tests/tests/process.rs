@@ -267,6 +267,33 @@ async fn a_retried_job_attempt_takes_over_from_the_dead_one() {
 }
 
 #[tokio::test]
+async fn a_busy_pool_is_answered_429_and_the_log_names_the_cause() {
+    let db = TestDb::new().await;
+    let verified = Verified::new(&db.url).await;
+    let mut env = verified.env();
+    env.extend([("DATABASE_POOL_SIZE", "1"), ("DATABASE_POOL_TIMEOUT_MS", "200")]);
+    let server = Server::start(&env).await;
+    let (addr, authorization) = (server.addr, verified.authorization());
+    let holder = {
+        let (authorization, body) =
+            (authorization.clone(), support::task("holder", "sleep", json!({"ms": 1500, "hold_db": true})));
+        tokio::spawn(async move { support::post_as(addr, "/tasks/pubsub/", Some(&authorization), body).await })
+    };
+    wait_for_status(&db, "holder", "RUNNING").await;
+    // The holder's claim connection has just gone back to the pool for its task to take.
+    sleep(Duration::from_millis(100)).await;
+    let busy = server.push_as(&authorization, support::task("busy", "noop", json!({}))).await;
+    assert_eq!((busy.status, busy.body.as_str()), (429, "database at capacity; retry"));
+    assert_eq!(timeout(WAIT, holder).await.expect("answered").expect("the push task").status, 200);
+    let log = server.stderr();
+    assert!(
+        log.lines()
+            .any(|line| line.contains("task_id=\"busy\"") && line.contains("no database connection free within 200ms")),
+        "no log line names the cause:\n{log}"
+    );
+}
+
+#[tokio::test]
 async fn unauthenticated_pushes_to_a_production_server_are_refused() {
     let db = TestDb::new().await;
     let verified = Verified::new(&db.url).await;
