@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use whirligig_registry::{JobShard, RawArguments, Registry, RegistryError};
 
 use crate::app::App;
-use crate::auth::{Clock, PushAuth};
+use crate::auth::{AuthSetupError, Clock, PushAuth};
 use crate::config::{AuthConfig, Config, ConfigError, DatabaseConfig, redact};
 use crate::context::Resources;
 use crate::executor::{Delivery, Executor, Outcome};
@@ -61,6 +61,8 @@ enum Fatal {
     Registry(#[from] RegistryError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Auth(#[from] AuthSetupError),
     #[error("cannot listen on {0}: {1}")]
     Listen(SocketAddr, std::io::Error),
     #[error("{0}")]
@@ -71,7 +73,7 @@ impl Fatal {
     fn exit_code(&self) -> ExitCode {
         match self {
             Self::Store(_) | Self::Listen(..) => ExitCode::FAILURE,
-            Self::Config(_) | Self::Registry(_) | Self::Usage(_) => ExitCode::from(2),
+            Self::Config(_) | Self::Registry(_) | Self::Usage(_) | Self::Auth(_) => ExitCode::from(2),
         }
     }
 }
@@ -159,7 +161,7 @@ fn push_auth(config: &Config) -> Result<PushAuth, Fatal> {
             PushAuth::cloud_run_iam(settings, Clock::system())
         }
     };
-    auth.map_err(Fatal::Usage)
+    auth.map_err(Fatal::Auth)
 }
 
 async fn serve_app<S: ExecutionStore>(config: &Config, app: App<S>) -> Result<ExitCode, Fatal> {

@@ -25,7 +25,7 @@ use std::process::ExitCode;
 use whirligig_registry::Registry;
 
 pub use crate::app::{App, MAX_BODY_BYTES};
-pub use crate::auth::{Clock, OidcSettings, PushAuth};
+pub use crate::auth::{AuthSetupError, Clock, OidcSettings, PushAuth};
 pub use crate::config::{AuthConfig, Config, ConfigError, DatabaseConfig};
 pub use crate::context::TaskContextExt;
 

@@ -11,7 +11,7 @@ use openidconnect::reqwest;
 use tokio::sync::{Mutex, watch};
 
 use super::token::{Expectations, KeySet, Rejection, Verifier, key_lifetime};
-use super::{AuthError, Clock};
+use super::{AuthError, AuthSetupError, Clock};
 
 /// A request that finds no keys yet waits this long for the first fetch.
 const FIRST_KEYS_WAIT: Duration = Duration::from_secs(1);
@@ -54,12 +54,12 @@ impl std::fmt::Debug for KeyCache {
 }
 
 impl KeyCache {
-    pub(crate) fn new(url: &str, expect: Expectations, clock: Clock) -> Result<Self, String> {
+    pub(crate) fn new(url: &str, expect: Expectations, clock: Clock) -> Result<Self, AuthSetupError> {
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(FETCH_TIMEOUT)
             .build()
-            .map_err(|error| format!("cannot build the HTTP client for the issuer's keys: {error}"))?;
+            .map_err(|error| AuthSetupError::HttpClient(error.to_string()))?;
         Ok(Self {
             url: url.to_owned(),
             http,

@@ -55,6 +55,17 @@ pub(crate) enum AuthError {
     KeysUnavailable,
 }
 
+/// Why token verification could not be set up.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthSetupError {
+    /// The issuer is not a URL openidconnect accepts.
+    #[error("TASKS_OIDC_ISSUER: {0}")]
+    Issuer(String),
+    /// The HTTP client for the key set could not be built.
+    #[error("cannot build the HTTP client for the issuer's keys: {0}")]
+    HttpClient(String),
+}
+
 impl PushAuth {
     /// No verification at all: for dev and tests.
     pub fn none() -> Self {
@@ -63,13 +74,13 @@ impl PushAuth {
 
     /// Full OIDC verification. Call [`start`](Self::start) once a runtime runs
     /// to fetch the keys in the background.
-    pub fn oidc(settings: &OidcSettings, clock: Clock) -> Result<Self, String> {
+    pub fn oidc(settings: &OidcSettings, clock: Clock) -> Result<Self, AuthSetupError> {
         let expect = Expectations::new(settings, clock.clone())?;
         Ok(Self(Mode::Oidc(Arc::new(KeyCache::new(&settings.jwks_url, expect, clock)?))))
     }
 
     /// Claims-only checks for a service behind Cloud Run's invoker IAM check.
-    pub fn cloud_run_iam(settings: &OidcSettings, clock: Clock) -> Result<Self, String> {
+    pub fn cloud_run_iam(settings: &OidcSettings, clock: Clock) -> Result<Self, AuthSetupError> {
         Ok(Self(Mode::CloudRunIam(Arc::new(Expectations::new(settings, clock)?))))
     }
 

@@ -13,9 +13,8 @@ use openidconnect::{
     ClaimsVerificationError, ClientId, IdTokenVerifier, IssuerUrl, JsonWebKeySet, Nonce, SignatureVerificationError,
 };
 
-use super::Clock;
-use super::OidcSettings;
 use super::jwk::IssuerKey;
+use super::{AuthSetupError, Clock, OidcSettings};
 
 /// A verifier over the issuer's keys, checked with ring.
 pub(crate) type Verifier = IdTokenVerifier<'static, IssuerKey>;
@@ -140,8 +139,9 @@ impl fmt::Debug for Expectations {
 }
 
 impl Expectations {
-    pub(crate) fn new(settings: &OidcSettings, clock: Clock) -> Result<Self, String> {
-        let issuer = IssuerUrl::new(settings.issuer.clone()).map_err(|error| format!("TASKS_OIDC_ISSUER: {error}"))?;
+    pub(crate) fn new(settings: &OidcSettings, clock: Clock) -> Result<Self, AuthSetupError> {
+        let issuer =
+            IssuerUrl::new(settings.issuer.clone()).map_err(|error| AuthSetupError::Issuer(error.to_string()))?;
         let audience = ClientId::new(settings.audience.clone());
         let stripped = verifier(&issuer, &audience, &clock, KeySet::new(Vec::new())).insecure_disable_signature_check();
         Ok(Self { issuer, audience, service_account: settings.service_account.clone(), clock, stripped })
