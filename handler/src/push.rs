@@ -32,8 +32,8 @@ struct PushEnvelope<'a> {
 struct PushedMessage<'a> {
     #[serde(default, borrow)]
     data: Cow<'a, str>,
-    #[serde(rename = "messageId")]
-    message_id: String,
+    #[serde(rename = "messageId", borrow)]
+    message_id: Cow<'a, str>,
     #[serde(default, rename = "publishTime")]
     publish_time: Option<String>,
 }
@@ -66,7 +66,7 @@ pub(crate) async fn push<S: ExecutionStore>(registry: &Registry, executor: &Exec
             return answer;
         }
     };
-    let message_id = envelope.message.message_id.as_str();
+    let message_id = envelope.message.message_id.as_ref();
     let message = match ReceivedMessage::parse(&data) {
         Ok(message) => message,
         Err(error) => {

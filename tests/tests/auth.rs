@@ -133,6 +133,21 @@ async fn every_bad_token_is_refused_before_anything_happens() {
     assert_eq!(guarded.push_bearer(&valid, "still-valid").await, 200, "the good token still works");
 }
 
+/// 50 pushes at once with `token`, task ids `{prefix}-{n}`; their statuses in order.
+async fn burst(guarded: &Arc<Guarded>, token: &str, prefix: &str) -> Vec<u16> {
+    let pushes: Vec<_> = (0..50)
+        .map(|n| {
+            let (guarded, token, task_id) = (Arc::clone(guarded), token.to_owned(), format!("{prefix}-{n}"));
+            tokio::spawn(async move { guarded.push_bearer(&token, &task_id).await })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for push in pushes {
+        statuses.push(push.await.unwrap());
+    }
+    statuses
+}
+
 fn split(token: &str) -> (&str, &str, &str) {
     let mut parts = token.splitn(3, '.');
     (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap())
@@ -148,15 +163,7 @@ async fn a_burst_of_unknown_kids_refetches_the_keys_once() {
     assert_eq!(issuer.fetches(), 1);
 
     let unknown = issuer.token(&Key::generated(1).with_kid("nobody-knows-me"));
-    let burst: Vec<_> = (0..50)
-        .map(|n| {
-            let (guarded, token) = (Arc::clone(&guarded), unknown.clone());
-            tokio::spawn(async move { guarded.push_bearer(&token, &format!("unknown-{n}")).await })
-        })
-        .collect();
-    for push in burst {
-        assert_eq!(push.await.unwrap(), 403);
-    }
+    assert_eq!(burst(&guarded, &unknown, "unknown").await, [403; 50]);
     assert_eq!(issuer.fetches(), 2, "one refetch for the whole burst");
     assert!(row(&db, "unknown-0").await.is_none() && row(&db, "unknown-49").await.is_none());
     assert_eq!(guarded.push_bearer(&unknown, "unknown-again").await, 403);
@@ -185,15 +192,7 @@ async fn a_burst_of_tokens_with_a_rotated_key_shares_one_refetch() {
     assert_eq!(guarded.push_bearer(&issuer.token(&old), "before").await, 200);
     issuer.set_keys(&[&old, &new]);
     let token = issuer.token(&new);
-    let burst: Vec<_> = (0..50)
-        .map(|n| {
-            let (guarded, token) = (Arc::clone(&guarded), token.clone());
-            tokio::spawn(async move { guarded.push_bearer(&token, &format!("rotated-{n}")).await })
-        })
-        .collect();
-    for push in burst {
-        assert_eq!(push.await.unwrap(), 200, "every waiter uses the one refetch's keys");
-    }
+    assert_eq!(burst(&guarded, &token, "rotated").await, [200; 50], "every waiter uses the one refetch's keys");
     assert_eq!(issuer.fetches(), 2);
 }
 

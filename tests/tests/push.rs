@@ -246,7 +246,7 @@ async fn health_readiness_and_unknown_paths() {
 }
 
 #[tokio::test]
-async fn an_exhausted_pool_answers_429_quickly_and_loses_nothing() {
+async fn an_exhausted_pool_answers_429_without_hanging_then_serves_again() {
     let db = TestDb::new().await;
     let server = postgres_server(&db, registry(&Runs::default()), 1).await;
     let holder = server.push_in_background(task("holder", "sleep", json!({"ms": 1500, "hold_db": true})));
@@ -261,7 +261,9 @@ async fn an_exhausted_pool_answers_429_quickly_and_loses_nothing() {
         assert_eq!((reply.status, reply.retry_after.as_deref()), (429, Some("1")), "{}", reply.body);
     }
     assert_eq!(holder.await.unwrap().status, 200);
-    assert_eq!(row(&db, "holder").await.unwrap().0, "SUCCESSFUL", "the slow task's finish was not lost");
+    // The holder frees its connection before finishing; a finish that must
+    // compete with a held pool is a_finish_is_not_starved_by_a_busy_pool.
+    assert_eq!(row(&db, "holder").await.unwrap().0, "SUCCESSFUL");
     assert_eq!(server.push(task("after-busy", "echo", json!({}))).await.status, 200);
 }
 
