@@ -9,7 +9,10 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt as _, Full, LengthLimitError, Limited};
 use hyper::body::Body;
+use opentelemetry::Context;
 use tokio_util::sync::CancellationToken;
+use tracing::Span;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use whirligig_registry::Registry;
 
 use crate::auth::{AuthError, PushAuth};
@@ -17,6 +20,7 @@ use crate::context::Resources;
 use crate::executor::Executor;
 use crate::push::{Answer, push};
 use crate::store::{ExecutionStore, MemoryStore, PostgresStore};
+use crate::telemetry::propagation;
 
 /// The largest push body accepted: a Pub/Sub message holds at most 10 MB of
 /// data, which base64 inflates by 4/3, plus the envelope around it.
@@ -81,7 +85,7 @@ impl<S: ExecutionStore> App<S> {
         let answer = match (request.method(), request.uri().path()) {
             (&Method::GET, "/healthz") => Answer::new(StatusCode::OK, "ok"),
             (&Method::GET, "/readyz") => self.readiness().await,
-            (&Method::POST, path) if PUSH_PATHS.contains(&path) => self.push(request).await,
+            (&Method::POST, path) if PUSH_PATHS.contains(&path) => self.traced_push(request).await,
             (_, path) if PUSH_PATHS.contains(&path) || path == "/healthz" || path == "/readyz" => {
                 Answer::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
             }
@@ -100,28 +104,68 @@ impl<S: ExecutionStore> App<S> {
         }
     }
 
-    async fn push<B>(&self, request: Request<B>) -> Answer
+    /// A push inside an OpenTelemetry server span. The span starts now but
+    /// is entered only once its parent is known, which may be named in the
+    /// body; it ends with the status answered.
+    async fn traced_push<B>(&self, request: Request<B>) -> Answer
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let (name, path) = if request.uri().path() == PUSH_PATHS[0] {
+            ("POST /tasks/pubsub/", PUSH_PATHS[0])
+        } else {
+            ("POST /tasks/pubsub", PUSH_PATHS[1])
+        };
+        let span = tracing::info_span!(
+            parent: None,
+            "request",
+            otel.name = name,
+            otel.kind = "server",
+            otel.status_code = tracing::field::Empty,
+        );
+        // For the exporter only: every log line of the push would repeat them.
+        span.set_attribute("http.request.method", "POST");
+        span.set_attribute("http.route", path);
+        span.set_attribute("url.path", path);
+        let caller = propagation::from_headers(request.headers());
+        let answer = self.push(request, &span, caller).await;
+        span.set_attribute("http.response.status_code", i64::from(answer.status.as_u16()));
+        if answer.status.is_server_error() {
+            span.record("otel.status_code", "ERROR");
+        }
+        answer
+    }
+
+    async fn push<B>(&self, request: Request<B>, span: &Span, caller: Option<Context>) -> Answer
     where
         B: Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         // Authentication comes first: an unauthenticated request costs no body read.
-        match self.auth.check(request.headers()).await {
-            Ok(()) => {}
+        let refused = match self.auth.check(request.headers()).await {
+            Ok(()) if self.draining.load(Ordering::SeqCst) => {
+                Some(Answer::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down; retry"))
+            }
+            Ok(()) => None,
             Err(AuthError::Forbidden(rejection)) => {
-                tracing::warn!(failed_check = rejection.check(), detail = ?rejection.detail(), "push rejected");
-                return Answer::new(StatusCode::FORBIDDEN, "forbidden");
+                propagation::continue_trace(span, None, caller.clone());
+                span.in_scope(|| {
+                    tracing::warn!(failed_check = rejection.check(), detail = ?rejection.detail(), "push rejected");
+                });
+                Some(Answer::new(StatusCode::FORBIDDEN, "forbidden"))
             }
             Err(AuthError::KeysUnavailable) => {
-                tracing::warn!("push not verified: the issuer's keys are not available yet");
-                return Answer::new(StatusCode::SERVICE_UNAVAILABLE, "cannot verify tokens yet; retry");
+                propagation::continue_trace(span, None, caller.clone());
+                span.in_scope(|| tracing::warn!("push not verified: the issuer's keys are not available yet"));
+                Some(Answer::new(StatusCode::SERVICE_UNAVAILABLE, "cannot verify tokens yet; retry"))
             }
-        }
-        if self.draining.load(Ordering::SeqCst) {
-            return Answer::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down; retry");
+        };
+        if let Some(answer) = refused {
+            return answer;
         }
         match read_body(request).await {
-            Ok(body) => push(&self.registry, &self.executor, &body).await,
+            Ok(body) => push(&self.registry, &self.executor, &body, span, caller).await,
             Err(answer) => answer,
         }
     }

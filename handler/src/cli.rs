@@ -5,20 +5,22 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use serde_json::value::RawValue;
 use tokio::net::TcpListener;
+use tracing::Instrument as _;
 use whirligig_registry::{JobShard, RawArguments, Registry, RegistryError};
 
 use crate::app::App;
 use crate::auth::{AuthSetupError, Clock, PushAuth};
 use crate::config::{AuthConfig, Config, ConfigError, DatabaseConfig, redact};
 use crate::context::Resources;
-use crate::executor::{Delivery, Executor, Outcome};
+use crate::executor::{Delivery, Executor, Outcome, conclude_span, milliseconds};
 use crate::server::{SHUTDOWN_GRACE, serve, shutdown_signal};
 use crate::store::{ExecutionStore, MemoryStore, PostgresStore, StoreError, migrate};
+use crate::telemetry::{ExportError, Telemetry, propagation};
 
 /// Background tasks for Google Cloud Run.
 #[derive(Debug, Parser)]
@@ -65,6 +67,8 @@ enum Fatal {
     Auth(#[from] AuthSetupError),
     #[error("cannot listen on {0}: {1}")]
     Listen(SocketAddr, std::io::Error),
+    #[error(transparent)]
+    Telemetry(#[from] ExportError),
     #[error("{0}")]
     Usage(String),
 }
@@ -73,7 +77,9 @@ impl Fatal {
     fn exit_code(&self) -> ExitCode {
         match self {
             Self::Store(_) | Self::Listen(..) => ExitCode::FAILURE,
-            Self::Config(_) | Self::Registry(_) | Self::Usage(_) | Self::Auth(_) => ExitCode::from(2),
+            Self::Config(_) | Self::Registry(_) | Self::Usage(_) | Self::Auth(_) | Self::Telemetry(_) => {
+                ExitCode::from(2)
+            }
         }
     }
 }
@@ -87,24 +93,31 @@ pub(crate) async fn run(registry: Registry) -> ExitCode {
             return if error.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
         }
     };
-    crate::logging::init();
-    match command(cli.command.unwrap_or(Command::Serve), registry).await {
-        Ok(code) => code,
-        Err(error) => {
-            eprintln!("whirligig: {error}");
-            error.exit_code()
-        }
-    }
+    let outcome = match Config::from_env() {
+        Ok(config) => match Telemetry::install(&config.telemetry) {
+            Ok(telemetry) => {
+                let outcome = command(cli.command.unwrap_or(Command::Serve), &config, registry).await;
+                // After the command, so the spans of its last moments are sent too.
+                telemetry.shutdown().await;
+                outcome
+            }
+            Err(error) => Err(error.into()),
+        },
+        Err(error) => Err(error.into()),
+    };
+    outcome.unwrap_or_else(|error| {
+        eprintln!("whirligig: {error}");
+        error.exit_code()
+    })
 }
 
-async fn command(command: Command, registry: Registry) -> Result<ExitCode, Fatal> {
-    let config = Config::from_env()?;
+async fn command(command: Command, config: &Config, registry: Registry) -> Result<ExitCode, Fatal> {
     registry.check_names(&config.naming)?;
     match command {
-        Command::Serve => serve_command(&config, registry).await,
+        Command::Serve => serve_command(config, registry).await,
         Command::Run { name, args, kwargs, task_id } => {
             let job = JobRun { name, args, kwargs, task_id };
-            run_command(&config, &registry, job).await
+            run_command(config, &registry, job).await
         }
         Command::Routes => {
             print!("{}", crate::routes::table(&registry, &config.naming));
@@ -194,6 +207,9 @@ async fn run_command(config: &Config, registry: &Registry, job: JobRun) -> Resul
         task_id: job.task_id.unwrap_or_else(|| default_task_id(shard)),
         arguments,
         message_id: None,
+        subscription: None,
+        delivery_attempt: None,
+        publish_time: None,
         enqueued_at: None,
         job: shard,
         // A retried job attempt means the previous one is dead: take over at once.
@@ -217,11 +233,20 @@ async fn run_command(config: &Config, registry: &Registry, job: JobRun) -> Resul
     }
 }
 
+/// Runs the delivery in its span, which continues the trace named by the
+/// `TRACEPARENT` variable (OpenTelemetry's carrier for a process), if set.
 async fn execute_once<S: ExecutionStore>(store: Arc<S>, resources: Resources, delivery: Delivery<'_>) -> Outcome {
     let executor = Executor::new(store, Arc::new(resources), tokio_util::sync::CancellationToken::new());
-    let (task_name, task_id) = (delivery.route.name(), delivery.task_id.clone());
-    let outcome = executor.execute(delivery).await;
-    tracing::info!(task_name, task_id, ?outcome, "job finished");
+    let span = delivery.span();
+    let parent = std::env::var("TRACEPARENT").ok().and_then(|traceparent| {
+        propagation::from_traceparent(&traceparent, std::env::var("TRACESTATE").ok().as_deref())
+    });
+    propagation::continue_trace(&span, None, parent);
+    let started = Instant::now();
+    let outcome = executor.execute(delivery).instrument(span.clone()).await;
+    conclude_span(&span, &outcome, None);
+    let duration_ms = milliseconds(started);
+    span.in_scope(|| tracing::info!(?outcome, duration_ms, "job finished"));
     outcome
 }
 

@@ -5,9 +5,11 @@
 use std::fmt;
 use std::time::Duration;
 
+use opentelemetry::KeyValue;
 use whirligig_registry::{DEFAULT_ENVIRONMENT, DEFAULT_NAMESPACE, Naming};
 
 use crate::auth::OidcSettings;
+use crate::telemetry::{LogFormat, ParentlessSampling, Sampling, TelemetryConfig, TraceExport};
 
 /// The development environment: the only one where the in-memory store is allowed.
 const DEV: &str = "dev";
@@ -31,6 +33,8 @@ pub struct Config {
     pub database: Option<DatabaseConfig>,
     /// `TASKS_AUTH`, with what OIDC verification needs.
     pub auth: AuthConfig,
+    /// `OTEL_*` and `LOG_FORMAT`, with what Cloud Run says about the instance.
+    pub telemetry: TelemetryConfig,
 }
 
 /// How push requests are authenticated.
@@ -153,6 +157,127 @@ impl Reader<'_> {
     }
 }
 
+impl Reader<'_> {
+    /// The standard OpenTelemetry variables whirligig acts on, checked here
+    /// so that a typo stops the process at start rather than losing traces.
+    fn telemetry(&mut self, dev: bool, project_id: Option<&str>) -> TelemetryConfig {
+        let traces = match self.text("OTEL_TRACES_EXPORTER").as_deref().map(str::trim) {
+            None if dev => TraceExport::None,
+            None | Some("otlp") => TraceExport::Otlp { endpoint: self.otlp_endpoint() },
+            Some("console") => TraceExport::Console,
+            Some("none") => TraceExport::None,
+            Some(other) => {
+                self.problems.push(format!("OTEL_TRACES_EXPORTER={other:?}: expected otlp, console or none"));
+                TraceExport::None
+            }
+        };
+        let logs = match self.text("LOG_FORMAT").as_deref().map(str::trim) {
+            None if dev => LogFormat::Text,
+            None | Some("json") => LogFormat::Json,
+            Some("text") => LogFormat::Text,
+            Some(other) => {
+                self.problems.push(format!("LOG_FORMAT={other:?}: expected json or text"));
+                LogFormat::Text
+            }
+        };
+        TelemetryConfig {
+            traces,
+            sampling: self.sampling(),
+            logs,
+            project_id: project_id.map(str::to_owned),
+            resource: self.resource(project_id),
+        }
+    }
+
+    /// Only OTLP over HTTP with protobuf bodies is built in; the endpoint
+    /// must be a URL the exporter can post to.
+    fn otlp_endpoint(&mut self) -> String {
+        for name in ["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"] {
+            match self.text(name).as_deref().map(str::trim) {
+                None | Some("http/protobuf") => {}
+                Some(other) => self.problems.push(format!(
+                    "{name}={other:?}: only http/protobuf is built in (a collector takes it on port 4318)"
+                )),
+            }
+        }
+        let (name, endpoint) = match self.text("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
+            Some(endpoint) => ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", endpoint.trim().to_owned()),
+            None => {
+                let base = self.text("OTEL_EXPORTER_OTLP_ENDPOINT");
+                let base = base.as_deref().unwrap_or("http://localhost:4318").trim();
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("{}/v1/traces", base.trim_end_matches('/')))
+            }
+        };
+        let url = openidconnect::url::Url::parse(&endpoint);
+        if !url.is_ok_and(|url| matches!(url.scheme(), "http" | "https") && url.has_host()) {
+            self.problems.push(format!("{name}: {endpoint:?} is not an http(s) URL"));
+        }
+        endpoint
+    }
+
+    fn sampling(&mut self) -> Sampling {
+        let name = self.text("OTEL_TRACES_SAMPLER").unwrap_or_else(|| "parentbased_always_on".to_owned());
+        let mut ratio = || {
+            let Some(text) = self.text("OTEL_TRACES_SAMPLER_ARG") else { return 1.0 };
+            match text.trim().parse::<f64>() {
+                Ok(ratio) if (0.0..=1.0).contains(&ratio) => ratio,
+                _ => {
+                    self.problems.push(format!("OTEL_TRACES_SAMPLER_ARG={text:?}: expected a ratio from 0 to 1"));
+                    1.0
+                }
+            }
+        };
+        match name.trim() {
+            "always_on" => Sampling::AlwaysOn,
+            "always_off" => Sampling::AlwaysOff,
+            "traceidratio" => Sampling::Ratio(ratio()),
+            "parentbased_always_on" => Sampling::ParentBased(ParentlessSampling::AlwaysOn),
+            "parentbased_always_off" => Sampling::ParentBased(ParentlessSampling::AlwaysOff),
+            "parentbased_traceidratio" => Sampling::ParentBased(ParentlessSampling::Ratio(ratio())),
+            other => {
+                self.problems.push(format!(
+                    "OTEL_TRACES_SAMPLER={other:?}: expected always_on, always_off, traceidratio, \
+                     parentbased_always_on, parentbased_always_off or parentbased_traceidratio"
+                ));
+                Sampling::ParentBased(ParentlessSampling::AlwaysOn)
+            }
+        }
+    }
+
+    /// `service.name` is `OTEL_SERVICE_NAME`, else the Cloud Run service or
+    /// job, else `whirligig`; Cloud Run's variables describe the instance.
+    /// `OTEL_RESOURCE_ATTRIBUTES` is added by the SDK.
+    fn resource(&self, project_id: Option<&str>) -> Vec<KeyValue> {
+        let service = self.text("K_SERVICE");
+        let job = self.text("CLOUD_RUN_JOB");
+        let name = self.text("OTEL_SERVICE_NAME").or_else(|| service.clone()).or_else(|| job.clone());
+        let mut resource = vec![KeyValue::new("service.name", name.unwrap_or_else(|| "whirligig".to_owned()))];
+        if let Some(environment) = self.text("TASKS_ENVIRONMENT") {
+            resource.push(KeyValue::new("deployment.environment.name", environment));
+        }
+        if service.is_some() || job.is_some() {
+            resource.push(KeyValue::new("cloud.provider", "gcp"));
+            resource.push(KeyValue::new("cloud.platform", "gcp_cloud_run"));
+        }
+        if let Some(project) = project_id {
+            resource.push(KeyValue::new("cloud.account.id", project.to_owned()));
+        }
+        if let Some(name) = service.or(job) {
+            resource.push(KeyValue::new("faas.name", name));
+        }
+        if let Some(revision) = self.text("K_REVISION") {
+            resource.push(KeyValue::new("faas.version", revision));
+        }
+        if let Some(execution) = self.text("CLOUD_RUN_EXECUTION") {
+            resource.push(KeyValue::new("gcp.cloud_run.job.execution", execution));
+        }
+        if let Some(index) = self.text("CLOUD_RUN_TASK_INDEX").and_then(|index| index.trim().parse::<i64>().ok()) {
+            resource.push(KeyValue::new("gcp.cloud_run.job.task_index", index));
+        }
+        resource
+    }
+}
+
 /// Keys fetched over plain HTTP could be swapped on the way: HTTPS, unless
 /// the issuer is on this machine (tests, a local emulator).
 fn check_key_url(name: &str, value: &str) -> Option<String> {
@@ -190,15 +315,18 @@ impl Config {
         let service_url = reader.text("CLOUD_RUN_SERVICE_URL");
         let service_account = reader.text("TASKS_SERVICE_ACCOUNT");
         let auth = reader.auth(environment == DEV, service_url.as_deref(), service_account.as_deref());
+        let project_id = reader.text("GCP_PROJECT_ID");
+        let telemetry = reader.telemetry(environment == DEV, project_id.as_deref());
         let config = Self {
             naming,
-            project_id: reader.text("GCP_PROJECT_ID"),
+            project_id,
             service_url,
             service_account,
             scheduler_location: reader.text("SCHEDULER_LOCATION").unwrap_or_else(|| "europe-west2".to_owned()),
             port,
             database,
             auth,
+            telemetry,
         };
         if environment != DEV {
             reader.problems.extend(
@@ -368,6 +496,95 @@ mod tests {
     fn a_database_url_that_does_not_parse_is_a_problem_without_its_text() {
         let error = load(&[("DATABASE_URL", "postgres://u:secret@h:notaport/db")]).unwrap_err();
         assert_eq!(error.problems(), ["DATABASE_URL is not a valid PostgreSQL URL"]);
+    }
+
+    #[test]
+    fn telemetry_is_off_and_readable_in_dev_and_exported_as_json_elsewhere() {
+        let dev = load(&[]).unwrap().telemetry;
+        assert_eq!((dev.traces, dev.logs), (TraceExport::None, LogFormat::Text));
+        assert_eq!(dev.sampling, Sampling::ParentBased(ParentlessSampling::AlwaysOn));
+        assert_eq!(dev.resource, [KeyValue::new("service.name", "whirligig")]);
+
+        let prod = load(&[
+            ("TASKS_ENVIRONMENT", "prod"),
+            ("GCP_PROJECT_ID", "p"),
+            ("CLOUD_RUN_SERVICE_URL", "https://x.run.app"),
+            ("TASKS_SERVICE_ACCOUNT", "a@p"),
+            ("DATABASE_URL", "postgres://db/tasks"),
+            ("K_SERVICE", "tasks"),
+            ("K_REVISION", "tasks-00042-abc"),
+        ])
+        .unwrap()
+        .telemetry;
+        assert_eq!(prod.traces, TraceExport::Otlp { endpoint: "http://localhost:4318/v1/traces".into() });
+        assert_eq!(prod.logs, LogFormat::Json);
+        assert_eq!(prod.project_id.as_deref(), Some("p"));
+        let attribute =
+            |key: &str| prod.resource.iter().find(|kv| kv.key.as_str() == key).map(|kv| kv.value.to_string());
+        assert_eq!(attribute("service.name").as_deref(), Some("tasks"));
+        assert_eq!(attribute("faas.version").as_deref(), Some("tasks-00042-abc"));
+        assert_eq!(attribute("cloud.platform").as_deref(), Some("gcp_cloud_run"));
+        assert_eq!(attribute("cloud.account.id").as_deref(), Some("p"));
+        assert_eq!(attribute("deployment.environment.name").as_deref(), Some("prod"));
+    }
+
+    #[test]
+    fn otel_variables_are_read_and_checked() {
+        let config = load(&[
+            ("OTEL_TRACES_EXPORTER", "otlp"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/"),
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.25"),
+            ("OTEL_SERVICE_NAME", "billing"),
+            ("LOG_FORMAT", "json"),
+            ("CLOUD_RUN_JOB", "nightly"),
+            ("CLOUD_RUN_EXECUTION", "nightly-x7"),
+            ("CLOUD_RUN_TASK_INDEX", "3"),
+        ])
+        .unwrap()
+        .telemetry;
+        assert_eq!(config.traces, TraceExport::Otlp { endpoint: "http://collector:4318/v1/traces".into() });
+        assert_eq!(config.sampling, Sampling::ParentBased(ParentlessSampling::Ratio(0.25)));
+        assert_eq!(config.logs, LogFormat::Json);
+        assert!(config.resource.contains(&KeyValue::new("service.name", "billing")));
+        assert!(config.resource.contains(&KeyValue::new("faas.name", "nightly")));
+        assert!(config.resource.contains(&KeyValue::new("gcp.cloud_run.job.execution", "nightly-x7")));
+        assert!(config.resource.contains(&KeyValue::new("gcp.cloud_run.job.task_index", 3_i64)));
+
+        let verbatim = load(&[
+            ("OTEL_TRACES_EXPORTER", "otlp"),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "https://otel.example/custom"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://ignored:4318"),
+        ])
+        .unwrap()
+        .telemetry;
+        assert_eq!(verbatim.traces, TraceExport::Otlp { endpoint: "https://otel.example/custom".into() });
+        assert_eq!(load(&[("OTEL_TRACES_EXPORTER", "console")]).unwrap().telemetry.traces, TraceExport::Console);
+
+        let error = load(&[
+            ("OTEL_TRACES_EXPORTER", "otlp"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318"),
+            ("OTEL_TRACES_SAMPLER", "sometimes"),
+            ("LOG_FORMAT", "xml"),
+        ])
+        .unwrap_err();
+        let problems = error.problems().join("\n");
+        for expected in [
+            "OTEL_EXPORTER_OTLP_PROTOCOL=\"grpc\": only http/protobuf",
+            "OTEL_EXPORTER_OTLP_ENDPOINT: \"collector:4318/v1/traces\" is not an http(s) URL",
+            "OTEL_TRACES_SAMPLER=\"sometimes\"",
+            "LOG_FORMAT=\"xml\"",
+        ] {
+            assert!(problems.contains(expected), "{expected:?} not in:\n{problems}");
+        }
+        let error = load(&[
+            ("OTEL_TRACES_EXPORTER", "jaeger"),
+            ("OTEL_TRACES_SAMPLER", "traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "2"),
+        ])
+        .unwrap_err();
+        assert_eq!(error.problems().len(), 2, "{error}");
     }
 
     #[test]

@@ -1,17 +1,22 @@
 //! The one place a task runs: kill switch, claim in the store, run with the
 //! route's timeout and panics caught, finish in the store, and an [`Outcome`].
 //! The push endpoint and job mode both come through here; neither HTTP
-//! statuses nor exit codes are decided here.
+//! statuses nor exit codes are decided here. Each delivery has a span
+//! ([`Delivery::span`]) that the executor fills in as it learns the attempt
+//! and the ending.
 
 use std::any::Any;
 use std::fmt::Write as _;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use futures_util::FutureExt as _;
 use tokio_util::sync::CancellationToken;
+use tracing::Span;
+use tracing::field::Empty;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use whirligig_registry::{ArgumentError, JobShard, RawArguments, Retry, Route, TaskContext, TaskError, TaskOutput};
 
 use crate::context::Resources;
@@ -24,11 +29,74 @@ pub(crate) struct Delivery<'a> {
     pub(crate) task_id: String,
     pub(crate) arguments: RawArguments<'a>,
     pub(crate) message_id: Option<&'a str>,
+    /// The push subscription that delivered it, and Pub/Sub's count of
+    /// deliveries (when the subscription has a dead-letter policy).
+    pub(crate) subscription: Option<&'a str>,
+    pub(crate) delivery_attempt: Option<u32>,
+    pub(crate) publish_time: Option<&'a str>,
     pub(crate) enqueued_at: Option<DateTime<Utc>>,
     pub(crate) job: Option<JobShard>,
     /// How long another delivery's RUNNING claim holds: the route's ack
     /// deadline, or zero when the caller knows the previous attempt is dead.
     pub(crate) lease: Duration,
+}
+
+impl Delivery<'_> {
+    /// The span of this execution: an OpenTelemetry consumer span named
+    /// `{task} process` under the messaging conventions (internal in job
+    /// mode). The attempt and any error are recorded by the executor; the
+    /// outcome and what was answered, by the caller through [`conclude_span`].
+    pub(crate) fn span(&self) -> Span {
+        let span = tracing::info_span!(
+            "task",
+            otel.name = format!("{} process", self.route.name()),
+            otel.kind = if self.job.is_some() { "internal" } else { "consumer" },
+            otel.status_code = Empty,
+            otel.status_description = Empty,
+            whirligig.task.name = self.route.name(),
+            whirligig.task.id = self.task_id,
+            whirligig.task.attempt = Empty,
+            whirligig.task.outcome = Empty,
+            messaging.message.id = self.message_id,
+            messaging.destination.subscription.name = self.subscription,
+            messaging.gcp_pubsub.message.delivery_attempt = self.delivery_attempt,
+            whirligig.message.publish_time = self.publish_time,
+            error.type = Empty,
+            http.response.status_code = Empty,
+        );
+        if self.job.is_none() {
+            // Constants: for the exporter only, not for every log line.
+            span.set_attribute("messaging.system", "gcp_pubsub");
+            span.set_attribute("messaging.operation.name", "process");
+            span.set_attribute("messaging.operation.type", "process");
+        }
+        span
+    }
+}
+
+/// Records how the delivery in `span` ended: its outcome and, for a push,
+/// the status answered.
+pub(crate) fn conclude_span(span: &Span, outcome: &Outcome, status: Option<u16>) {
+    span.record("whirligig.task.outcome", outcome.label());
+    if let Some(status) = status {
+        span.record("http.response.status_code", status);
+    }
+    if let Outcome::Store(error) = outcome {
+        fail_span(span, error.kind(), &error.to_string());
+    }
+}
+
+/// Milliseconds since `started`, to the microsecond, for log lines.
+pub(crate) fn milliseconds(started: Instant) -> f64 {
+    let micros = u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX);
+    f64::from(micros) / 1000.0
+}
+
+/// Marks `span` failed: OpenTelemetry status Error with `message`.
+fn fail_span(span: &Span, kind: &str, message: &str) {
+    span.record("otel.status_code", "ERROR");
+    span.record("otel.status_description", message);
+    span.record("error.type", kind);
 }
 
 /// How a delivery ended.
@@ -54,6 +122,21 @@ pub(crate) enum Outcome {
     /// The store could not record the delivery, or the task could not reach
     /// the database through its context.
     Store(StoreError),
+}
+
+impl Outcome {
+    /// One word for the span and the log: `succeeded`, `failed`, `duplicate`
+    /// (an earlier delivery ran or is running it), `skipped` (kill switch) or
+    /// `rejected` (not run: its arguments do not fit, or no attempts are left).
+    pub(crate) fn label(&self) -> &'static str {
+        match self {
+            Self::Succeeded => "succeeded",
+            Self::Duplicate | Self::AlreadyFailed | Self::InProgress => "duplicate",
+            Self::Skipped { .. } => "skipped",
+            Self::Exhausted { .. } | Self::BadArguments(_) => "rejected",
+            Self::Failed { .. } | Self::Store(_) => "failed",
+        }
+    }
 }
 
 /// What a run produced before it is recorded.
@@ -104,7 +187,10 @@ impl<S: ExecutionStore> Executor<S> {
             };
         }
         let attempt = match self.store.claim(&request).await {
-            Ok(Claim::Claimed { attempt }) => attempt,
+            Ok(Claim::Claimed { attempt }) => {
+                Span::current().record("whirligig.task.attempt", attempt);
+                attempt
+            }
             Ok(Claim::AlreadySucceeded) => return Outcome::Duplicate,
             Ok(Claim::AlreadyFailed) => return Outcome::AlreadyFailed,
             Ok(Claim::Running) => return Outcome::InProgress,
@@ -144,6 +230,7 @@ impl<S: ExecutionStore> Executor<S> {
             Err(failure) => failure,
         };
         let (message, traceback) = failure.describe();
+        fail_span(&Span::current(), failure.kind(), &message);
         let last_attempt = route.max_attempts().is_some_and(|max| attempt >= max.get());
         let outcome = failure.outcome(&message, last_attempt);
         let permanent = failure.is_permanent();
@@ -216,6 +303,17 @@ impl Failure {
                 let message = format!("the task succeeded but its return value could not be stored: {reason}");
                 (message.clone(), message)
             }
+        }
+    }
+
+    /// `error.type` for the span.
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Arguments(_) => "arguments",
+            Self::Task(_) => "task_error",
+            Self::Panicked(_) => "panic",
+            Self::TimedOut(_) => "timeout",
+            Self::Unstorable(_) => "unstorable_result",
         }
     }
 

@@ -5,7 +5,8 @@
 //!
 //! Requests flow one way: [`server`] (sockets) → `app` (routing, body limit, auth)
 //! → `push` (envelope, status) → `executor` (store, timeout, panics) → the
-//! task function from the registry.
+//! task function from the registry. [`telemetry`] turns the spans along the
+//! way into traces and log lines.
 
 mod app;
 mod auth;
@@ -14,11 +15,11 @@ mod config;
 mod context;
 pub mod demo;
 mod executor;
-mod logging;
 mod push;
 mod routes;
 pub mod server;
 pub mod store;
+pub mod telemetry;
 
 use std::process::ExitCode;
 

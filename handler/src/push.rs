@@ -2,19 +2,23 @@
 //! `{"message": {"data", "attributes", "messageId", ..}, "subscription", "deliveryAttempt"?}`,
 //! hands the payload to the executor, and turns the outcome into the status
 //! Pub/Sub acts on. The only module that knows the envelope, and [`answer`]
-//! the only place an outcome becomes a status.
+//! the only place an outcome becomes a status. The request's span continues
+//! the trace named in the message's attributes, or else the caller's.
 
 use std::borrow::Cow;
+use std::time::Instant;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use http::StatusCode;
+use opentelemetry::Context;
 use serde::Deserialize;
-use tracing::Instrument as _;
+use tracing::{Instrument as _, Span};
 use whirligig_registry::{ReceivedMessage, Registry};
 
-use crate::executor::{Delivery, Executor, Outcome};
+use crate::executor::{Delivery, Executor, Outcome, conclude_span, milliseconds};
 use crate::store::{ExecutionStore, StoreError};
+use crate::telemetry::propagation;
 
 /// What Pub/Sub posts. Fields it sends twice (`message_id` beside
 /// `messageId`) are read once; unknown fields are ignored.
@@ -34,8 +38,32 @@ struct PushedMessage<'a> {
     data: Cow<'a, str>,
     #[serde(rename = "messageId", borrow)]
     message_id: Cow<'a, str>,
-    #[serde(default, rename = "publishTime")]
-    publish_time: Option<String>,
+    #[serde(default, rename = "publishTime", borrow)]
+    publish_time: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    attributes: Option<TraceAttributes<'a>>,
+}
+
+/// The message attributes that carry a trace. `traceparent` is what
+/// whirligig's enqueue writes; `googclient_traceparent` is what Google's
+/// Pub/Sub client libraries write when their tracing is on.
+#[derive(Debug, Deserialize)]
+struct TraceAttributes<'a> {
+    #[serde(default, borrow)]
+    traceparent: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    tracestate: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    googclient_traceparent: Option<Cow<'a, str>>,
+}
+
+impl PushedMessage<'_> {
+    /// The trace the publisher was in, if the message names a valid one.
+    fn trace_context(&self) -> Option<Context> {
+        let attributes = self.attributes.as_ref()?;
+        let traceparent = attributes.traceparent.as_ref().or(attributes.googclient_traceparent.as_ref())?;
+        propagation::from_traceparent(traceparent, attributes.tracestate.as_deref())
+    }
 }
 
 /// What the endpoint answers: a status and one line saying why.
@@ -57,17 +85,35 @@ impl Answer {
     }
 }
 
-/// Handles one push body.
-pub(crate) async fn push<S: ExecutionStore>(registry: &Registry, executor: &Executor<S>, body: &[u8]) -> Answer {
+/// Handles one push body in the request's `span`, not yet started, which
+/// continues the message's trace if it names one, else `caller`'s.
+pub(crate) async fn push<S: ExecutionStore>(
+    registry: &Registry,
+    executor: &Executor<S>,
+    body: &[u8],
+    span: &Span,
+    caller: Option<Context>,
+) -> Answer {
     let (envelope, data) = match decode(body) {
         Ok(decoded) => decoded,
         Err(answer) => {
-            tracing::warn!(reason = %answer.body, "malformed push: acknowledged without running");
+            propagation::continue_trace(span, None, caller);
+            span.in_scope(|| tracing::warn!(reason = %answer.body, "malformed push: acknowledged without running"));
             return answer;
         }
     };
+    propagation::continue_trace(span, envelope.message.trace_context(), caller);
+    deliver(registry, executor, &envelope, &data).instrument(span.clone()).await
+}
+
+async fn deliver<S: ExecutionStore>(
+    registry: &Registry,
+    executor: &Executor<S>,
+    envelope: &PushEnvelope<'_>,
+    data: &[u8],
+) -> Answer {
     let message_id = envelope.message.message_id.as_ref();
-    let message = match ReceivedMessage::parse(&data) {
+    let message = match ReceivedMessage::parse(data) {
         Ok(message) => message,
         Err(error) => {
             tracing::warn!(message_id, %error, "malformed task message: acknowledged without running");
@@ -79,28 +125,24 @@ pub(crate) async fn push<S: ExecutionStore>(registry: &Registry, executor: &Exec
         tracing::warn!(message_id, task_name = message.task_name(), "unknown task: acknowledged without running");
         return Answer::bad_request("unknown task");
     };
-    let task_id = message.execution_id(message_id);
-    let span = tracing::info_span!(
-        "push",
-        task_name = route.name(),
-        task_id,
-        message_id,
-        publish_time = envelope.message.publish_time.as_deref(),
-        delivery_attempt = envelope.delivery_attempt,
-        subscription = envelope.subscription.as_deref(),
-    );
     let delivery = Delivery {
         route,
-        task_id,
+        task_id: message.execution_id(message_id),
         arguments: message.arguments(),
         message_id: Some(message_id),
+        subscription: envelope.subscription.as_deref(),
+        delivery_attempt: envelope.delivery_attempt,
+        publish_time: envelope.message.publish_time.as_deref(),
         enqueued_at: message.enqueued_at(),
         job: None,
         lease: route.ack_deadline(),
     };
+    let span = delivery.span();
+    let started = Instant::now();
     let outcome = executor.execute(delivery).instrument(span.clone()).await;
     let answer = answer(&outcome);
-    span.in_scope(|| log(&outcome, answer.status));
+    conclude_span(&span, &outcome, Some(answer.status.as_u16()));
+    span.in_scope(|| log(&outcome, started));
     answer
 }
 
@@ -146,21 +188,22 @@ pub(crate) fn answer(outcome: &Outcome) -> Answer {
     }
 }
 
-/// One line per outcome, inside the delivery's span (task, id, message).
-fn log(outcome: &Outcome, status: StatusCode) {
-    let status = status.as_u16();
+/// One line per outcome, inside the delivery's span, which holds the task,
+/// its id, the attempt, the message, the outcome and the status answered.
+fn log(outcome: &Outcome, started: Instant) {
+    let duration_ms = milliseconds(started);
     match outcome {
-        Outcome::Succeeded => tracing::info!(status, "task succeeded"),
-        Outcome::Duplicate => tracing::info!(status, "duplicate of a successful execution: not run again"),
-        Outcome::AlreadyFailed => tracing::info!(status, "the task already failed permanently: not run again"),
+        Outcome::Succeeded => tracing::info!(duration_ms, "task succeeded"),
+        Outcome::Duplicate => tracing::info!(duration_ms, "duplicate of a successful execution: not run again"),
+        Outcome::AlreadyFailed => tracing::info!(duration_ms, "the task already failed permanently: not run again"),
         Outcome::Skipped { variable } => {
-            tracing::info!(status, variable, "kill switch off: acknowledged without running")
+            tracing::info!(duration_ms, variable, "kill switch off: acknowledged without running")
         }
-        Outcome::InProgress => tracing::info!(status, "another delivery holds the lease"),
-        Outcome::Exhausted { attempts } => tracing::warn!(status, attempts, "max_attempts reached: not run again"),
-        Outcome::BadArguments(error) => tracing::warn!(status, %error, "arguments do not fit the task"),
-        Outcome::Failed { message, retry } => tracing::warn!(status, error = %message, retry, "task failed"),
-        Outcome::Store(error) => tracing::warn!(status, %error, "the store could not serve this delivery"),
+        Outcome::InProgress => tracing::info!(duration_ms, "another delivery holds the lease"),
+        Outcome::Exhausted { attempts } => tracing::warn!(duration_ms, attempts, "max_attempts reached: not run again"),
+        Outcome::BadArguments(error) => tracing::warn!(duration_ms, %error, "arguments do not fit the task"),
+        Outcome::Failed { message, retry } => tracing::warn!(duration_ms, error = %message, retry, "task failed"),
+        Outcome::Store(error) => tracing::warn!(duration_ms, %error, "the store could not serve this delivery"),
     }
 }
 

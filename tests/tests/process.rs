@@ -1,6 +1,6 @@
 //! The real binary as Cloud Run runs it: the test app is spawned with a clean
 //! environment, stopped with SIGTERM, and judged by its exit codes, HTTP
-//! answers, database rows and stderr.
+//! answers, database rows and log lines.
 
 mod support;
 
@@ -102,29 +102,28 @@ fn free_port() -> u16 {
     listener.local_addr().expect("bound address").port()
 }
 
-/// `whirligig serve` in a child process, killed when dropped. Its stderr goes
-/// to a file, so a chatty child can never block on a full pipe.
+/// `whirligig serve` in a child process, killed when dropped. Its stdout and
+/// stderr go to one file, so a chatty child can never block on a full pipe.
 struct Server {
     child: Child,
     addr: SocketAddr,
-    stderr: PathBuf,
+    log: PathBuf,
 }
 
 impl Server {
     /// Spawns `serve` on a free port and waits until `/healthz` answers.
     async fn start(env: &[(&str, &str)]) -> Self {
         let port = free_port();
-        let stderr =
-            PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("process-{}.stderr", uuid::Uuid::new_v4()));
-        let file = std::fs::File::create(&stderr).expect("create the stderr file");
+        let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("process-{}.log", uuid::Uuid::new_v4()));
+        let file = std::fs::File::create(&log).expect("create the log file");
         let child = app(env)
             .arg("serve")
             .env("PORT", port.to_string())
-            .stdout(Stdio::null())
+            .stdout(file.try_clone().expect("share the log file"))
             .stderr(file)
             .spawn()
             .expect("spawn the test app");
-        let mut server = Self { child, addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)), stderr };
+        let mut server = Self { child, addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)), log };
         server.wait_ready().await;
         server
     }
@@ -133,7 +132,7 @@ impl Server {
     async fn wait_ready(&mut self) {
         for _ in 0..400 {
             if let Some(status) = self.child.try_wait().expect("child status") {
-                panic!("serve exited before it was ready ({status}); stderr:\n{}", self.stderr());
+                panic!("serve exited before it was ready ({status}); log:\n{}", self.log());
             }
             if tokio::net::TcpStream::connect(self.addr).await.is_ok() {
                 let health = support::get(self.addr, "/healthz").await;
@@ -142,11 +141,24 @@ impl Server {
             }
             sleep(Duration::from_millis(25)).await;
         }
-        panic!("serve did not listen on {} within 10 s; stderr:\n{}", self.addr, self.stderr());
+        panic!("serve did not listen on {} within 10 s; log:\n{}", self.addr, self.log());
     }
 
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    /// Everything the server wrote so far.
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The JSON log lines (production format), parsed.
+    fn json_log(&self) -> Vec<serde_json::Value> {
+        self.log().lines().filter_map(|line| serde_json::from_str(line).ok()).collect()
+    }
+
+    /// The first JSON log line with this message, or a panic showing the log.
+    fn logged(&self, message: &str) -> serde_json::Value {
+        let lines = self.json_log();
+        let found = lines.iter().find(|line| line["message"].as_str().is_some_and(|text| text.contains(message)));
+        found.cloned().unwrap_or_else(|| panic!("no {message:?} line in:\n{}", self.log()))
     }
 
     /// Sends SIGTERM, as Cloud Run does to stop an instance.
@@ -160,7 +172,7 @@ impl Server {
     async fn exit(&mut self) -> ExitStatus {
         match timeout(WAIT, self.child.wait()).await {
             Ok(status) => status.expect("wait for the child"),
-            Err(_) => panic!("serve did not exit within {WAIT:?} of SIGTERM; stderr:\n{}", self.stderr()),
+            Err(_) => panic!("serve did not exit within {WAIT:?} of SIGTERM; log:\n{}", self.log()),
         }
     }
 
@@ -175,7 +187,7 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.stderr);
+        let _ = std::fs::remove_file(&self.log);
     }
 }
 
@@ -196,8 +208,8 @@ async fn sigterm_lets_the_task_in_flight_finish_and_exits_zero() {
     let reply = timeout(WAIT, in_flight).await.expect("the in-flight push is answered").expect("the push task");
     assert_eq!(reply.status, 200, "{}", reply.body);
     let status = server.exit().await;
-    assert_eq!(status.code(), Some(0), "stderr:\n{}", server.stderr());
-    assert!(server.stderr().contains("SIGTERM received"), "{}", server.stderr());
+    assert_eq!(status.code(), Some(0), "log:\n{}", server.log());
+    assert!(server.log().contains("SIGTERM received"), "{}", server.log());
 
     let (status, attempts, error, value) = support::row(&db, "in-flight").await.expect("the row");
     assert_eq!((status.as_str(), attempts, error), ("SUCCESSFUL", 1, None));
@@ -285,12 +297,10 @@ async fn a_busy_pool_is_answered_429_and_the_log_names_the_cause() {
     let busy = server.push_as(&authorization, support::task("busy", "noop", json!({}))).await;
     assert_eq!((busy.status, busy.body.as_str()), (429, "database at capacity; retry"));
     assert_eq!(timeout(WAIT, holder).await.expect("answered").expect("the push task").status, 200);
-    let log = server.stderr();
-    assert!(
-        log.lines()
-            .any(|line| line.contains("task_id=\"busy\"") && line.contains("no database connection free within 200ms")),
-        "no log line names the cause:\n{log}"
-    );
+    let line = server.logged("the store could not serve this delivery");
+    assert_eq!(line["whirligig.task.id"], "busy", "{line}");
+    assert_eq!(line["severity"], "WARNING", "{line}");
+    assert!(line["error"].as_str().is_some_and(|error| error.contains("no database connection free within 200ms")));
 }
 
 #[tokio::test]
@@ -301,7 +311,8 @@ async fn unauthenticated_pushes_to_a_production_server_are_refused() {
     let reply = server.push(support::task("anonymous", "noop", json!({}))).await;
     assert_eq!((reply.status, reply.body.as_str()), (403, "forbidden"));
     assert!(support::row(&db, "anonymous").await.is_none());
-    assert!(server.stderr().contains("failed_check=\"authorization header present\""), "{}", server.stderr());
+    let line = server.logged("push rejected");
+    assert_eq!(line["failed_check"], "authorization header present", "{line}");
 }
 
 #[tokio::test]
@@ -353,11 +364,9 @@ async fn the_kill_switch_records_a_skip_and_acknowledges() {
     assert_eq!((status.as_str(), attempts), ("FAILED", 0), "skipped, never claimed");
     let error = error.expect("an error message");
     assert!(error.contains("kill switch") && error.contains("ENABLE_HEARTBEAT"), "{error}");
-    let log = off.stderr();
-    assert!(
-        log.lines().any(|line| line.contains("kill switch off") && line.contains("scheduled-heartbeat-1001")),
-        "no log line for the skip:\n{log}"
-    );
+    let line = off.logged("kill switch off");
+    assert_eq!(line["whirligig.task.id"], "scheduled-heartbeat-1001", "{line}");
+    assert_eq!(line["whirligig.task.outcome"], "skipped", "{line}");
 
     let reply = on.push_as(&authorization, support::envelope(payload, "1002")).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
@@ -372,11 +381,11 @@ async fn dev_without_a_database_serves_from_memory_and_says_so() {
     assert_eq!(support::get(server.addr, "/readyz").await.status, 200);
     let reply = server.push(support::task("dev-echo", "echo", json!({"hello": "world"}))).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
-    assert!(server.stderr().contains("NOT persisted"), "no warning in:\n{}", server.stderr());
+    assert!(server.log().contains("NOT persisted"), "no warning in:\n{}", server.log());
 
     server.terminate();
     let status = server.exit().await;
-    assert_eq!(status.code(), Some(0), "stderr:\n{}", server.stderr());
+    assert_eq!(status.code(), Some(0), "log:\n{}", server.log());
 }
 
 #[tokio::test]

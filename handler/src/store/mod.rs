@@ -182,6 +182,19 @@ pub enum StoreError {
     Database(String),
 }
 
+impl StoreError {
+    /// A short name for the kind of failure (a span's `error.type`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::PoolTimeout(_) => "pool_timeout",
+            Self::Refused(_) => "refused",
+            Self::Unavailable(_) => "unavailable",
+            Self::Rejected(_) => "rejected",
+            Self::Database(_) => "database",
+        }
+    }
+}
+
 /// The state of every execution, one round trip per transition.
 pub trait ExecutionStore: Send + Sync + 'static {
     /// Takes the task for one attempt, or says why not: already succeeded,

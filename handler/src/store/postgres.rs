@@ -5,6 +5,7 @@
 //! [`StoreError`] variants; what they answer is for `push` to say.
 
 use std::error::Error as _;
+use std::future::Future;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -12,9 +13,12 @@ use std::time::{Duration, Instant};
 use bb8::{ErrorSink, ManageConnection, Pool, PooledConnection, RunError};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
+use tokio_postgres::config::Host;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Json;
 use tokio_postgres::{Client, Config, NoTls, Statement};
+use tracing::field::Empty;
+use tracing::{Instrument as _, Span};
 
 use super::{ABANDONED, Claim, ClaimRequest, Ending, Execution, ExecutionStore, Finished, Status, StoreError};
 
@@ -223,6 +227,30 @@ pub struct PostgresStore {
     reserve: Pool<Connector>,
     pool_timeout: Duration,
     failures: LastConnectFailure,
+    peer: Arc<Peer>,
+}
+
+/// The server and database, as the spans of store calls name them.
+#[derive(Debug)]
+struct Peer {
+    address: String,
+    port: u16,
+    namespace: String,
+}
+
+impl Peer {
+    fn of(config: &Config) -> Self {
+        let address = match config.get_hosts().first() {
+            Some(Host::Tcp(host)) => host.clone(),
+            #[cfg(unix)]
+            Some(Host::Unix(path)) => path.display().to_string(),
+            None => "localhost".to_owned(),
+        };
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        // PostgreSQL's default database is the user's name.
+        let namespace = config.get_dbname().or(config.get_user()).unwrap_or("postgres").to_owned();
+        Self { address, port, namespace }
+    }
 }
 
 /// A pooled connection for a task; it goes back to the pool when dropped.
@@ -236,6 +264,7 @@ impl PostgresStore {
         let mut config = parse_url(url)?;
         config.connect_timeout(CONNECT_TIMEOUT).tcp_user_timeout(TCP_USER_TIMEOUT);
         let failures = LastConnectFailure::default();
+        let peer = Arc::new(Peer::of(&config));
         let pool = Pool::builder()
             .max_size(size)
             .min_idle(Some(1))
@@ -251,7 +280,7 @@ impl PostgresStore {
             .test_on_check_out(false)
             .error_sink(Box::new(failures.clone()))
             .build_unchecked(Connector { config });
-        Ok(Self { pool, reserve, pool_timeout, failures })
+        Ok(Self { pool, reserve, pool_timeout, failures, peer })
     }
 
     /// A connection within the pool timeout, or why there is none.
@@ -300,6 +329,60 @@ fn storable(text: &str) -> std::borrow::Cow<'_, str> {
 
 impl ExecutionStore for PostgresStore {
     async fn claim(&self, request: &ClaimRequest<'_>) -> Result<Claim, StoreError> {
+        traced(self.span("INSERT"), self.claim_row(request)).await
+    }
+
+    async fn finish(&self, task_id: &str, attempt: u32, ending: Ending<'_>) -> Result<Finished, StoreError> {
+        traced(self.span("UPDATE"), self.finish_row(task_id, attempt, ending)).await
+    }
+
+    async fn skip(&self, request: &ClaimRequest<'_>, reason: &str) -> Result<(), StoreError> {
+        traced(self.span("INSERT"), self.skip_row(request, reason)).await
+    }
+
+    async fn get(&self, task_id: &str) -> Result<Option<Execution>, StoreError> {
+        traced(self.span("SELECT"), self.get_row(task_id)).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        match self.connection().await {
+            Ok(connection) => connection.simple_query("").await.map(drop).map_err(classify),
+            Err(StoreError::PoolTimeout(_)) => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+}
+
+/// Runs a store call in its span, which says whether it failed and how.
+async fn traced<T>(span: Span, call: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+    let result = call.instrument(span.clone()).await;
+    if let Err(error) = &result {
+        span.record("otel.status_code", "ERROR");
+        span.record("error.type", error.kind());
+    }
+    result
+}
+
+impl PostgresStore {
+    /// A client span for one call on `task_executions`, with the database
+    /// conventions' attributes; never the statement's parameters.
+    fn span(&self, operation: &'static str) -> Span {
+        tracing::info_span!(
+            "db",
+            otel.name = format_args!("{operation} task_executions"),
+            otel.kind = "client",
+            otel.status_code = Empty,
+            db.system.name = "postgresql",
+            db.namespace = &*self.peer.namespace,
+            db.collection.name = "task_executions",
+            db.operation.name = operation,
+            server.address = &*self.peer.address,
+            server.port = self.peer.port,
+            error.type = Empty,
+        )
+    }
+
+    async fn claim_row(&self, request: &ClaimRequest<'_>) -> Result<Claim, StoreError> {
         let connection = self.connection().await?;
         let max_attempts = request.max_attempts.map(|max| i32::try_from(max.get()).unwrap_or(i32::MAX));
         let rows = connection
@@ -342,7 +425,7 @@ impl ExecutionStore for PostgresStore {
         })
     }
 
-    async fn finish(&self, task_id: &str, attempt: u32, ending: Ending<'_>) -> Result<Finished, StoreError> {
+    async fn finish_row(&self, task_id: &str, attempt: u32, ending: Ending<'_>) -> Result<Finished, StoreError> {
         let connection = self.reserved_connection().await?;
         let attempt = i32::try_from(attempt).unwrap_or(i32::MAX);
         let (status, return_value, message, traceback, permanent) = match ending {
@@ -361,7 +444,7 @@ impl ExecutionStore for PostgresStore {
         Ok(if changed == 1 { Finished::Recorded } else { Finished::Fenced })
     }
 
-    async fn skip(&self, request: &ClaimRequest<'_>, reason: &str) -> Result<(), StoreError> {
+    async fn skip_row(&self, request: &ClaimRequest<'_>, reason: &str) -> Result<(), StoreError> {
         let connection = self.connection().await?;
         connection
             .execute(
@@ -381,18 +464,10 @@ impl ExecutionStore for PostgresStore {
         Ok(())
     }
 
-    async fn get(&self, task_id: &str) -> Result<Option<Execution>, StoreError> {
+    async fn get_row(&self, task_id: &str) -> Result<Option<Execution>, StoreError> {
         let connection = self.connection().await?;
         let rows = connection.query(&connection.get, &[&task_id]).await.map_err(classify)?;
         rows.first().map(execution).transpose()
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        match self.connection().await {
-            Ok(connection) => connection.simple_query("").await.map(drop).map_err(classify),
-            Err(StoreError::PoolTimeout(_)) => Ok(()),
-            Err(error) => Err(error),
-        }
     }
 }
 

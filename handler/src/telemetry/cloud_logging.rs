@@ -1,0 +1,204 @@
+//! Log lines for Cloud Logging: one JSON object per event, with `severity`,
+//! `message` and `time` where Cloud Logging looks for them, the fields of the
+//! event and of the spans it happened in, and the trace it belongs to as
+//! `logging.googleapis.com/trace`, `…/spanId` and `…/trace_sampled`, so the
+//! Logs Explorer shows each line under its trace and its request.
+
+use std::io::Write as _;
+use std::sync::OnceLock;
+
+use chrono::{SecondsFormat, Utc};
+use opentelemetry::trace::TraceContextExt as _;
+use serde::Serialize;
+use serde_json::Value;
+use tracing::dispatcher::WeakDispatch;
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id, Record};
+use tracing::{Dispatch, Event, Level, Subscriber};
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::Context;
+use tracing_subscriber::registry::LookupSpan;
+
+/// The JSON log layer; see the module documentation.
+pub struct CloudLogging<W> {
+    writer: W,
+    project_id: Option<String>,
+    dispatch: OnceLock<WeakDispatch>,
+}
+
+impl<W> std::fmt::Debug for CloudLogging<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CloudLogging").field("project_id", &self.project_id).finish_non_exhaustive()
+    }
+}
+
+impl<W> CloudLogging<W>
+where
+    W: for<'writer> MakeWriter<'writer> + 'static,
+{
+    /// Lines go to `writer`; trace ids name traces of `project_id`'s Cloud
+    /// Trace (without a project, the trace field is left out).
+    pub fn new(writer: W, project_id: Option<String>) -> Self {
+        Self { writer, project_id, dispatch: OnceLock::new() }
+    }
+}
+
+/// A span's fields, kept in its extensions until it closes.
+#[derive(Debug, Default)]
+struct Fields(Vec<(&'static str, Value)>);
+
+impl Fields {
+    /// Sets a field, replacing an earlier value of the same name.
+    fn set(&mut self, name: &'static str, value: Value) {
+        match self.0.iter_mut().find(|(existing, _)| *existing == name) {
+            Some((_, slot)) => *slot = value,
+            None => self.0.push((name, value)),
+        }
+    }
+}
+
+/// Collects fields; `message` goes aside, `otel.*` (exporter settings) is dropped.
+struct Collect<'a> {
+    fields: &'a mut Fields,
+    message: Option<String>,
+}
+
+impl Collect<'_> {
+    fn put(&mut self, field: &Field, value: Value) {
+        match field.name() {
+            "message" => self.message = Some(value.as_str().map_or_else(|| value.to_string(), str::to_owned)),
+            name if name.starts_with("otel.") => {}
+            name => self.fields.set(name, value),
+        }
+    }
+}
+
+impl Visit for Collect<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.put(field, Value::from(value));
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.put(field, Value::from(value));
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.put(field, Value::from(value));
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.put(field, Value::from(value));
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.put(field, Value::from(value));
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.put(field, Value::from(value.to_string()));
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.put(field, Value::from(format!("{value:?}")));
+    }
+}
+
+/// Cloud Logging's names for tracing's levels.
+fn severity(level: Level) -> &'static str {
+    match level {
+        Level::ERROR => "ERROR",
+        Level::WARN => "WARNING",
+        Level::INFO => "INFO",
+        Level::DEBUG | Level::TRACE => "DEBUG",
+    }
+}
+
+impl<S, W> tracing_subscriber::Layer<S> for CloudLogging<W>
+where
+    S: Subscriber + for<'span> LookupSpan<'span>,
+    W: for<'writer> MakeWriter<'writer> + 'static,
+{
+    fn on_register_dispatch(&self, dispatch: &Dispatch) {
+        let _ = self.dispatch.set(dispatch.downgrade());
+    }
+
+    fn on_new_span(&self, attributes: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(id) else { return };
+        let mut fields = Fields::default();
+        attributes.record(&mut Collect { fields: &mut fields, message: None });
+        span.extensions_mut().insert(fields);
+    }
+
+    fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(id) else { return };
+        if let Some(fields) = span.extensions_mut().get_mut::<Fields>() {
+            values.record(&mut Collect { fields, message: None });
+        }
+    }
+
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        // Outer spans first, so an inner span's or the event's own value wins.
+        let mut fields = Fields::default();
+        for span in ctx.event_scope(event).into_iter().flat_map(|scope| scope.from_root()) {
+            if let Some(span_fields) = span.extensions().get::<Fields>() {
+                for (name, value) in &span_fields.0 {
+                    fields.set(name, value.clone());
+                }
+            }
+        }
+        let mut collect = Collect { fields: &mut fields, message: None };
+        event.record(&mut collect);
+        let metadata = event.metadata();
+        // The SDK's own events have a name and no message.
+        let message = collect.message.unwrap_or_else(|| metadata.name().to_owned());
+        let mut line = Line(Vec::with_capacity(256));
+        line.0.push(b'{');
+        line.entry("severity", severity(*metadata.level()));
+        line.entry("message", &message);
+        line.entry("time", &Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true));
+        line.entry("target", metadata.target());
+        for (name, value) in &fields.0 {
+            line.entry(name, value);
+        }
+        if let Some(span) = ctx.event_span(event) {
+            self.trace_fields(&span.id(), &mut line);
+        }
+        line.0.extend_from_slice(b"}\n");
+        let _ = self.writer.make_writer().write_all(&line.0);
+    }
+}
+
+impl<W> CloudLogging<W> {
+    /// The trace and span of the OpenTelemetry span behind `span`, when
+    /// spans are exported.
+    fn trace_fields(&self, span: &Id, line: &mut Line) {
+        let Some(dispatch) = self.dispatch.get().and_then(WeakDispatch::upgrade) else { return };
+        let Some(context) = tracing_opentelemetry::get_otel_context(span, &dispatch) else { return };
+        let span = context.span();
+        let span_context = span.span_context();
+        if !span_context.is_valid() {
+            return;
+        }
+        if let Some(project) = &self.project_id {
+            let trace = format!("projects/{project}/traces/{}", span_context.trace_id());
+            line.entry("logging.googleapis.com/trace", &trace);
+        }
+        line.entry("logging.googleapis.com/spanId", &span_context.span_id().to_string());
+        line.entry("logging.googleapis.com/trace_sampled", &span_context.is_sampled());
+    }
+}
+
+/// A JSON object being written, one entry at a time.
+struct Line(Vec<u8>);
+
+impl Line {
+    fn entry(&mut self, key: &str, value: &(impl Serialize + ?Sized)) {
+        if self.0.len() > 1 {
+            self.0.push(b',');
+        }
+        // Writing to a Vec cannot fail, and these values always serialise.
+        let _ = serde_json::to_writer(&mut self.0, key);
+        self.0.push(b':');
+        let _ = serde_json::to_writer(&mut self.0, value);
+    }
+}
