@@ -14,6 +14,7 @@ use tokio::process::{Child, Command};
 use tokio::time::{sleep, timeout};
 
 use support::issuer::{self, Issuer, Key};
+use support::otlp::{Receiver, hex};
 use support::{TestDb, wait_for_status};
 
 /// The demo app, built by Cargo for this package.
@@ -428,4 +429,88 @@ async fn an_unreachable_database_at_start_is_one_line_and_a_failure() {
     let lines: Vec<&str> = stderr.lines().filter(|line| line.starts_with("whirligig:")).collect();
     assert_eq!(lines.len(), 1, "{stderr}");
     assert!(lines[0].contains("database") && lines[0].contains("unreachable"), "{stderr}");
+}
+
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+/// OTLP export to `receiver`, batched for a minute: only a flush sends early.
+fn exporting_to(receiver: &Receiver) -> Vec<(&'static str, String)> {
+    vec![
+        ("OTEL_TRACES_EXPORTER", "otlp".to_owned()),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "60000".to_owned()),
+    ]
+}
+
+#[tokio::test]
+async fn spans_reach_an_otlp_collector_and_the_last_are_flushed_on_sigterm() {
+    let db = TestDb::new().await;
+    let receiver = Receiver::start().await;
+    let verified = Verified::new(&db.url).await;
+    let exporting = exporting_to(&receiver);
+    let mut env = verified.env();
+    env.extend(exporting.iter().map(|(name, value)| (*name, value.as_str())));
+    env.extend([("K_SERVICE", "tasks"), ("K_REVISION", "tasks-00007-xyz"), ("ENABLE_HEARTBEAT", "off")]);
+    let mut server = Server::start(&env).await;
+    let authorization = verified.authorization();
+
+    let traced = support::task_with_attributes("exported", "echo", json!({"traceparent": TRACEPARENT}));
+    assert_eq!(server.push_as(&authorization, traced).await.status, 200);
+    let heartbeat = r#"{"task_id": "scheduled-heartbeat", "task_name": "heartbeat", "args": [], "kwargs": {}}"#;
+    assert_eq!(server.push_as(&authorization, support::envelope(heartbeat, "2001")).await.status, 200);
+    assert_eq!(receiver.requests(), 0, "spans are batched, not sent per request");
+
+    server.terminate();
+    assert_eq!(server.exit().await.code(), Some(0), "log:\n{}", server.log());
+    let spans = receiver.spans();
+    let named = |name: &str| {
+        spans.iter().find(|span| span.span.name == name).unwrap_or_else(|| {
+            panic!("no span {name:?} among {:?}", spans.iter().map(|span| &span.span.name).collect::<Vec<_>>())
+        })
+    };
+    let echo = named("echo process");
+    assert_eq!(echo.trace_id(), TRACE_ID, "the trace from the enqueue goes on");
+    assert_eq!(echo.attribute("whirligig.task.outcome"), Some("succeeded"));
+    assert_eq!(echo.resource.get("service.name").map(String::as_str), Some("tasks"));
+    assert_eq!(echo.resource.get("faas.version").map(String::as_str), Some("tasks-00007-xyz"));
+    assert_eq!(echo.resource.get("cloud.account.id").map(String::as_str), Some("whirligig-test"));
+    assert_eq!(named("heartbeat process").attribute("whirligig.task.outcome"), Some("skipped"));
+    let claim = named("INSERT task_executions");
+    assert_eq!(claim.span.parent_span_id, echo.span.span_id, "{claim:?}");
+    named("UPDATE task_executions");
+    named("POST /tasks/pubsub/");
+
+    // The log line of the outcome links to the same trace and span.
+    let line = server.logged("task succeeded");
+    assert_eq!(line["logging.googleapis.com/trace"], format!("projects/whirligig-test/traces/{TRACE_ID}"));
+    assert_eq!(line["logging.googleapis.com/spanId"], hex(&echo.span.span_id));
+}
+
+#[tokio::test]
+async fn a_job_exports_its_span_under_the_traceparent_variable_before_it_exits() {
+    let db = TestDb::new().await;
+    let receiver = Receiver::start().await;
+    let exporting = exporting_to(&receiver);
+    let mut env = prod(&db.url);
+    env.extend(exporting.iter().map(|(name, value)| (*name, value.as_str())));
+    env.extend([
+        ("TRACEPARENT", TRACEPARENT),
+        ("CLOUD_RUN_JOB", "nightly"),
+        ("CLOUD_RUN_EXECUTION", "nightly-x7"),
+        ("CLOUD_RUN_TASK_INDEX", "0"),
+    ]);
+    let output = run_app(&["run", "fail"], &env).await;
+    assert_exit(&output, 1, "run fail");
+
+    let spans = receiver.spans();
+    let job = spans.iter().find(|span| span.span.name == "fail process").expect("the job's span");
+    assert_eq!(job.trace_id(), TRACE_ID);
+    assert_eq!(hex(&job.span.parent_span_id), "00f067aa0ba902b7");
+    assert_eq!(job.attribute("whirligig.task.id"), Some("nightly-x7-0"));
+    assert_eq!(job.attribute("error.type"), Some("task_error"));
+    assert_eq!(job.resource.get("service.name").map(String::as_str), Some("nightly"));
+    assert_eq!(job.resource.get("gcp.cloud_run.job.execution").map(String::as_str), Some("nightly-x7"));
+    let status = job.span.status.as_ref().expect("a status");
+    assert!(status.message.contains("always fails"), "{status:?}");
 }

@@ -5,6 +5,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod issuer;
+pub mod otlp;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -195,6 +196,14 @@ pub fn envelope(payload: &str, message_id: &str) -> String {
 pub fn task(task_id: &str, task_name: &str, kwargs: serde_json::Value) -> String {
     let payload = serde_json::json!({"task_id": task_id, "task_name": task_name, "args": [], "kwargs": kwargs});
     envelope(&payload.to_string(), &format!("m-{task_id}"))
+}
+
+/// A push like [`task`]'s whose message carries `attributes` (a JSON object).
+pub fn task_with_attributes(task_id: &str, task_name: &str, attributes: serde_json::Value) -> String {
+    let mut body: serde_json::Value =
+        serde_json::from_str(&task(task_id, task_name, serde_json::json!({}))).expect("task() builds JSON");
+    body["message"]["attributes"] = attributes;
+    body.to_string()
 }
 
 /// The row for `task_id`: (status, attempts, error_message, return_value).

@@ -1,0 +1,343 @@
+//! Traces and log lines of real pushes over HTTP: the subscriber the process
+//! installs, with spans exported to memory and JSON log lines to a buffer, so
+//! each test can read what an operator would see in Cloud Trace and Cloud
+//! Logging. Each test runs on its own thread with its own subscriber.
+
+// Helpers here are test code too: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use opentelemetry::Value;
+use opentelemetry::trace::{SpanKind, Status, TracerProvider as _};
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+use serde_json::json;
+use support::{TestDb, TestServer, postgres_server, task, task_with_attributes};
+use tracing::dispatcher::DefaultGuard;
+use tracing_subscriber::fmt::MakeWriter;
+use whirligig_handler::telemetry::{self, CloudLogging};
+use whirligig_handler::{App, PushAuth, demo};
+use whirligig_registry::{Registry, TaskRoute};
+
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const PARENT_SPAN_ID: &str = "00f067aa0ba902b7";
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+/// Log lines written by the subscriber, kept for the test to read.
+#[derive(Clone, Default)]
+struct Lines(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Lines {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for Lines {
+    type Writer = Lines;
+
+    fn make_writer(&'a self) -> Lines {
+        self.clone()
+    }
+}
+
+impl Lines {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+
+    fn json(&self) -> Vec<serde_json::Value> {
+        self.text().lines().map(|line| serde_json::from_str(line).unwrap()).collect()
+    }
+}
+
+/// The production subscriber on this thread: JSON logs for project `proj`,
+/// spans exported to memory as each ends.
+struct Traced {
+    spans: InMemorySpanExporter,
+    logs: Lines,
+    _provider: SdkTracerProvider,
+    _guard: DefaultGuard,
+}
+
+impl Traced {
+    fn install() -> Traced {
+        let spans = InMemorySpanExporter::default();
+        let provider = SdkTracerProvider::builder().with_simple_exporter(spans.clone()).build();
+        let logs = Lines::default();
+        let subscriber = telemetry::subscriber(
+            CloudLogging::new(logs.clone(), Some("proj".to_owned())),
+            Some(provider.tracer("whirligig-tests")),
+        );
+        let guard = tracing::subscriber::set_default(subscriber);
+        Traced { spans, logs, _provider: provider, _guard: guard }
+    }
+
+    fn spans(&self) -> Vec<SpanData> {
+        self.spans.get_finished_spans().unwrap()
+    }
+
+    /// The one finished span called `name`.
+    fn span(&self, name: &str) -> SpanData {
+        let spans = self.spans();
+        let mut named = spans.iter().filter(|span| span.name == name);
+        let span = named.next().unwrap_or_else(|| panic!("no span {name:?} in {:#?}", names(&spans)));
+        assert!(named.next().is_none(), "more than one span {name:?}");
+        span.clone()
+    }
+
+    fn forget(&self) {
+        self.spans.reset();
+    }
+}
+
+fn names(spans: &[SpanData]) -> Vec<String> {
+    spans.iter().map(|span| span.name.to_string()).collect()
+}
+
+fn attribute(span: &SpanData, key: &str) -> Option<Value> {
+    span.attributes.iter().find(|kv| kv.key.as_str() == key).map(|kv| kv.value.clone())
+}
+
+fn text(span: &SpanData, key: &str) -> String {
+    attribute(span, key).unwrap_or_else(|| panic!("{} has no {key}: {:?}", span.name, span.attributes)).to_string()
+}
+
+fn is_child_of(child: &SpanData, parent: &SpanData) -> bool {
+    child.parent_span_id == parent.span_context.span_id()
+        && child.span_context.trace_id() == parent.span_context.trace_id()
+}
+
+fn registry() -> Registry {
+    Registry::builder()
+        .route(TaskRoute::new("echo", demo::echo))
+        .route(TaskRoute::new("sleep", demo::sleep))
+        .route(TaskRoute::new("fail", demo::fail))
+        .route(TaskRoute::new("panic", demo::panic))
+        .route(TaskRoute::new("permanent", demo::permanent))
+        .build()
+        .unwrap()
+}
+
+async fn memory_server() -> TestServer<whirligig_handler::store::MemoryStore> {
+    TestServer::start(App::in_memory(Arc::new(registry()), PushAuth::none())).await
+}
+
+#[tokio::test]
+async fn a_push_is_a_server_span_over_a_consumer_span_over_the_store_calls() {
+    let traced = Traced::install();
+    let db = TestDb::new().await;
+    let server = postgres_server(&db, registry(), 4).await;
+
+    let reply = server.push(task("traced", "echo", json!({"secret": "argument-value"}))).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+
+    let request = traced.span("POST /tasks/pubsub/");
+    let task = traced.span("echo process");
+    let claim = traced.span("INSERT task_executions");
+    let finish = traced.span("UPDATE task_executions");
+    assert_eq!(request.span_kind, SpanKind::Server);
+    assert!(!request.parent_span_id.to_string().chars().any(|digit| digit != '0'), "a new trace has no parent");
+    assert_eq!(text(&request, "http.response.status_code"), "200");
+    assert_eq!(text(&request, "http.route"), "/tasks/pubsub/");
+
+    assert_eq!(task.span_kind, SpanKind::Consumer);
+    assert!(is_child_of(&task, &request));
+    assert_eq!(task.status, Status::Unset);
+    for (key, expected) in [
+        ("whirligig.task.name", "echo"),
+        ("whirligig.task.id", "traced"),
+        ("whirligig.task.attempt", "1"),
+        ("whirligig.task.outcome", "succeeded"),
+        ("http.response.status_code", "200"),
+        ("messaging.system", "gcp_pubsub"),
+        ("messaging.operation.type", "process"),
+        ("messaging.message.id", "m-traced"),
+        ("messaging.destination.subscription.name", "projects/test/subscriptions/dev--gyrinx.tasks--test-sub"),
+        ("messaging.gcp_pubsub.message.delivery_attempt", "1"),
+    ] {
+        assert_eq!(text(&task, key), expected, "{key}");
+    }
+
+    for (store_call, operation) in [(&claim, "INSERT"), (&finish, "UPDATE")] {
+        assert_eq!(store_call.span_kind, SpanKind::Client);
+        assert!(is_child_of(store_call, &task), "{} is not under the task", store_call.name);
+        assert_eq!(text(store_call, "db.system.name"), "postgresql");
+        assert_eq!(text(store_call, "db.operation.name"), operation);
+        assert_eq!(text(store_call, "db.collection.name"), "task_executions");
+        assert_eq!(text(store_call, "server.address"), "127.0.0.1");
+        assert_eq!(text(store_call, "server.port"), "5432");
+        assert_eq!(store_call.status, Status::Unset);
+    }
+    // Arguments and SQL parameters stay in the database.
+    for span in traced.spans() {
+        for kv in &span.attributes {
+            assert!(!kv.value.to_string().contains("argument-value"), "{} carries an argument: {kv:?}", span.name);
+        }
+    }
+}
+
+#[tokio::test]
+async fn failures_and_panics_mark_the_task_span_as_an_error() {
+    let traced = Traced::install();
+    let server = memory_server().await;
+
+    for (task_id, task_name, status, error_type, description) in [
+        ("failing", "fail", 500, "task_error", "always fails"),
+        ("panicking", "panic", 500, "panic", "the task panicked"),
+        ("permanent", "permanent", 400, "task_error", "permanent"),
+    ] {
+        traced.forget();
+        let reply = server.push(task(task_id, task_name, json!({}))).await;
+        assert_eq!(reply.status, status, "{task_name}: {}", reply.body);
+
+        let task = traced.span(&format!("{task_name} process"));
+        let Status::Error { description: recorded } = &task.status else {
+            panic!("{task_name}: status {:?}", task.status)
+        };
+        assert!(recorded.contains(description), "{task_name}: {recorded:?}");
+        assert_eq!(text(&task, "error.type"), error_type, "{task_name}");
+        assert_eq!(text(&task, "whirligig.task.outcome"), "failed", "{task_name}");
+        assert_eq!(text(&task, "http.response.status_code"), status.to_string(), "{task_name}");
+        // The warning logged for the failure is an event of the span.
+        assert!(task.events.events.iter().any(|event| event.name == "task failed"), "{task_name}: {:?}", task.events);
+
+        // A server span is an error only when the server failed, not the request (semantic conventions).
+        let request = traced.span("POST /tasks/pubsub/");
+        let server_error = status >= 500;
+        assert_eq!(matches!(request.status, Status::Error { .. }), server_error, "{task_name}: {:?}", request.status);
+    }
+}
+
+#[tokio::test]
+async fn duplicates_and_misfits_are_spans_that_say_so() {
+    let traced = Traced::install();
+    let server = memory_server().await;
+
+    assert_eq!(server.push(task("once", "echo", json!({}))).await.status, 200);
+    traced.forget();
+    assert_eq!(server.push(task("once", "echo", json!({}))).await.status, 200);
+    let duplicate = traced.span("echo process");
+    assert_eq!(text(&duplicate, "whirligig.task.outcome"), "duplicate");
+    assert_eq!(duplicate.status, Status::Unset);
+    assert!(attribute(&duplicate, "whirligig.task.attempt").is_none(), "a duplicate makes no attempt");
+
+    traced.forget();
+    let reply = server.push(task("misfit", "sleep", json!({"ms": "soon"}))).await;
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    let misfit = traced.span("sleep process");
+    assert_eq!(text(&misfit, "whirligig.task.outcome"), "rejected");
+    assert_eq!(text(&misfit, "error.type"), "arguments");
+    assert!(matches!(misfit.status, Status::Error { .. }), "{:?}", misfit.status);
+
+    traced.forget();
+    let reply = server.push("{not json").await;
+    assert_eq!(reply.status, 400);
+    assert_eq!(names(&traced.spans()), ["POST /tasks/pubsub/"], "a malformed push runs no task");
+    assert_eq!(text(&traced.span("POST /tasks/pubsub/"), "http.response.status_code"), "400");
+}
+
+#[tokio::test]
+async fn the_traceparent_in_the_message_is_the_parent_and_the_request_header_a_link() {
+    let traced = Traced::install();
+    let server = memory_server().await;
+    let header_traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let request = http::Request::post("/tasks/pubsub/")
+        .header("host", "localhost")
+        .header("traceparent", header_traceparent)
+        .body(http_body_util::Full::new(bytes::Bytes::from(task_with_attributes(
+            "enqueued",
+            "echo",
+            json!({"traceparent": TRACEPARENT, "tracestate": "congo=t61rcWkgMzE"}),
+        ))))
+        .unwrap();
+    assert_eq!(support::request(server.addr, request).await.status, 200);
+
+    let request = traced.span("POST /tasks/pubsub/");
+    assert_eq!(request.span_context.trace_id().to_string(), TRACE_ID, "the enqueuer's trace goes on");
+    assert_eq!(request.parent_span_id.to_string(), PARENT_SPAN_ID);
+    assert!(request.parent_span_is_remote);
+    assert_eq!(request.span_context.trace_state().header(), "congo=t61rcWkgMzE");
+    let links: Vec<String> = request.links.links.iter().map(|link| link.span_context.trace_id().to_string()).collect();
+    assert_eq!(links, ["0af7651916cd43dd8448eb211c80319c"], "Cloud Run's request trace is kept as a link");
+    assert!(is_child_of(&traced.span("echo process"), &request));
+
+    // Google's Pub/Sub client libraries write their own attribute.
+    traced.forget();
+    let body = task_with_attributes("googclient", "echo", json!({"googclient_traceparent": TRACEPARENT}));
+    assert_eq!(server.push(body).await.status, 200);
+    assert_eq!(traced.span("echo process").span_context.trace_id().to_string(), TRACE_ID);
+
+    // A traceparent that does not parse starts a new trace rather than failing the push.
+    traced.forget();
+    let body = task_with_attributes("garbled", "echo", json!({"traceparent": "00-nonsense-01"}));
+    assert_eq!(server.push(body).await.status, 200);
+    assert_ne!(traced.span("echo process").span_context.trace_id().to_string(), TRACE_ID);
+}
+
+#[tokio::test]
+async fn cloud_runs_trace_header_is_the_parent_when_the_message_names_none() {
+    let traced = Traced::install();
+    let server = memory_server().await;
+    let request = http::Request::post("/tasks/pubsub")
+        .header("host", "localhost")
+        .header("x-cloud-trace-context", "105445aa7843bc8bf206b12000100000/255;o=1")
+        .body(http_body_util::Full::new(bytes::Bytes::from(task("cloud", "echo", json!({})))))
+        .unwrap();
+    assert_eq!(support::request(server.addr, request).await.status, 200);
+
+    let request = traced.span("POST /tasks/pubsub");
+    assert_eq!(request.span_context.trace_id().to_string(), "105445aa7843bc8bf206b12000100000");
+    assert_eq!(request.parent_span_id.to_string(), "00000000000000ff");
+    assert!(request.span_context.is_sampled(), "o=1: Cloud Run sampled the request");
+    assert!(request.links.links.is_empty());
+}
+
+#[tokio::test]
+async fn json_log_lines_name_their_trace_and_span_for_cloud_logging() {
+    let traced = Traced::install();
+    let server = memory_server().await;
+    let body = task_with_attributes("logged", "echo", json!({"traceparent": TRACEPARENT}));
+    assert_eq!(server.push(body).await.status, 200);
+
+    let task = traced.span("echo process");
+    let lines = traced.logs.json();
+    let line = lines.iter().find(|line| line["message"] == "task succeeded").unwrap_or_else(|| {
+        panic!("no outcome line in:\n{}", traced.logs.text());
+    });
+    assert_eq!(line["severity"], "INFO");
+    assert_eq!(line["logging.googleapis.com/trace"], format!("projects/proj/traces/{TRACE_ID}"));
+    assert_eq!(line["logging.googleapis.com/spanId"], task.span_context.span_id().to_string());
+    assert_eq!(line["logging.googleapis.com/trace_sampled"], true);
+    assert_eq!(line["whirligig.task.name"], "echo");
+    assert_eq!(line["whirligig.task.id"], "logged");
+    assert_eq!(line["whirligig.task.attempt"], 1);
+    assert_eq!(line["http.response.status_code"], 200);
+    assert!(line["duration_ms"].as_f64().is_some_and(|ms| ms >= 0.0), "{line}");
+    assert!(line["time"].as_str().is_some_and(|time| time.ends_with('Z')), "{line}");
+    for (key, _) in line.as_object().unwrap() {
+        assert!(!key.starts_with("otel."), "exporter settings leaked into the log: {key}");
+    }
+}
+
+#[tokio::test]
+async fn text_log_lines_are_compact_and_leave_out_exporter_settings() {
+    let lines = Lines::default();
+    let subscriber = telemetry::subscriber(telemetry::text_logs_to(lines.clone(), false), None);
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let server = memory_server().await;
+    assert_eq!(server.push(task("plain", "echo", json!({}))).await.status, 200);
+
+    let log = lines.text();
+    let line = log.lines().find(|line| line.contains("task succeeded")).unwrap_or_else(|| panic!("{log}"));
+    assert!(line.contains("whirligig.task.id=\"plain\"") && line.contains("whirligig.task.outcome=\"succeeded\""));
+    assert!(!log.contains("otel."), "{log}");
+}
