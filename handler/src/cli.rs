@@ -20,7 +20,7 @@ use crate::context::Resources;
 use crate::executor::{Delivery, Executor, Outcome, conclude_span, milliseconds};
 use crate::server::{SHUTDOWN_GRACE, serve, shutdown_signal};
 use crate::store::{ExecutionStore, MemoryStore, PostgresStore, StoreError, migrate};
-use crate::telemetry::{ExportError, Telemetry, propagation};
+use crate::telemetry::{ExportError, Telemetry, TelemetryConfig, TraceExport, propagation};
 
 /// Background tasks for Google Cloud Run.
 #[derive(Debug, Parser)]
@@ -93,25 +93,36 @@ pub(crate) async fn run(registry: Registry) -> ExitCode {
             return if error.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
         }
     };
-    let outcome = match Config::from_env() {
-        Ok(config) => match Telemetry::install(&config.telemetry) {
-            Ok(telemetry) => {
-                let outcome = command(cli.command.unwrap_or(Command::Serve), &config, registry).await;
-                // After the command, so the spans of its last moments are sent too.
-                telemetry.shutdown().await;
-                outcome
-            }
-            Err(error) => Err(error.into()),
-        },
-        Err(error) => Err(error.into()),
+    let command = cli.command.unwrap_or(Command::Serve);
+    let config = match Config::from_env() {
+        Ok(config) => config,
+        Err(error) => return fail(error.into()),
     };
-    outcome.unwrap_or_else(|error| {
-        eprintln!("whirligig: {error}");
-        error.exit_code()
-    })
+    let telemetry = match Telemetry::install(&telemetry_for(&command, &config)) {
+        Ok(telemetry) => telemetry,
+        Err(error) => return fail(error.into()),
+    };
+    let outcome = execute(command, &config, registry).await;
+    // After the command, so the spans of its last moments are sent too.
+    telemetry.shutdown().await;
+    outcome.unwrap_or_else(fail)
 }
 
-async fn command(command: Command, config: &Config, registry: Registry) -> Result<ExitCode, Fatal> {
+/// What stopped the command, as one line on stderr, and its exit code.
+fn fail(error: Fatal) -> ExitCode {
+    eprintln!("whirligig: {error}");
+    error.exit_code()
+}
+
+/// Traces for the commands that run tasks; `routes` and `migrate` only log.
+fn telemetry_for(command: &Command, config: &Config) -> TelemetryConfig {
+    match command {
+        Command::Serve | Command::Run { .. } => config.telemetry.clone(),
+        Command::Routes | Command::Migrate => TelemetryConfig { traces: TraceExport::None, ..config.telemetry.clone() },
+    }
+}
+
+async fn execute(command: Command, config: &Config, registry: Registry) -> Result<ExitCode, Fatal> {
     registry.check_names(&config.naming)?;
     match command {
         Command::Serve => serve_command(config, registry).await,

@@ -31,8 +31,9 @@ pub enum ExportError {
 /// One export request may take this long; the exporter retries within it.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The provider for `config`, or none when spans go nowhere.
-pub(super) fn provider(config: &TelemetryConfig) -> Result<Option<SdkTracerProvider>, ExportError> {
+/// The tracer provider `config` asks for, or none when spans go nowhere.
+/// Must run inside the Tokio runtime that will send exports.
+pub fn provider(config: &TelemetryConfig) -> Result<Option<SdkTracerProvider>, ExportError> {
     let processor = match &config.traces {
         TraceExport::None => return Ok(None),
         TraceExport::Otlp { endpoint } => batch(otlp(endpoint)?),
@@ -48,7 +49,7 @@ pub(super) fn provider(config: &TelemetryConfig) -> Result<Option<SdkTracerProvi
 }
 
 /// The tracer whirligig's spans are made with.
-pub(crate) fn tracer(provider: &SdkTracerProvider) -> SdkTracer {
+pub fn tracer(provider: &SdkTracerProvider) -> SdkTracer {
     let scope = InstrumentationScope::builder("whirligig").with_version(env!("CARGO_PKG_VERSION")).build();
     provider.tracer_with_scope(scope)
 }

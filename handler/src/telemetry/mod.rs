@@ -25,7 +25,7 @@ use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::{Layer as _, Registry};
 
 pub use self::cloud_logging::CloudLogging;
-pub use self::export::ExportError;
+pub use self::export::{ExportError, provider, tracer};
 
 /// How long the final flush may take. Cloud Run sends SIGKILL 10 s after
 /// SIGTERM and the server drains for up to 8 s of them.
@@ -122,8 +122,8 @@ impl Telemetry {
     /// filtering (default `info`), and the span exporter. A panic becomes one
     /// log line. Must run inside the Tokio runtime that will send exports.
     pub fn install(config: &TelemetryConfig) -> Result<Self, ExportError> {
-        let provider = export::provider(config)?;
-        let tracer = provider.as_ref().map(export::tracer);
+        let provider = provider(config)?;
+        let tracer = provider.as_ref().map(tracer);
         let installed = match config.logs {
             LogFormat::Json => {
                 let logs = CloudLogging::new(std::io::stdout, config.project_id.clone());

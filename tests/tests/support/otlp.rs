@@ -39,17 +39,29 @@ impl ReceivedSpan {
 #[derive(Clone)]
 pub struct Receiver {
     addr: SocketAddr,
+    keep: bool,
     spans: Arc<Mutex<Vec<ReceivedSpan>>>,
-    requests: Arc<Mutex<u32>>,
+    counts: Arc<Mutex<(u32, u64)>>,
 }
 
 impl Receiver {
+    /// A receiver that keeps every span for the test to read.
     pub async fn start() -> Receiver {
+        Self::listen(true).await
+    }
+
+    /// A receiver that decodes and counts, and keeps nothing (benchmarks).
+    pub async fn counting() -> Receiver {
+        Self::listen(false).await
+    }
+
+    async fn listen(keep: bool) -> Receiver {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the OTLP receiver");
         let receiver = Receiver {
             addr: listener.local_addr().expect("receiver address"),
+            keep,
             spans: Arc::default(),
-            requests: Arc::default(),
+            counts: Arc::default(),
         };
         let served = receiver.clone();
         tokio::spawn(async move {
@@ -78,7 +90,12 @@ impl Receiver {
 
     /// Export requests received so far.
     pub fn requests(&self) -> u32 {
-        *self.requests.lock().expect("the request count")
+        self.counts.lock().expect("the counts").0
+    }
+
+    /// Spans received so far, kept or not.
+    pub fn span_count(&self) -> u64 {
+        self.counts.lock().expect("the counts").1
     }
 
     async fn receive(&self, request: http::Request<hyper::body::Incoming>) -> http::Response<Full<Bytes>> {
@@ -98,7 +115,16 @@ impl Receiver {
         let Ok(export) = ExportTraceServiceRequest::decode(body) else {
             return respond(400, Vec::new());
         };
-        *self.requests.lock().expect("the request count") += 1;
+        let received: usize =
+            export.resource_spans.iter().flat_map(|spans| &spans.scope_spans).map(|scope| scope.spans.len()).sum();
+        {
+            let mut counts = self.counts.lock().expect("the counts");
+            counts.0 += 1;
+            counts.1 += received as u64;
+        }
+        if !self.keep {
+            return respond(200, ExportTraceServiceResponse::default().encode_to_vec());
+        }
         let mut spans = self.spans.lock().expect("the span list");
         for resource_spans in export.resource_spans {
             let resource = resource_spans.resource.map(|resource| text_map(&resource.attributes)).unwrap_or_default();
