@@ -20,7 +20,7 @@ use tracing::dispatcher::DefaultGuard;
 use tracing_subscriber::fmt::MakeWriter;
 use whirligig_handler::telemetry::{self, CloudLogging};
 use whirligig_handler::{App, PushAuth, demo};
-use whirligig_registry::{Registry, TaskRoute};
+use whirligig_registry::{Registry, TaskContext, TaskRoute};
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT_SPAN_ID: &str = "00f067aa0ba902b7";
@@ -116,8 +116,15 @@ fn is_child_of(child: &SpanData, parent: &SpanData) -> bool {
         && child.span_context.trace_id() == parent.span_context.trace_id()
 }
 
+/// A task that does its work in a span of its own, as users instrument theirs.
+async fn instrumented(_: TaskContext) {
+    use tracing::Instrument as _;
+    async { tracing::info!("working") }.instrument(tracing::info_span!("inner work")).await;
+}
+
 fn registry() -> Registry {
     Registry::builder()
+        .route(TaskRoute::new("instrumented", instrumented))
         .route(TaskRoute::new("echo", demo::echo))
         .route(TaskRoute::new("sleep", demo::sleep))
         .route(TaskRoute::new("fail", demo::fail))
@@ -183,6 +190,21 @@ async fn a_push_is_a_server_span_over_a_consumer_span_over_the_store_calls() {
             assert!(!kv.value.to_string().contains("argument-value"), "{} carries an argument: {kv:?}", span.name);
         }
     }
+}
+
+#[tokio::test]
+async fn a_tasks_own_spans_are_children_of_its_span_and_info_lines_are_not_events() {
+    let traced = Traced::install();
+    let server = memory_server().await;
+    assert_eq!(server.push(task("inner", "instrumented", json!({}))).await.status, 200);
+
+    let task = traced.span("instrumented process");
+    let inner = traced.span("inner work");
+    assert!(is_child_of(&inner, &task));
+    assert!(inner.events.events.is_empty() && task.events.events.is_empty(), "info lines stay in the logs");
+    let lines = traced.logs.json();
+    let working = lines.iter().find(|line| line["message"] == "working").unwrap();
+    assert_eq!(working["logging.googleapis.com/spanId"], inner.span_context.span_id().to_string());
 }
 
 #[tokio::test]

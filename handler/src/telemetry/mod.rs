@@ -131,8 +131,10 @@ impl Telemetry {
             }
             LogFormat::Text => tracing::subscriber::set_global_default(subscriber(text_logs(), tracer)),
         };
-        if installed.is_ok() {
-            std::panic::set_hook(Box::new(|info| tracing::error!(%info, "panic")));
+        match installed {
+            Ok(()) => std::panic::set_hook(Box::new(|info| tracing::error!(%info, "panic"))),
+            // The service's main installed its own: it keeps it, and its format.
+            Err(_) => tracing::warn!("a tracing subscriber is already installed: whirligig's logs and traces are off"),
         }
         match &config.traces {
             TraceExport::Otlp { endpoint } => tracing::info!(endpoint, "exporting traces over OTLP"),
@@ -158,7 +160,8 @@ impl Telemetry {
 
 /// The subscriber every process and test uses: `logs` for log lines,
 /// filtered by `RUST_LOG` (default `info`), and, given a tracer, spans at
-/// `info` and above bridged to OpenTelemetry whatever `RUST_LOG` says.
+/// `info` and above bridged to OpenTelemetry whatever `RUST_LOG` says, with
+/// warnings and errors as their events.
 pub fn subscriber<L>(logs: L, tracer: Option<SdkTracer>) -> impl Subscriber + Send + Sync
 where
     L: tracing_subscriber::Layer<Registry> + Send + Sync,
@@ -172,9 +175,11 @@ where
             .with_threads(false)
             .with_target(false)
             .with_tracked_inactivity(false)
-            // The SDK's own diagnostics must not become spans of the trace they describe.
             .with_filter(filter_fn(|metadata| {
-                *metadata.level() <= Level::INFO && !metadata.target().starts_with("opentelemetry")
+                // Info lines are in the logs, linked to their span; on the span, only what went wrong.
+                let level = if metadata.is_event() { Level::WARN } else { Level::INFO };
+                // The SDK's own diagnostics must not become part of the trace they describe.
+                *metadata.level() <= level && !metadata.target().starts_with("opentelemetry")
             }))
     });
     Registry::default().with(logs.with_filter(filter)).with(traces)
