@@ -15,7 +15,7 @@ use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use whirligig_registry::Registry;
 
-use crate::auth::{AuthError, PushAuth};
+use crate::auth::{AuthError, PushAuth, Rejection};
 use crate::context::Resources;
 use crate::executor::Executor;
 use crate::push::{Answer, push};
@@ -126,6 +126,7 @@ impl<S: ExecutionStore> App<S> {
         );
         // For the exporter only: every log line of the push would repeat them.
         span.set_attribute("http.request.method", "POST");
+        span.set_attribute("url.scheme", "http");
         span.set_attribute("http.route", path);
         span.set_attribute("url.path", path);
         let caller = propagation::from_headers(request.headers());
@@ -143,30 +144,43 @@ impl<S: ExecutionStore> App<S> {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         // Authentication comes first: an unauthenticated request costs no body read.
-        let refused = match self.auth.check(request.headers()).await {
-            Ok(()) if self.draining.load(Ordering::SeqCst) => {
-                Some(Answer::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down; retry"))
-            }
-            Ok(()) => None,
-            Err(AuthError::Forbidden(rejection)) => {
-                propagation::continue_trace(span, None, caller.clone());
-                span.in_scope(|| {
-                    tracing::warn!(failed_check = rejection.check(), detail = ?rejection.detail(), "push rejected");
-                });
-                Some(Answer::new(StatusCode::FORBIDDEN, "forbidden"))
-            }
-            Err(AuthError::KeysUnavailable) => {
-                propagation::continue_trace(span, None, caller.clone());
-                span.in_scope(|| tracing::warn!("push not verified: the issuer's keys are not available yet"));
-                Some(Answer::new(StatusCode::SERVICE_UNAVAILABLE, "cannot verify tokens yet; retry"))
-            }
+        let refusal = match self.auth.check(request.headers()).await {
+            Ok(()) if self.draining.load(Ordering::SeqCst) => Refusal::Draining,
+            Ok(()) => match read_body(request).await {
+                Ok(body) => return push(&self.registry, &self.executor, &body, span, caller).await,
+                Err(answer) => Refusal::Body(answer),
+            },
+            Err(AuthError::Forbidden(rejection)) => Refusal::Forbidden(rejection),
+            Err(AuthError::KeysUnavailable) => Refusal::NoKeys,
         };
-        if let Some(answer) = refused {
-            return answer;
-        }
-        match read_body(request).await {
-            Ok(body) => push(&self.registry, &self.executor, &body, span, caller).await,
-            Err(answer) => answer,
+        // Refused before the body names a trace: the caller's goes on.
+        propagation::continue_trace(span, None, caller);
+        span.in_scope(|| refusal.answer())
+    }
+}
+
+/// Why a push was answered without being read or run.
+enum Refusal {
+    Forbidden(Rejection),
+    NoKeys,
+    Draining,
+    Body(Answer),
+}
+
+impl Refusal {
+    /// The answer, logged where there is something to say.
+    fn answer(self) -> Answer {
+        match self {
+            Self::Forbidden(rejection) => {
+                tracing::warn!(failed_check = rejection.check(), detail = ?rejection.detail(), "push rejected");
+                Answer::new(StatusCode::FORBIDDEN, "forbidden")
+            }
+            Self::NoKeys => {
+                tracing::warn!("push not verified: the issuer's keys are not available yet");
+                Answer::new(StatusCode::SERVICE_UNAVAILABLE, "cannot verify tokens yet; retry")
+            }
+            Self::Draining => Answer::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down; retry"),
+            Self::Body(answer) => answer,
         }
     }
 }

@@ -5,19 +5,18 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use serde_json::value::RawValue;
 use tokio::net::TcpListener;
-use tracing::Instrument as _;
 use whirligig_registry::{JobShard, RawArguments, Registry, RegistryError};
 
 use crate::app::App;
 use crate::auth::{AuthSetupError, Clock, PushAuth};
 use crate::config::{AuthConfig, Config, ConfigError, DatabaseConfig, redact};
 use crate::context::Resources;
-use crate::executor::{Delivery, Executor, Outcome, conclude_span, milliseconds};
+use crate::executor::{Delivery, Executor, Outcome};
 use crate::server::{SHUTDOWN_GRACE, serve, shutdown_signal};
 use crate::store::{ExecutionStore, MemoryStore, PostgresStore, StoreError, migrate};
 use crate::telemetry::{ExportError, Telemetry, TelemetryConfig, TraceExport, propagation};
@@ -225,6 +224,7 @@ async fn run_command(config: &Config, registry: &Registry, job: JobRun) -> Resul
         job: shard,
         // A retried job attempt means the previous one is dead: take over at once.
         lease: if shard.is_some_and(|shard| shard.attempt > 0) { Duration::ZERO } else { route.ack_deadline() },
+        trace_parent: trace_parent(),
     };
     let outcome = match &config.database {
         Some(database) => {
@@ -244,21 +244,16 @@ async fn run_command(config: &Config, registry: &Registry, job: JobRun) -> Resul
     }
 }
 
-/// Runs the delivery in its span, which continues the trace named by the
-/// `TRACEPARENT` variable (OpenTelemetry's carrier for a process), if set.
 async fn execute_once<S: ExecutionStore>(store: Arc<S>, resources: Resources, delivery: Delivery<'_>) -> Outcome {
     let executor = Executor::new(store, Arc::new(resources), tokio_util::sync::CancellationToken::new());
-    let span = delivery.span();
-    let parent = std::env::var("TRACEPARENT").ok().and_then(|traceparent| {
-        propagation::from_traceparent(&traceparent, std::env::var("TRACESTATE").ok().as_deref())
-    });
-    propagation::continue_trace(&span, None, parent);
-    let started = Instant::now();
-    let outcome = executor.execute(delivery).instrument(span.clone()).await;
-    conclude_span(&span, &outcome, None);
-    let duration_ms = milliseconds(started);
-    span.in_scope(|| tracing::info!(?outcome, duration_ms, "job finished"));
-    outcome
+    executor.execute(delivery).await.report(None)
+}
+
+/// The trace a job continues: OpenTelemetry's carrier for a process is the
+/// `TRACEPARENT` variable (with `TRACESTATE`).
+fn trace_parent() -> Option<opentelemetry::Context> {
+    let traceparent = std::env::var("TRACEPARENT").ok()?;
+    propagation::from_traceparent(&traceparent, std::env::var("TRACESTATE").ok().as_deref())
 }
 
 fn raw_json<'a>(flag: &str, text: &'a str) -> Result<&'a RawValue, Fatal> {

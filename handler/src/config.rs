@@ -180,13 +180,34 @@ impl Reader<'_> {
                 LogFormat::Text
             }
         };
+        let timeout = ["OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT"]
+            .into_iter()
+            .find(|name| self.text(name).is_some())
+            .map_or(10_000, |name| self.number(name, 10_000_u64, |ms| *ms > 0));
         TelemetryConfig {
             traces,
             sampling: self.sampling(),
             logs,
             project_id: project_id.map(str::to_owned),
+            service_name: self.service_name(),
             resource: self.resource(project_id),
+            export_timeout: Duration::from_millis(timeout),
         }
+    }
+
+    /// `OTEL_SERVICE_NAME`, else `service.name` in `OTEL_RESOURCE_ATTRIBUTES`
+    /// (the specification's order), else the Cloud Run service or job, else
+    /// `whirligig`.
+    fn service_name(&self) -> String {
+        let from_attributes = self.text("OTEL_RESOURCE_ATTRIBUTES").and_then(|attributes| {
+            let mut pairs = attributes.rsplit(',').filter_map(|pair| pair.split_once('='));
+            pairs.find(|(key, _)| key.trim() == "service.name").map(|(_, value)| value.trim().to_owned())
+        });
+        self.text("OTEL_SERVICE_NAME")
+            .or(from_attributes)
+            .or_else(|| self.text("K_SERVICE"))
+            .or_else(|| self.text("CLOUD_RUN_JOB"))
+            .unwrap_or_else(|| "whirligig".to_owned())
     }
 
     /// Only OTLP over HTTP with protobuf bodies is built in; the endpoint
@@ -244,14 +265,12 @@ impl Reader<'_> {
         }
     }
 
-    /// `service.name` is `OTEL_SERVICE_NAME`, else the Cloud Run service or
-    /// job, else `whirligig`; Cloud Run's variables describe the instance.
-    /// `OTEL_RESOURCE_ATTRIBUTES` is added by the SDK.
+    /// What Cloud Run's variables say about the instance; the SDK adds
+    /// `OTEL_RESOURCE_ATTRIBUTES` over them.
     fn resource(&self, project_id: Option<&str>) -> Vec<KeyValue> {
         let service = self.text("K_SERVICE");
         let job = self.text("CLOUD_RUN_JOB");
-        let name = self.text("OTEL_SERVICE_NAME").or_else(|| service.clone()).or_else(|| job.clone());
-        let mut resource = vec![KeyValue::new("service.name", name.unwrap_or_else(|| "whirligig".to_owned()))];
+        let mut resource = Vec::new();
         if let Some(environment) = self.text("TASKS_ENVIRONMENT") {
             resource.push(KeyValue::new("deployment.environment.name", environment));
         }
@@ -503,7 +522,9 @@ mod tests {
         let dev = load(&[]).unwrap().telemetry;
         assert_eq!((dev.traces, dev.logs), (TraceExport::None, LogFormat::Text));
         assert_eq!(dev.sampling, Sampling::ParentBased(ParentlessSampling::AlwaysOn));
-        assert_eq!(dev.resource, [KeyValue::new("service.name", "whirligig")]);
+        assert_eq!(dev.service_name, "whirligig");
+        assert!(dev.resource.is_empty());
+        assert_eq!(dev.export_timeout, Duration::from_secs(10));
 
         let prod = load(&[
             ("TASKS_ENVIRONMENT", "prod"),
@@ -521,7 +542,7 @@ mod tests {
         assert_eq!(prod.project_id.as_deref(), Some("p"));
         let attribute =
             |key: &str| prod.resource.iter().find(|kv| kv.key.as_str() == key).map(|kv| kv.value.to_string());
-        assert_eq!(attribute("service.name").as_deref(), Some("tasks"));
+        assert_eq!(prod.service_name, "tasks");
         assert_eq!(attribute("faas.version").as_deref(), Some("tasks-00042-abc"));
         assert_eq!(attribute("cloud.platform").as_deref(), Some("gcp_cloud_run"));
         assert_eq!(attribute("cloud.account.id").as_deref(), Some("p"));
@@ -546,7 +567,7 @@ mod tests {
         assert_eq!(config.traces, TraceExport::Otlp { endpoint: "http://collector:4318/v1/traces".into() });
         assert_eq!(config.sampling, Sampling::ParentBased(ParentlessSampling::Ratio(0.25)));
         assert_eq!(config.logs, LogFormat::Json);
-        assert!(config.resource.contains(&KeyValue::new("service.name", "billing")));
+        assert_eq!(config.service_name, "billing");
         assert!(config.resource.contains(&KeyValue::new("faas.name", "nightly")));
         assert!(config.resource.contains(&KeyValue::new("gcp.cloud_run.job.execution", "nightly-x7")));
         assert!(config.resource.contains(&KeyValue::new("gcp.cloud_run.job.task_index", 3_i64)));
@@ -559,6 +580,15 @@ mod tests {
         .unwrap()
         .telemetry;
         assert_eq!(verbatim.traces, TraceExport::Otlp { endpoint: "https://otel.example/custom".into() });
+
+        // The specification's order for the service name, and the export timeout.
+        let named = |vars: &[(&str, &str)]| load(vars).unwrap().telemetry.service_name;
+        let attributes = ("OTEL_RESOURCE_ATTRIBUTES", "team=billing, service.name = invoices");
+        assert_eq!(named(&[attributes, ("K_SERVICE", "tasks")]), "invoices");
+        assert_eq!(named(&[attributes, ("OTEL_SERVICE_NAME", "billing")]), "billing");
+        assert_eq!(named(&[("CLOUD_RUN_JOB", "nightly"), ("K_SERVICE", "tasks")]), "tasks");
+        let timeout = load(&[("OTEL_EXPORTER_OTLP_TIMEOUT", "2500")]).unwrap().telemetry.export_timeout;
+        assert_eq!(timeout, Duration::from_millis(2500));
         assert_eq!(load(&[("OTEL_TRACES_EXPORTER", "console")]).unwrap().telemetry.traces, TraceExport::Console);
 
         let error = load(&[
@@ -567,6 +597,7 @@ mod tests {
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318"),
             ("OTEL_TRACES_SAMPLER", "sometimes"),
             ("LOG_FORMAT", "xml"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "soon"),
         ])
         .unwrap_err();
         let problems = error.problems().join("\n");
@@ -575,6 +606,7 @@ mod tests {
             "OTEL_EXPORTER_OTLP_ENDPOINT: \"collector:4318/v1/traces\" is not an http(s) URL",
             "OTEL_TRACES_SAMPLER=\"sometimes\"",
             "LOG_FORMAT=\"xml\"",
+            "OTEL_EXPORTER_OTLP_TIMEOUT=\"soon\" is not a valid value",
         ] {
             assert!(problems.contains(expected), "{expected:?} not in:\n{problems}");
         }

@@ -6,7 +6,6 @@
 //! the trace named in the message's attributes, or else the caller's.
 
 use std::borrow::Cow;
-use std::time::Instant;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -16,7 +15,7 @@ use serde::Deserialize;
 use tracing::{Instrument as _, Span};
 use whirligig_registry::{ReceivedMessage, Registry};
 
-use crate::executor::{Delivery, Executor, Outcome, conclude_span, milliseconds};
+use crate::executor::{Delivery, Executor, Outcome};
 use crate::store::{ExecutionStore, StoreError};
 use crate::telemetry::propagation;
 
@@ -136,13 +135,11 @@ async fn deliver<S: ExecutionStore>(
         enqueued_at: message.enqueued_at(),
         job: None,
         lease: route.ack_deadline(),
+        trace_parent: None,
     };
-    let span = delivery.span();
-    let started = Instant::now();
-    let outcome = executor.execute(delivery).instrument(span.clone()).await;
-    let answer = answer(&outcome);
-    conclude_span(&span, &outcome, Some(answer.status.as_u16()));
-    span.in_scope(|| log(&outcome, started));
+    let executed = executor.execute(delivery).await;
+    let answer = answer(&executed.outcome);
+    executed.report(Some(answer.status.as_u16()));
     answer
 }
 
@@ -185,25 +182,6 @@ pub(crate) fn answer(outcome: &Outcome) -> Answer {
             Answer::bad_request(format_args!("the database rejected the message: {reason}"))
         }
         Outcome::Store(StoreError::Database(_)) => Answer::new(Code::INTERNAL_SERVER_ERROR, "database error; retry"),
-    }
-}
-
-/// One line per outcome, inside the delivery's span, which holds the task,
-/// its id, the attempt, the message, the outcome and the status answered.
-fn log(outcome: &Outcome, started: Instant) {
-    let duration_ms = milliseconds(started);
-    match outcome {
-        Outcome::Succeeded => tracing::info!(duration_ms, "task succeeded"),
-        Outcome::Duplicate => tracing::info!(duration_ms, "duplicate of a successful execution: not run again"),
-        Outcome::AlreadyFailed => tracing::info!(duration_ms, "the task already failed permanently: not run again"),
-        Outcome::Skipped { variable } => {
-            tracing::info!(duration_ms, variable, "kill switch off: acknowledged without running")
-        }
-        Outcome::InProgress => tracing::info!(duration_ms, "another delivery holds the lease"),
-        Outcome::Exhausted { attempts } => tracing::warn!(duration_ms, attempts, "max_attempts reached: not run again"),
-        Outcome::BadArguments(error) => tracing::warn!(duration_ms, %error, "arguments do not fit the task"),
-        Outcome::Failed { message, retry } => tracing::warn!(duration_ms, error = %message, retry, "task failed"),
-        Outcome::Store(error) => tracing::warn!(duration_ms, %error, "the store could not serve this delivery"),
     }
 }
 

@@ -514,3 +514,22 @@ async fn a_job_exports_its_span_under_the_traceparent_variable_before_it_exits()
     let status = job.span.status.as_ref().expect("a status");
     assert!(status.message.contains("always fails"), "{status:?}");
 }
+
+#[tokio::test]
+async fn a_collector_that_never_answers_does_not_hold_up_shutdown() {
+    let db = TestDb::new().await;
+    let verified = Verified::new(&db.url).await;
+    let collector = Receiver::hanging().await;
+    let mut env = verified.env();
+    env.extend([("OTEL_EXPORTER_OTLP_ENDPOINT", collector.as_str()), ("OTEL_BSP_SCHEDULE_DELAY", "60000")]);
+    let mut server = Server::start(&env).await;
+    assert_eq!(server.push_as(&verified.authorization(), support::task("hung", "echo", json!({}))).await.status, 200);
+
+    server.terminate();
+    let stopping = std::time::Instant::now();
+    assert_eq!(server.exit().await.code(), Some(0), "log:\n{}", server.log());
+    // Cloud Run kills at 10 s; the flush gives up at 1.5 s, whatever the collector does.
+    assert!(stopping.elapsed() < Duration::from_secs(5), "took {:?} to stop", stopping.elapsed());
+    let line = server.logged("spans not flushed");
+    assert_eq!(line["severity"], "WARNING", "{line}");
+}

@@ -12,13 +12,13 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use opentelemetry::Value;
-use opentelemetry::trace::{SpanKind, Status, TracerProvider as _};
+use opentelemetry::trace::{SpanId, SpanKind, Status, TracerProvider as _};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use serde_json::json;
 use support::{TestDb, TestServer, postgres_server, task, task_with_attributes};
 use tracing::dispatcher::DefaultGuard;
 use tracing_subscriber::fmt::MakeWriter;
-use whirligig_handler::telemetry::{self, CloudLogging};
+use whirligig_handler::telemetry::{self, CloudLogging, LogFormat, TelemetryConfig, TraceExport};
 use whirligig_handler::{App, PushAuth, demo};
 use whirligig_registry::{Registry, TaskContext, TaskRoute};
 
@@ -253,12 +253,16 @@ async fn duplicates_and_misfits_are_spans_that_say_so() {
     assert!(attribute(&duplicate, "whirligig.task.attempt").is_none(), "a duplicate makes no attempt");
 
     traced.forget();
-    let reply = server.push(task("misfit", "sleep", json!({"ms": "soon"}))).await;
+    let reply = server.push(task("misfit", "sleep", json!({"ms": "tomorrow-at-noon"}))).await;
     assert_eq!(reply.status, 400, "{}", reply.body);
     let misfit = traced.span("sleep process");
     assert_eq!(text(&misfit, "whirligig.task.outcome"), "rejected");
     assert_eq!(text(&misfit, "error.type"), "arguments");
-    assert!(matches!(misfit.status, Status::Error { .. }), "{:?}", misfit.status);
+    assert_eq!(misfit.status, Status::error("the kwargs do not fit the task"));
+    // serde's reason quotes the value: it stays in the execution's row, off the span and the log.
+    let recorded = format!("{:?}{:?}{:?}", misfit.attributes, misfit.events, misfit.status);
+    assert!(!recorded.contains("tomorrow-at-noon"), "{recorded}");
+    assert!(!traced.logs.text().contains("tomorrow-at-noon"), "{}", traced.logs.text());
 
     traced.forget();
     let reply = server.push("{not json").await;
@@ -302,7 +306,58 @@ async fn the_traceparent_in_the_message_is_the_parent_and_the_request_header_a_l
     traced.forget();
     let body = task_with_attributes("garbled", "echo", json!({"traceparent": "00-nonsense-01"}));
     assert_eq!(server.push(body).await.status, 200);
-    assert_ne!(traced.span("echo process").span_context.trace_id().to_string(), TRACE_ID);
+    assert_eq!(traced.span("POST /tasks/pubsub/").parent_span_id, SpanId::INVALID, "a new trace has no parent");
+}
+
+#[tokio::test]
+async fn pushes_refused_before_the_body_is_read_continue_the_callers_trace() {
+    let traced = Traced::install();
+    let server = memory_server().await;
+    let push_with_caller = |body: Vec<u8>| {
+        http::Request::post("/tasks/pubsub/")
+            .header("host", "localhost")
+            .header("traceparent", TRACEPARENT)
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+            .unwrap()
+    };
+
+    let oversized = vec![b' '; whirligig_handler::MAX_BODY_BYTES + 1];
+    assert_eq!(support::request(server.addr, push_with_caller(oversized)).await.status, 413);
+    let refused = traced.span("POST /tasks/pubsub/");
+    assert_eq!(refused.span_context.trace_id().to_string(), TRACE_ID);
+    assert_eq!((text(&refused, "http.response.status_code").as_str(), &refused.status), ("413", &Status::Unset));
+
+    traced.forget();
+    server.app.begin_shutdown();
+    let draining = push_with_caller(task("late", "echo", json!({})).into_bytes());
+    assert_eq!(support::request(server.addr, draining).await.status, 503);
+    let refused = traced.span("POST /tasks/pubsub/");
+    assert_eq!(refused.span_context.trace_id().to_string(), TRACE_ID);
+    assert!(matches!(refused.status, Status::Error { .. }), "a 5xx is the server's failure");
+}
+
+#[tokio::test]
+async fn a_store_call_that_fails_is_an_error_span_under_the_task() {
+    let traced = Traced::install();
+    let db = TestDb::new().await;
+    let server = postgres_server(&db, registry(), 1).await;
+    // The holder's task keeps the only pooled connection while it sleeps.
+    let holder = server.push_in_background(task("holder", "sleep", json!({"ms": 1000, "hold_db": true})));
+    support::wait_for_status(&db, "holder", "RUNNING").await;
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+
+    let busy = server.push(task("busy", "echo", json!({}))).await;
+    assert_eq!(busy.status, 429, "{}", busy.body);
+    assert_eq!(holder.await.unwrap().status, 200);
+    let spans = traced.spans();
+    let is_busy = |span: &&SpanData| attribute(span, "whirligig.task.id").is_some_and(|id| id.as_str() == "busy");
+    let busy_task = spans.iter().find(is_busy).unwrap();
+    let claim = spans.iter().find(|span| is_child_of(span, busy_task)).expect("the claim's span");
+    assert_eq!(claim.name, "INSERT task_executions");
+    assert_eq!(text(claim, "error.type"), "pool_timeout");
+    assert!(matches!(claim.status, Status::Error { .. }), "{:?}", claim.status);
+    assert_eq!(text(busy_task, "whirligig.task.outcome"), "failed");
+    assert_eq!(text(busy_task, "error.type"), "pool_timeout");
 }
 
 #[tokio::test]
@@ -348,6 +403,36 @@ async fn json_log_lines_name_their_trace_and_span_for_cloud_logging() {
     for (key, _) in line.as_object().unwrap() {
         assert!(!key.starts_with("otel."), "exporter settings leaked into the log: {key}");
     }
+}
+
+#[tokio::test]
+async fn without_an_exporter_json_lines_still_name_cloud_runs_trace() {
+    let config = TelemetryConfig {
+        traces: TraceExport::None,
+        logs: LogFormat::Json,
+        project_id: Some("proj".to_owned()),
+        ..TelemetryConfig::default()
+    };
+    let provider = telemetry::provider(&config).unwrap().expect("JSON lines need span contexts");
+    let logs = Lines::default();
+    let subscriber = telemetry::subscriber(
+        CloudLogging::new(logs.clone(), config.project_id.clone()),
+        Some(telemetry::tracer(&provider)),
+    );
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let server = memory_server().await;
+    let request = http::Request::post("/tasks/pubsub/")
+        .header("host", "localhost")
+        .header("x-cloud-trace-context", "105445aa7843bc8bf206b12000100000/1;o=1")
+        .body(http_body_util::Full::new(bytes::Bytes::from(task("untraced", "echo", json!({})))))
+        .unwrap();
+    assert_eq!(support::request(server.addr, request).await.status, 200);
+
+    let lines = logs.json();
+    let line = lines.iter().find(|line| line["message"] == "task succeeded").unwrap();
+    assert_eq!(line["logging.googleapis.com/trace"], "projects/proj/traces/105445aa7843bc8bf206b12000100000");
+    assert!(line["logging.googleapis.com/spanId"].as_str().is_some_and(|id| id.len() == 16), "{line}");
+    assert!(telemetry::provider(&TelemetryConfig::default()).unwrap().is_none(), "text logs need no spans");
 }
 
 #[tokio::test]

@@ -14,7 +14,8 @@ use http::HeaderMap;
 
 pub use self::clock::Clock;
 use self::keys::KeyCache;
-use self::token::{Expectations, Rejection};
+use self::token::Expectations;
+pub(crate) use self::token::Rejection;
 
 /// Where the keys and claims of push tokens come from.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -377,7 +377,7 @@ impl PostgresStore {
             db.collection.name = "task_executions",
             db.operation.name = operation,
             server.address = &*self.peer.address,
-            server.port = self.peer.port,
+            server.port = i64::from(self.peer.port),
             error.type = Empty,
         )
     }

@@ -160,8 +160,9 @@ where
         for (name, value) in &fields.0 {
             line.entry(name, value);
         }
-        if let Some(span) = ctx.event_span(event) {
-            self.trace_fields(&span.id(), &mut line);
+        // The innermost span that is traced (a debug span, say, is not).
+        if let Some(scope) = ctx.event_scope(event) {
+            let _ = scope.into_iter().any(|span| self.trace_fields(&span.id(), &mut line));
         }
         line.0.extend_from_slice(b"}\n");
         let _ = self.writer.make_writer().write_all(&line.0);
@@ -169,15 +170,15 @@ where
 }
 
 impl<W> CloudLogging<W> {
-    /// The trace and span of the OpenTelemetry span behind `span`, when
-    /// spans are exported.
-    fn trace_fields(&self, span: &Id, line: &mut Line) {
-        let Some(dispatch) = self.dispatch.get().and_then(WeakDispatch::upgrade) else { return };
-        let Some(context) = tracing_opentelemetry::get_otel_context(span, &dispatch) else { return };
+    /// Writes the trace and span of the OpenTelemetry span behind `span`,
+    /// if it has one.
+    fn trace_fields(&self, span: &Id, line: &mut Line) -> bool {
+        let Some(dispatch) = self.dispatch.get().and_then(WeakDispatch::upgrade) else { return false };
+        let Some(context) = tracing_opentelemetry::get_otel_context(span, &dispatch) else { return false };
         let span = context.span();
         let span_context = span.span_context();
         if !span_context.is_valid() {
-            return;
+            return false;
         }
         if let Some(project) = &self.project_id {
             let trace = format!("projects/{project}/traces/{}", span_context.trace_id());
@@ -185,6 +186,7 @@ impl<W> CloudLogging<W> {
         }
         line.entry("logging.googleapis.com/spanId", &span_context.span_id().to_string());
         line.entry("logging.googleapis.com/trace_sampled", &span_context.is_sampled());
+        true
     }
 }
 

@@ -10,9 +10,10 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_http::{Bytes, HttpClient, HttpError, Request, Response};
 use opentelemetry_otlp::{Protocol, WithExportConfig as _, WithHttpConfig as _};
 use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::resource::{EnvResourceDetector, TelemetryResourceDetector};
 use opentelemetry_sdk::trace::{BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider, SpanExporter};
 
-use super::{ParentlessSampling, Sampling, TelemetryConfig, TraceExport};
+use super::{LogFormat, ParentlessSampling, Sampling, TelemetryConfig, TraceExport};
 
 /// Why the exporter could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -28,24 +29,35 @@ pub enum ExportError {
     NoRuntime,
 }
 
-/// One export request may take this long; the exporter retries within it.
-const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The tracer provider `config` asks for, or none when spans go nowhere.
+/// The tracer provider `config` asks for, or none when nothing would read
+/// its spans. JSON log lines read them for their trace fields even when no
+/// span is exported: then they continue the caller's trace (Cloud Run's).
 /// Must run inside the Tokio runtime that will send exports.
 pub fn provider(config: &TelemetryConfig) -> Result<Option<SdkTracerProvider>, ExportError> {
     let processor = match &config.traces {
+        TraceExport::None if config.logs == LogFormat::Json => None,
         TraceExport::None => return Ok(None),
-        TraceExport::Otlp { endpoint } => batch(otlp(endpoint)?),
-        TraceExport::Console => batch(opentelemetry_stdout::SpanExporter::default()),
+        TraceExport::Otlp { endpoint } => Some(batch(otlp(endpoint, config.export_timeout)?)),
+        TraceExport::Console => Some(batch(opentelemetry_stdout::SpanExporter::default())),
     };
-    let resource = Resource::builder().with_attributes(config.resource.iter().cloned()).build();
-    let provider = SdkTracerProvider::builder()
-        .with_span_processor(processor)
-        .with_sampler(sampler(config.sampling))
-        .with_resource(resource)
-        .build();
-    Ok(Some(provider))
+    let mut provider =
+        SdkTracerProvider::builder().with_sampler(sampler(config.sampling)).with_resource(resource(config));
+    if let Some(processor) = processor {
+        provider = provider.with_span_processor(processor);
+    }
+    Ok(Some(provider.build()))
+}
+
+/// What Cloud Run says about the instance, then `OTEL_RESOURCE_ATTRIBUTES`,
+/// which overrides it, then the service name, whose precedence the
+/// configuration has settled.
+fn resource(config: &TelemetryConfig) -> Resource {
+    Resource::builder_empty()
+        .with_detector(Box::new(TelemetryResourceDetector))
+        .with_attributes(config.resource.iter().cloned())
+        .with_detector(Box::new(EnvResourceDetector::new()))
+        .with_service_name(config.service_name.clone())
+        .build()
 }
 
 /// The tracer whirligig's spans are made with.
@@ -59,16 +71,17 @@ fn batch(exporter: impl SpanExporter + 'static) -> BatchSpanProcessor {
     BatchSpanProcessor::builder(exporter).build()
 }
 
-/// OTLP/HTTP with protobuf bodies to `endpoint`. Headers, timeout and
-/// compression come from the standard `OTEL_EXPORTER_OTLP_*` variables, read
-/// by the exporter.
-fn otlp(endpoint: &str) -> Result<opentelemetry_otlp::SpanExporter, ExportError> {
+/// OTLP/HTTP with protobuf bodies to `endpoint`, each export (retries
+/// included) within `timeout`. Headers and compression come from the
+/// standard `OTEL_EXPORTER_OTLP_*` variables, read by the exporter.
+fn otlp(endpoint: &str, timeout: Duration) -> Result<opentelemetry_otlp::SpanExporter, ExportError> {
     let runtime = tokio::runtime::Handle::try_current().map_err(|_| ExportError::NoRuntime)?;
-    let client = reqwest::Client::builder().timeout(EXPORT_TIMEOUT).build()?;
+    let client = reqwest::Client::builder().timeout(timeout).build()?;
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_protocol(Protocol::HttpBinary)
         .with_endpoint(endpoint)
+        .with_timeout(timeout)
         .with_http_client(RuntimeClient { client, runtime })
         .build()?;
     Ok(exporter)

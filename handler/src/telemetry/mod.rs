@@ -29,7 +29,7 @@ pub use self::export::{ExportError, provider, tracer};
 
 /// How long the final flush may take. Cloud Run sends SIGKILL 10 s after
 /// SIGTERM and the server drains for up to 8 s of them.
-pub const FLUSH_TIMEOUT: Duration = Duration::from_millis(1500);
+pub(crate) const FLUSH_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// Where finished spans go (`OTEL_TRACES_EXPORTER`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,7 +44,7 @@ pub enum TraceExport {
         /// The full URL export requests are posted to.
         endpoint: String,
     },
-    /// `console`: one JSON document per batch on stdout, for debugging.
+    /// `console`: each span as indented text on stdout, for debugging.
     Console,
 }
 
@@ -94,9 +94,13 @@ pub struct TelemetryConfig {
     pub logs: LogFormat,
     /// The project whose Cloud Trace a log line's trace id refers to.
     pub project_id: Option<String>,
-    /// Resource attributes: `service.name` and what Cloud Run tells about
-    /// the service or job.
+    /// `service.name`.
+    pub service_name: String,
+    /// Resource attributes: what Cloud Run tells about the service or job.
     pub resource: Vec<KeyValue>,
+    /// How long one OTLP export may take, retries included
+    /// (`OTEL_EXPORTER_OTLP_TRACES_TIMEOUT`, `OTEL_EXPORTER_OTLP_TIMEOUT`).
+    pub export_timeout: Duration,
 }
 
 impl Default for TelemetryConfig {
@@ -106,14 +110,16 @@ impl Default for TelemetryConfig {
             sampling: Sampling::ParentBased(ParentlessSampling::AlwaysOn),
             logs: LogFormat::Text,
             project_id: None,
-            resource: vec![KeyValue::new("service.name", "whirligig")],
+            service_name: "whirligig".to_owned(),
+            resource: Vec::new(),
+            export_timeout: Duration::from_secs(10),
         }
     }
 }
 
 /// The installed pipeline; [`shutdown`](Self::shutdown) flushes what is left.
 #[derive(Debug)]
-pub struct Telemetry {
+pub(crate) struct Telemetry {
     provider: Option<SdkTracerProvider>,
 }
 
@@ -121,7 +127,7 @@ impl Telemetry {
     /// Installs the process-wide subscriber: the log format, `RUST_LOG`
     /// filtering (default `info`), and the span exporter. A panic becomes one
     /// log line. Must run inside the Tokio runtime that will send exports.
-    pub fn install(config: &TelemetryConfig) -> Result<Self, ExportError> {
+    pub(crate) fn install(config: &TelemetryConfig) -> Result<Self, ExportError> {
         let provider = provider(config)?;
         let tracer = provider.as_ref().map(tracer);
         let installed = match config.logs {
@@ -147,7 +153,7 @@ impl Telemetry {
     /// Exports the spans still queued and stops the exporter, within
     /// [`FLUSH_TIMEOUT`]. The SDK blocks while it flushes, so it runs on a
     /// blocking thread while the runtime goes on sending.
-    pub async fn shutdown(self) {
+    pub(crate) async fn shutdown(self) {
         let Some(provider) = self.provider else { return };
         let flushed = tokio::task::spawn_blocking(move || provider.shutdown_with_timeout(FLUSH_TIMEOUT)).await;
         match flushed {
@@ -175,12 +181,15 @@ where
             .with_threads(false)
             .with_target(false)
             .with_tracked_inactivity(false)
-            .with_filter(filter_fn(|metadata| {
-                // Info lines are in the logs, linked to their span; on the span, only what went wrong.
-                let level = if metadata.is_event() { Level::WARN } else { Level::INFO };
-                // The SDK's own diagnostics must not become part of the trace they describe.
-                *metadata.level() <= level && !metadata.target().starts_with("opentelemetry")
-            }))
+            .with_filter(
+                filter_fn(|metadata| {
+                    // Info lines are in the logs, linked to their span; on the span, only what went wrong.
+                    let level = if metadata.is_event() { Level::WARN } else { Level::INFO };
+                    // The SDK's own diagnostics must not become part of the trace they describe.
+                    *metadata.level() <= level && !metadata.target().starts_with("opentelemetry")
+                })
+                .with_max_level_hint(Level::INFO),
+            )
     });
     Registry::default().with(logs.with_filter(filter)).with(traces)
 }
@@ -188,7 +197,7 @@ where
 /// Compact lines on stderr; colour only for a person at a terminal (Cloud
 /// Logging would keep the escape codes). `otel.*` fields steer the exporter
 /// and are left out.
-pub fn text_logs<S>() -> impl tracing_subscriber::Layer<S> + Send + Sync
+fn text_logs<S>() -> impl tracing_subscriber::Layer<S> + Send + Sync
 where
     S: Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
 {

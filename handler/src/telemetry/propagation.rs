@@ -10,7 +10,7 @@ use opentelemetry::propagation::{Extractor, TextMapPropagator as _};
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tracing::Span;
-use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+use tracing_opentelemetry::{OpenTelemetrySpanExt as _, SetParentError};
 
 /// Google's trace header: `TRACE_ID/SPAN_ID;o=OPTIONS`, the span id in decimal.
 pub(crate) const CLOUD_TRACE_HEADER: &str = "x-cloud-trace-context";
@@ -45,7 +45,12 @@ pub(crate) fn continue_trace(span: &Span, message: Option<Context>, caller: Opti
         (Some(parent), None) | (None, Some(parent)) => parent,
         (None, None) => return,
     };
-    let _ = span.set_parent(parent);
+    let adopted = span.set_parent(parent);
+    // Without an exporter there is no layer to adopt it; a started span is a bug here.
+    debug_assert!(
+        !matches!(adopted, Err(SetParentError::AlreadyStarted)),
+        "the span started before its parent was set"
+    );
 }
 
 fn remote(context: Context) -> Option<Context> {

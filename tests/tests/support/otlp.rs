@@ -79,6 +79,19 @@ impl Receiver {
         receiver
     }
 
+    /// A collector that takes connections and never answers; returns its base URL.
+    pub async fn hanging() -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the hanging receiver");
+        let addr = listener.local_addr().expect("receiver address");
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+            }
+        });
+        format!("http://{addr}")
+    }
+
     /// The base URL, for `OTEL_EXPORTER_OTLP_ENDPOINT`.
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)

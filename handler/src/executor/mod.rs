@@ -1,11 +1,13 @@
 //! The one place a task runs: kill switch, claim in the store, run with the
 //! route's timeout and panics caught, finish in the store, and an [`Outcome`].
 //! The push endpoint and job mode both come through here; neither HTTP
-//! statuses nor exit codes are decided here. Each delivery has a span
-//! ([`Delivery::span`]) that the executor fills in as it learns the attempt
-//! and the ending.
+//! statuses nor exit codes are decided here. Each delivery is reported in a
+//! span and a log line ([`report`]).
+
+mod report;
 
 use std::any::Any;
+use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -13,12 +15,12 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use futures_util::FutureExt as _;
+use opentelemetry::Context;
 use tokio_util::sync::CancellationToken;
-use tracing::Span;
-use tracing::field::Empty;
-use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+use tracing::{Instrument as _, Span};
 use whirligig_registry::{ArgumentError, JobShard, RawArguments, Retry, Route, TaskContext, TaskError, TaskOutput};
 
+pub(crate) use self::report::Executed;
 use crate::context::Resources;
 use crate::store::{Claim, ClaimRequest, Ending, ExecutionStore, Finished, StoreError};
 
@@ -39,64 +41,8 @@ pub(crate) struct Delivery<'a> {
     /// How long another delivery's RUNNING claim holds: the route's ack
     /// deadline, or zero when the caller knows the previous attempt is dead.
     pub(crate) lease: Duration,
-}
-
-impl Delivery<'_> {
-    /// The span of this execution: an OpenTelemetry consumer span named
-    /// `{task} process` under the messaging conventions (internal in job
-    /// mode). The attempt and any error are recorded by the executor; the
-    /// outcome and what was answered, by the caller through [`conclude_span`].
-    pub(crate) fn span(&self) -> Span {
-        let span = tracing::info_span!(
-            "task",
-            otel.name = format!("{} process", self.route.name()),
-            otel.kind = if self.job.is_some() { "internal" } else { "consumer" },
-            otel.status_code = Empty,
-            otel.status_description = Empty,
-            whirligig.task.name = self.route.name(),
-            whirligig.task.id = self.task_id,
-            whirligig.task.attempt = Empty,
-            whirligig.task.outcome = Empty,
-            messaging.message.id = self.message_id,
-            messaging.destination.subscription.name = self.subscription,
-            messaging.gcp_pubsub.message.delivery_attempt = self.delivery_attempt,
-            whirligig.message.publish_time = self.publish_time,
-            error.type = Empty,
-            http.response.status_code = Empty,
-        );
-        if self.job.is_none() {
-            // Constants: for the exporter only, not for every log line.
-            span.set_attribute("messaging.system", "gcp_pubsub");
-            span.set_attribute("messaging.operation.name", "process");
-            span.set_attribute("messaging.operation.type", "process");
-        }
-        span
-    }
-}
-
-/// Records how the delivery in `span` ended: its outcome and, for a push,
-/// the status answered.
-pub(crate) fn conclude_span(span: &Span, outcome: &Outcome, status: Option<u16>) {
-    span.record("whirligig.task.outcome", outcome.label());
-    if let Some(status) = status {
-        span.record("http.response.status_code", status);
-    }
-    if let Outcome::Store(error) = outcome {
-        fail_span(span, error.kind(), &error.to_string());
-    }
-}
-
-/// Milliseconds since `started`, to the microsecond, for log lines.
-pub(crate) fn milliseconds(started: Instant) -> f64 {
-    let micros = u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX);
-    f64::from(micros) / 1000.0
-}
-
-/// Marks `span` failed: OpenTelemetry status Error with `message`.
-fn fail_span(span: &Span, kind: &str, message: &str) {
-    span.record("otel.status_code", "ERROR");
-    span.record("otel.status_description", message);
-    span.record("error.type", kind);
+    /// The trace a job continues (a push continues its request's).
+    pub(crate) trace_parent: Option<Context>,
 }
 
 /// How a delivery ended.
@@ -122,21 +68,6 @@ pub(crate) enum Outcome {
     /// The store could not record the delivery, or the task could not reach
     /// the database through its context.
     Store(StoreError),
-}
-
-impl Outcome {
-    /// One word for the span and the log: `succeeded`, `failed`, `duplicate`
-    /// (an earlier delivery ran or is running it), `skipped` (kill switch) or
-    /// `rejected` (not run: its arguments do not fit, or no attempts are left).
-    pub(crate) fn label(&self) -> &'static str {
-        match self {
-            Self::Succeeded => "succeeded",
-            Self::Duplicate | Self::AlreadyFailed | Self::InProgress => "duplicate",
-            Self::Skipped { .. } => "skipped",
-            Self::Exhausted { .. } | Self::BadArguments(_) => "rejected",
-            Self::Failed { .. } | Self::Store(_) => "failed",
-        }
-    }
 }
 
 /// What a run produced before it is recorded.
@@ -166,8 +97,17 @@ impl<S: ExecutionStore> Executor<S> {
         &self.store
     }
 
-    /// Records and runs one delivery.
-    pub(crate) async fn execute(&self, delivery: Delivery<'_>) -> Outcome {
+    /// Records and runs one delivery in its span; the caller reports what
+    /// it answered through [`Executed::report`].
+    pub(crate) async fn execute(&self, mut delivery: Delivery<'_>) -> Executed {
+        let parent = delivery.trace_parent.take();
+        let span = report::span(&delivery, parent);
+        let started = Instant::now();
+        let outcome = self.deliver(&delivery, &span).instrument(span.clone()).await;
+        Executed { outcome, span, started }
+    }
+
+    async fn deliver(&self, delivery: &Delivery<'_>, span: &Span) -> Outcome {
         let route = delivery.route;
         let request = ClaimRequest {
             task_id: &delivery.task_id,
@@ -188,7 +128,7 @@ impl<S: ExecutionStore> Executor<S> {
         }
         let attempt = match self.store.claim(&request).await {
             Ok(Claim::Claimed { attempt }) => {
-                Span::current().record("whirligig.task.attempt", attempt);
+                report::attempt(span, attempt);
                 attempt
             }
             Ok(Claim::AlreadySucceeded) => return Outcome::Duplicate,
@@ -197,9 +137,9 @@ impl<S: ExecutionStore> Executor<S> {
             Ok(Claim::Exhausted { attempts }) => return Outcome::Exhausted { attempts },
             Err(error) => return Outcome::Store(error),
         };
-        let ctx = self.context(&delivery, attempt);
+        let ctx = self.context(delivery, attempt);
         let result = run(route, ctx, &delivery.arguments).await;
-        self.record(&delivery.task_id, attempt, route, result).await
+        self.record(&delivery.task_id, attempt, route, result, span).await
     }
 
     fn context(&self, delivery: &Delivery<'_>, attempt: u32) -> TaskContext {
@@ -217,7 +157,14 @@ impl<S: ExecutionStore> Executor<S> {
         }
     }
 
-    async fn record(&self, task_id: &str, attempt: u32, route: &Route, result: Result<TaskOutput, Failure>) -> Outcome {
+    async fn record(
+        &self,
+        task_id: &str,
+        attempt: u32,
+        route: &Route,
+        result: Result<TaskOutput, Failure>,
+        span: &Span,
+    ) -> Outcome {
         let failure = match result {
             Ok(output) => {
                 match self.store.finish(task_id, attempt, Ending::Succeeded { return_value: &output }).await {
@@ -230,7 +177,7 @@ impl<S: ExecutionStore> Executor<S> {
             Err(failure) => failure,
         };
         let (message, traceback) = failure.describe();
-        fail_span(&Span::current(), failure.kind(), &message);
+        report::failed(span, failure.kind(), &failure.summary(&message));
         let last_attempt = route.max_attempts().is_some_and(|max| attempt >= max.get());
         let outcome = failure.outcome(&message, last_attempt);
         let permanent = failure.is_permanent();
@@ -303,6 +250,15 @@ impl Failure {
                 let message = format!("the task succeeded but its return value could not be stored: {reason}");
                 (message.clone(), message)
             }
+        }
+    }
+
+    /// The failure for the span: the message, but for arguments only which
+    /// part did not fit, since serde's reason quotes the values.
+    fn summary<'a>(&self, message: &'a str) -> Cow<'a, str> {
+        match self {
+            Self::Arguments(error) => format!("the {} do not fit the task", error.part()).into(),
+            _ => message.into(),
         }
     }
 
