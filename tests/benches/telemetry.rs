@@ -1,8 +1,9 @@
 //! What tracing costs in throughput: the no-op push, 50 at a time on a
-//! two-worker runtime, with production JSON logs and no spans exported
-//! ("tracing off") against the same with every span batched and exported over
-//! OTLP/HTTP to a receiver on loopback that decodes each request. Both stores,
-//! in one run. Each iteration's time is that of the whole batch divided by its
+//! two-worker runtime, with production JSON logs and no OpenTelemetry spans;
+//! with spans made only for the log lines' trace fields
+//! (`OTEL_TRACES_EXPORTER=none` in production); and with every span batched
+//! and exported over OTLP/HTTP to a receiver on loopback that decodes each
+//! request. Both stores, in one run. Each iteration's time is that of the whole batch divided by its
 //! size, so the ratio of two lines is the ratio of their throughputs.
 //!
 //! At these rates the batch processor's default queue (2048 spans) fills and
@@ -28,7 +29,7 @@ use support::otlp::Receiver;
 use tracing::Dispatch;
 use tracing::instrument::WithSubscriber as _;
 use whirligig_handler::store::ExecutionStore;
-use whirligig_handler::telemetry::{self, CloudLogging, TelemetryConfig, TraceExport};
+use whirligig_handler::telemetry::{self, CloudLogging, LogFormat, TelemetryConfig, TraceExport};
 use whirligig_handler::{App, PushAuth};
 
 /// Pushes in flight at once, as oha's `-c 50` would keep them.
@@ -77,8 +78,12 @@ fn bench(c: &mut Criterion) {
         ..TelemetryConfig::default()
     };
     let provider = telemetry::provider(&config).unwrap().unwrap();
+    // OTEL_TRACES_EXPORTER=none in production: spans made for the log lines' trace fields, never exported.
+    let unexported = TelemetryConfig { logs: LogFormat::Json, ..TelemetryConfig::default() };
+    let local = telemetry::provider(&unexported).unwrap().unwrap();
     let logs = || CloudLogging::new(std::io::sink, Some("bench".to_owned()));
     let off = Dispatch::new(telemetry::subscriber(logs(), None));
+    let for_logs = Dispatch::new(telemetry::subscriber(logs(), Some(telemetry::tracer(&local))));
     let exporting = Dispatch::new(telemetry::subscriber(logs(), Some(telemetry::tracer(&provider))));
 
     let registry = Arc::new(whirligig_handler::demo::registry().unwrap());
@@ -88,7 +93,9 @@ fn bench(c: &mut Criterion) {
     group.sample_size(20).measurement_time(Duration::from_secs(8));
     // Spans per push: the request and the task, and on PostgreSQL the claim and the finish.
     for (store, spans_per_push) in [("memory", 2), ("postgres", 4)] {
-        for (tracing, dispatch) in [("tracing off", &off), ("exporting over OTLP", &exporting)] {
+        let modes =
+            [("no spans", &off), ("spans for the logs, none exported", &for_logs), ("exporting over OTLP", &exporting)];
+        for (tracing, dispatch) in modes {
             let before = ids.load(Ordering::Relaxed);
             let name = format!("{store}, {tracing}");
             // Each line starts from an empty store, so neither pays for the other's rows.
