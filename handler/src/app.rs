@@ -112,23 +112,7 @@ impl<S: ExecutionStore> App<S> {
         B: Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let (name, path) = if request.uri().path() == PUSH_PATHS[0] {
-            ("POST /tasks/pubsub/", PUSH_PATHS[0])
-        } else {
-            ("POST /tasks/pubsub", PUSH_PATHS[1])
-        };
-        let span = tracing::info_span!(
-            parent: None,
-            "request",
-            otel.name = name,
-            otel.kind = "server",
-            otel.status_code = tracing::field::Empty,
-        );
-        // For the exporter only: every log line of the push would repeat them.
-        span.set_attribute("http.request.method", "POST");
-        span.set_attribute("url.scheme", "http");
-        span.set_attribute("http.route", path);
-        span.set_attribute("url.path", path);
+        let span = request_span(request.uri().path());
         let caller = propagation::from_headers(request.headers());
         let answer = self.push(request, &span, caller).await;
         span.set_attribute("http.response.status_code", i64::from(answer.status.as_u16()));
@@ -157,6 +141,28 @@ impl<S: ExecutionStore> App<S> {
         propagation::continue_trace(span, None, caller);
         span.in_scope(|| refusal.answer())
     }
+}
+
+/// The server span of a push to `path`, one of [`PUSH_PATHS`].
+fn request_span(path: &str) -> Span {
+    let (name, route) = if path == PUSH_PATHS[0] {
+        ("POST /tasks/pubsub/", PUSH_PATHS[0])
+    } else {
+        ("POST /tasks/pubsub", PUSH_PATHS[1])
+    };
+    let span = tracing::info_span!(
+        parent: None,
+        "request",
+        otel.name = name,
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+    );
+    // For the exporter only: every log line of the push would repeat them.
+    span.set_attribute("http.request.method", "POST");
+    span.set_attribute("url.scheme", "http");
+    span.set_attribute("http.route", route);
+    span.set_attribute("url.path", route);
+    span
 }
 
 /// Why a push was answered without being read or run.

@@ -137,20 +137,8 @@ where
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
-        // Outer spans first, so an inner span's or the event's own value wins.
-        let mut fields = Fields::default();
-        for span in ctx.event_scope(event).into_iter().flat_map(|scope| scope.from_root()) {
-            if let Some(span_fields) = span.extensions().get::<Fields>() {
-                for (name, value) in &span_fields.0 {
-                    fields.set(name, value.clone());
-                }
-            }
-        }
-        let mut collect = Collect { fields: &mut fields, message: None };
-        event.record(&mut collect);
+        let (message, fields) = event_fields(event, &ctx);
         let metadata = event.metadata();
-        // The SDK's own events have a name and no message.
-        let message = collect.message.unwrap_or_else(|| metadata.name().to_owned());
         let mut line = Line(Vec::with_capacity(256));
         line.0.push(b'{');
         line.entry("severity", severity(*metadata.level()));
@@ -167,6 +155,27 @@ where
         line.0.extend_from_slice(b"}\n");
         let _ = self.writer.make_writer().write_all(&line.0);
     }
+}
+
+/// The event's message, and its fields over those of the spans it is in:
+/// outer spans first, so an inner span's or the event's own value wins.
+fn event_fields<S>(event: &Event<'_>, ctx: &Context<'_, S>) -> (String, Fields)
+where
+    S: Subscriber + for<'span> LookupSpan<'span>,
+{
+    let mut fields = Fields::default();
+    for span in ctx.event_scope(event).into_iter().flat_map(|scope| scope.from_root()) {
+        if let Some(span_fields) = span.extensions().get::<Fields>() {
+            for (name, value) in &span_fields.0 {
+                fields.set(name, value.clone());
+            }
+        }
+    }
+    let mut collect = Collect { fields: &mut fields, message: None };
+    event.record(&mut collect);
+    // The SDK's own events have a name and no message.
+    let message = collect.message.unwrap_or_else(|| event.metadata().name().to_owned());
+    (message, fields)
 }
 
 impl<W> CloudLogging<W> {
