@@ -11,6 +11,8 @@ mod support;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
+use http_body_util::Full;
 use opentelemetry::Value;
 use opentelemetry::trace::{SpanId, SpanKind, Status, TracerProvider as _};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
@@ -136,6 +138,12 @@ fn registry() -> Registry {
 
 async fn memory_server() -> TestServer<whirligig_handler::store::MemoryStore> {
     TestServer::start(App::in_memory(Arc::new(registry()), PushAuth::none())).await
+}
+
+/// A push to `path` with one more header, as Cloud Run or another caller sends it.
+fn push_with(path: &str, (name, value): (&str, &str), body: impl Into<bytes::Bytes>) -> http::Request<Full<Bytes>> {
+    let request = http::Request::post(path).header("host", "localhost").header(name, value);
+    request.body(Full::new(body.into())).unwrap()
 }
 
 #[tokio::test]
@@ -276,15 +284,9 @@ async fn the_traceparent_in_the_message_is_the_parent_and_the_request_header_a_l
     let traced = Traced::install();
     let server = memory_server().await;
     let header_traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
-    let request = http::Request::post("/tasks/pubsub/")
-        .header("host", "localhost")
-        .header("traceparent", header_traceparent)
-        .body(http_body_util::Full::new(bytes::Bytes::from(task_with_attributes(
-            "enqueued",
-            "echo",
-            json!({"traceparent": TRACEPARENT, "tracestate": "congo=t61rcWkgMzE"}),
-        ))))
-        .unwrap();
+    let attributes = json!({"traceparent": TRACEPARENT, "tracestate": "congo=t61rcWkgMzE"});
+    let body = task_with_attributes("enqueued", "echo", attributes);
+    let request = push_with("/tasks/pubsub/", ("traceparent", header_traceparent), body);
     assert_eq!(support::request(server.addr, request).await.status, 200);
 
     let request = traced.span("POST /tasks/pubsub/");
@@ -313,13 +315,7 @@ async fn the_traceparent_in_the_message_is_the_parent_and_the_request_header_a_l
 async fn pushes_refused_before_the_body_is_read_continue_the_callers_trace() {
     let traced = Traced::install();
     let server = memory_server().await;
-    let push_with_caller = |body: Vec<u8>| {
-        http::Request::post("/tasks/pubsub/")
-            .header("host", "localhost")
-            .header("traceparent", TRACEPARENT)
-            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
-            .unwrap()
-    };
+    let push_with_caller = |body: Vec<u8>| push_with("/tasks/pubsub/", ("traceparent", TRACEPARENT), body);
 
     let oversized = vec![b' '; whirligig_handler::MAX_BODY_BYTES + 1];
     assert_eq!(support::request(server.addr, push_with_caller(oversized)).await.status, 413);
@@ -364,11 +360,8 @@ async fn a_store_call_that_fails_is_an_error_span_under_the_task() {
 async fn cloud_runs_trace_header_is_the_parent_when_the_message_names_none() {
     let traced = Traced::install();
     let server = memory_server().await;
-    let request = http::Request::post("/tasks/pubsub")
-        .header("host", "localhost")
-        .header("x-cloud-trace-context", "105445aa7843bc8bf206b12000100000/255;o=1")
-        .body(http_body_util::Full::new(bytes::Bytes::from(task("cloud", "echo", json!({})))))
-        .unwrap();
+    let cloud_trace = ("x-cloud-trace-context", "105445aa7843bc8bf206b12000100000/255;o=1");
+    let request = push_with("/tasks/pubsub", cloud_trace, task("cloud", "echo", json!({})));
     assert_eq!(support::request(server.addr, request).await.status, 200);
 
     let request = traced.span("POST /tasks/pubsub");
@@ -421,11 +414,8 @@ async fn without_an_exporter_json_lines_still_name_cloud_runs_trace() {
     );
     let _guard = tracing::subscriber::set_default(subscriber);
     let server = memory_server().await;
-    let request = http::Request::post("/tasks/pubsub/")
-        .header("host", "localhost")
-        .header("x-cloud-trace-context", "105445aa7843bc8bf206b12000100000/1;o=1")
-        .body(http_body_util::Full::new(bytes::Bytes::from(task("untraced", "echo", json!({})))))
-        .unwrap();
+    let cloud_trace = ("x-cloud-trace-context", "105445aa7843bc8bf206b12000100000/1;o=1");
+    let request = push_with("/tasks/pubsub/", cloud_trace, task("untraced", "echo", json!({})));
     assert_eq!(support::request(server.addr, request).await.status, 200);
 
     let lines = logs.json();
