@@ -37,11 +37,11 @@ enum Command {
     Run {
         /// The task's name.
         name: String,
-        /// Positional arguments, a JSON list.
-        #[arg(long)]
+        /// Positional arguments, a JSON list (a job's overrides set TASK_ARGS more easily).
+        #[arg(long, env = "TASK_ARGS")]
         args: Option<String>,
         /// Keyword arguments, a JSON object.
-        #[arg(long)]
+        #[arg(long, env = "TASK_KWARGS")]
         kwargs: Option<String>,
         /// The execution id (default: {CLOUD_RUN_EXECUTION}-{CLOUD_RUN_TASK_INDEX}, or a new UUID).
         #[arg(long)]
@@ -208,8 +208,8 @@ struct JobRun {
 /// usage error is exit 2 whatever state the database is in.
 async fn run_command(config: &Config, registry: &Registry, job: JobRun) -> Result<ExitCode, Fatal> {
     let route = registry.get(&job.name).ok_or_else(|| Fatal::Usage(format!("unknown task {:?}", job.name)))?;
-    let args = raw_json("--args", job.args.as_deref().unwrap_or("[]"))?;
-    let kwargs = raw_json("--kwargs", job.kwargs.as_deref().unwrap_or("{}"))?;
+    let args = raw_json("--args (TASK_ARGS)", job.args.as_deref().unwrap_or("[]"))?;
+    let kwargs = raw_json("--kwargs (TASK_KWARGS)", job.kwargs.as_deref().unwrap_or("{}"))?;
     let arguments = RawArguments::new(args, kwargs).map_err(|error| Fatal::Usage(error.to_string()))?;
     let shard = job_shard();
     let delivery = Delivery {

@@ -1,6 +1,6 @@
 //! The demo app's tasks: examples to copy, and diagnostics for smoke and load
-//! tests. `noop`, `echo`, `sleep`, `fail`, `flaky`, `panic`, `permanent` and
-//! the scheduled `heartbeat`.
+//! tests. `noop`, `echo`, `sleep`, `fail`, `flaky`, `panic`, `permanent`,
+//! `shard` and the scheduled `heartbeat`.
 
 use std::time::Duration;
 
@@ -68,6 +68,14 @@ pub async fn permanent(_ctx: TaskContext) -> Result<(), TaskError> {
     Err(TaskError::permanent("the permanent task always fails permanently"))
 }
 
+/// Returns the shard of a Cloud Run job execution that runs it, as
+/// `{"index", "count", "attempt"}`, or null outside a job.
+pub async fn shard(ctx: TaskContext) -> Result<Value, TaskError> {
+    Ok(ctx
+        .job()
+        .map_or(Value::Null, |job| serde_json::json!({"index": job.index, "count": job.count, "attempt": job.attempt})))
+}
+
 /// Runs every minute, unless `ENABLE_HEARTBEAT` is off.
 pub async fn heartbeat(ctx: TaskContext) {
     tracing::info!(task_id = ctx.task_id(), "heartbeat");
@@ -83,6 +91,7 @@ pub fn registry() -> Result<Registry, RegistryError> {
         .route(task_route!(flaky).min_retry_delay(1).max_retry_delay(10))
         .route(task_route!(panic))
         .route(task_route!(permanent))
+        .route(task_route!(shard))
         .route(task_route!(heartbeat).schedule("*/1 * * * *").kill_switch("ENABLE_HEARTBEAT"))
         .build()
 }

@@ -238,7 +238,7 @@ async fn run_exits_0_on_success_1_on_failure_and_2_on_bad_usage() {
 
     let output = run_app(&["run", "noop", "--args", "notjson"], &env).await;
     assert_exit(&output, 2, "run noop --args notjson");
-    assert!(text(&output.stderr).contains("--args is not JSON"), "{}", text(&output.stderr));
+    assert!(text(&output.stderr).contains("--args (TASK_ARGS) is not JSON"), "{}", text(&output.stderr));
 
     let output = run_app(&["run", "sleep", "--kwargs", r#"{"ms": "x"}"#, "--task-id", "job-misfit"], &env).await;
     assert_exit(&output, 2, "run sleep with arguments that do not fit");
@@ -249,6 +249,36 @@ async fn run_exits_0_on_success_1_on_failure_and_2_on_bad_usage() {
     let output = run_app(&["run", "noop"], &job_env).await;
     assert_exit(&output, 0, "run noop as Cloud Run job task 3");
     assert_eq!(support::row(&db, "exec-abc-3").await.expect("row exec-abc-3").0, "SUCCESSFUL");
+}
+
+#[tokio::test]
+async fn a_job_takes_its_arguments_from_task_args_and_task_kwargs_and_knows_its_shard() {
+    let db = TestDb::new().await;
+    let mut env = prod(&db.url);
+    env.extend([("TASK_KWARGS", r#"{"from": "the job's overrides"}"#), ("CLOUD_RUN_EXECUTION", "exec-env")]);
+    env.extend([("CLOUD_RUN_TASK_INDEX", "2"), ("CLOUD_RUN_TASK_COUNT", "5")]);
+
+    let output = run_app(&["run", "echo"], &env).await;
+    assert_exit(&output, 0, "run echo with TASK_KWARGS");
+    let (.., value) = support::row(&db, "exec-env-2").await.expect("the job's row");
+    assert_eq!(value, Some(json!({"from": "the job's overrides"})));
+
+    // A flag on the command line wins over the variable.
+    let flagged = ["run", "echo", "--kwargs", r#"{"from": "the flag"}"#, "--task-id", "flagged"];
+    assert_exit(&run_app(&flagged, &env).await, 0, "run echo --kwargs");
+    assert_eq!(support::row(&db, "flagged").await.expect("row flagged").3, Some(json!({"from": "the flag"})));
+
+    let sharded_env: Vec<_> = env.iter().copied().filter(|(name, _)| *name != "TASK_KWARGS").collect();
+    let output = run_app(&["run", "shard", "--task-id", "sharded"], &sharded_env).await;
+    assert_exit(&output, 0, "run shard");
+    let (.., value) = support::row(&db, "sharded").await.expect("the shard's row");
+    assert_eq!(value, Some(json!({"index": 2, "count": 5, "attempt": 0})));
+
+    env.push(("TASK_ARGS", "[1,"));
+    let output = run_app(&["run", "noop", "--task-id", "never"], &env).await;
+    assert_exit(&output, 2, "run with TASK_ARGS that is not JSON");
+    assert!(text(&output.stderr).contains("TASK_ARGS"), "{}", text(&output.stderr));
+    assert!(support::row(&db, "never").await.is_none(), "a usage error touches nothing");
 }
 
 #[tokio::test]
