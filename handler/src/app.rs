@@ -18,7 +18,7 @@ use whirligig_registry::Registry;
 use crate::auth::{AuthError, PushAuth, Rejection};
 use crate::context::Resources;
 use crate::executor::Executor;
-use crate::push::{Answer, push};
+use crate::push::{Answer, Wrapping, push};
 use crate::store::{ExecutionStore, MemoryStore, PostgresStore};
 use crate::telemetry::propagation;
 
@@ -26,8 +26,9 @@ use crate::telemetry::propagation;
 /// data, which base64 inflates by 4/3, plus the envelope around it.
 pub const MAX_BODY_BYTES: usize = 14 * 1024 * 1024;
 
-/// The push endpoint's paths; Pub/Sub is configured with the first.
-const PUSH_PATHS: [&str; 2] = ["/tasks/pubsub/", "/tasks/pubsub"];
+/// The push endpoint's paths; Pub/Sub is configured with the first, and
+/// Eventarc posts to the service's root by default.
+const PUSH_PATHS: [&str; 3] = ["/tasks/pubsub/", "/tasks/pubsub", "/"];
 
 /// Everything a request needs, shared by every connection.
 #[derive(Debug)]
@@ -130,8 +131,10 @@ impl<S: ExecutionStore> App<S> {
         // Authentication comes first: an unauthenticated request costs no body read.
         let refusal = match self.auth.check(request.headers()).await {
             Ok(()) if self.draining.load(Ordering::SeqCst) => Refusal::Draining,
-            Ok(()) => match read_body(request).await {
-                Ok(body) => return push(&self.registry, &self.executor, &body, span, caller).await,
+            Ok(()) => match read_push(request).await {
+                Ok((wrapping, body)) => {
+                    return push(&self.registry, &self.executor, (wrapping, &body), span, caller).await;
+                }
                 Err(answer) => Refusal::Body(answer),
             },
             Err(AuthError::Forbidden(rejection)) => Refusal::Forbidden(rejection),
@@ -145,10 +148,10 @@ impl<S: ExecutionStore> App<S> {
 
 /// The server span of a push to `path`, one of [`PUSH_PATHS`].
 fn request_span(path: &str) -> Span {
-    let (name, route) = if path == PUSH_PATHS[0] {
-        ("POST /tasks/pubsub/", PUSH_PATHS[0])
-    } else {
-        ("POST /tasks/pubsub", PUSH_PATHS[1])
+    let (name, route) = match path {
+        "/" => ("POST /", "/"),
+        "/tasks/pubsub" => ("POST /tasks/pubsub", "/tasks/pubsub"),
+        _ => ("POST /tasks/pubsub/", "/tasks/pubsub/"),
     };
     let span = tracing::info_span!(
         parent: None,
@@ -189,6 +192,16 @@ impl Refusal {
             Self::Body(answer) => answer,
         }
     }
+}
+
+/// How the push is wrapped, and its body.
+async fn read_push<B>(request: Request<B>) -> Result<(Wrapping, Bytes), Answer>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let wrapping = Wrapping::of(request.headers())?;
+    Ok((wrapping, read_body(request).await?))
 }
 
 /// The whole body, or 413 past [`MAX_BODY_BYTES`] (before reading, when the

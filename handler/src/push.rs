@@ -1,7 +1,8 @@
 //! The Pub/Sub push endpoint: decodes the envelope
 //! `{"message": {"data", "attributes", "messageId", ..}, "subscription", "deliveryAttempt"?}`,
-//! hands the payload to the executor, and turns the outcome into the status
-//! Pub/Sub acts on. The only module that knows the envelope, and [`answer`]
+//! as Pub/Sub pushes it or as Eventarc delivers it in a CloudEvent, hands the
+//! payload to the executor, and turns the outcome into the status Pub/Sub
+//! acts on. The only module that knows the envelope, and [`answer`]
 //! the only place an outcome becomes a status. The request's span continues
 //! the trace named in the message's attributes, or else the caller's.
 
@@ -9,7 +10,7 @@ use std::borrow::Cow;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use http::StatusCode;
+use http::{HeaderMap, StatusCode};
 use opentelemetry::Context;
 use serde::Deserialize;
 use tracing::{Instrument as _, Span};
@@ -18,6 +19,55 @@ use whirligig_registry::{ReceivedMessage, Registry};
 use crate::executor::{Delivery, Executor, Outcome};
 use crate::store::{ExecutionStore, StoreError};
 use crate::telemetry::propagation;
+
+/// The CloudEvent type Eventarc gives a Pub/Sub message.
+const MESSAGE_PUBLISHED: &str = "google.cloud.pubsub.topic.v1.messagePublished";
+
+/// How a message arrives: as Pub/Sub pushes it, or in a CloudEvent from
+/// Eventarc, whose data is the same envelope, either as the body with the
+/// event's attributes in `ce-*` headers (binary mode) or as `data` in a JSON
+/// event (structured mode, `application/cloudevents+json`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wrapping {
+    Push,
+    CloudEventBinary,
+    CloudEventStructured,
+}
+
+impl Wrapping {
+    /// Read from the headers, before the body: a CloudEvent that does not
+    /// carry a Pub/Sub message is refused unread.
+    pub(crate) fn of(headers: &HeaderMap) -> Result<Self, Answer> {
+        let text = |name: &str| headers.get(name).map(|value| value.to_str().unwrap_or_default());
+        if let Some(version) = text("ce-specversion") {
+            check_event(version, text("ce-type").unwrap_or_default())?;
+            return Ok(Self::CloudEventBinary);
+        }
+        let structured = text("content-type").is_some_and(|kind| kind.starts_with("application/cloudevents+json"));
+        Ok(if structured { Self::CloudEventStructured } else { Self::Push })
+    }
+}
+
+fn check_event(version: &str, kind: &str) -> Result<(), Answer> {
+    if version != "1.0" {
+        return Err(Answer::bad_request(format_args!("CloudEvents specversion {version:?} is not 1.0")));
+    }
+    if kind != MESSAGE_PUBLISHED {
+        return Err(Answer::bad_request(format_args!("a CloudEvent of type {kind:?}; expected {MESSAGE_PUBLISHED}")));
+    }
+    Ok(())
+}
+
+/// A structured CloudEvent: its attributes and, as `data`, the envelope.
+#[derive(Debug, Deserialize)]
+struct StructuredEvent<'a> {
+    #[serde(borrow)]
+    specversion: Cow<'a, str>,
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow)]
+    data: PushEnvelope<'a>,
+}
 
 /// What Pub/Sub posts. Fields it sends twice (`message_id` beside
 /// `messageId`) are read once; unknown fields are ignored.
@@ -89,11 +139,11 @@ impl Answer {
 pub(crate) async fn push<S: ExecutionStore>(
     registry: &Registry,
     executor: &Executor<S>,
-    body: &[u8],
+    (wrapping, body): (Wrapping, &[u8]),
     span: &Span,
     caller: Option<Context>,
 ) -> Answer {
-    let (envelope, data) = match decode(body) {
+    let (envelope, data) = match decode(wrapping, body) {
         Ok(decoded) => decoded,
         Err(answer) => {
             propagation::continue_trace(span, None, caller);
@@ -144,9 +194,17 @@ async fn deliver<S: ExecutionStore>(
 }
 
 /// The envelope and its decoded data, or the 400 that says what is wrong.
-fn decode(body: &[u8]) -> Result<(PushEnvelope<'_>, Vec<u8>), Answer> {
-    let envelope: PushEnvelope<'_> = serde_json::from_slice(body)
-        .map_err(|error| Answer::bad_request(format_args!("not a Pub/Sub push envelope: {error}")))?;
+fn decode(wrapping: Wrapping, body: &[u8]) -> Result<(PushEnvelope<'_>, Vec<u8>), Answer> {
+    let envelope = match wrapping {
+        Wrapping::Push | Wrapping::CloudEventBinary => serde_json::from_slice(body)
+            .map_err(|error| Answer::bad_request(format_args!("not a Pub/Sub push envelope: {error}")))?,
+        Wrapping::CloudEventStructured => {
+            let event: StructuredEvent<'_> = serde_json::from_slice(body)
+                .map_err(|error| Answer::bad_request(format_args!("not a CloudEvent of a Pub/Sub message: {error}")))?;
+            check_event(&event.specversion, &event.kind)?;
+            event.data
+        }
+    };
     match STANDARD.decode(envelope.message.data.as_bytes()) {
         Ok(data) if !data.is_empty() => Ok((envelope, data)),
         Ok(_) => Err(Answer::bad_request("the message has no data")),

@@ -347,6 +347,24 @@ async fn unauthenticated_pushes_to_a_production_server_are_refused() {
 }
 
 #[tokio::test]
+async fn an_eventarc_trigger_at_the_root_is_verified_like_a_push() {
+    let db = TestDb::new().await;
+    let verified = Verified::new(&db.url).await;
+    let server = Server::start(&verified.env()).await;
+    let payload = r#"{"task_id": "evented", "task_name": "noop", "args": [], "kwargs": {}}"#;
+
+    let anonymous = support::cloud_event_binary("/", payload, "ev-1");
+    assert_eq!(support::request(server.addr, anonymous).await.status, 403);
+    assert!(support::row(&db, "evented").await.is_none());
+
+    let mut signed = support::cloud_event_binary("/", payload, "ev-1");
+    signed.headers_mut().insert("authorization", verified.authorization().parse().expect("a header value"));
+    let reply = support::request(server.addr, signed).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(support::row(&db, "evented").await.expect("the row").0, "SUCCESSFUL");
+}
+
+#[tokio::test]
 async fn tasks_auth_none_outside_dev_refuses_to_start() {
     let db = TestDb::new().await;
     let mut env = prod(&db.url);

@@ -493,3 +493,66 @@ async fn a_chunked_body_over_the_limit_is_refused_with_413() {
         String::from_utf8_lossy(&response[..read])
     );
 }
+
+fn payload(task_id: &str, task_name: &str, kwargs: serde_json::Value) -> String {
+    json!({"task_id": task_id, "task_name": task_name, "args": [], "kwargs": kwargs}).to_string()
+}
+
+#[tokio::test]
+async fn eventarc_cloud_events_run_tasks_at_the_root_and_at_the_push_path() {
+    let db = TestDb::new().await;
+    let runs = Runs::default();
+    let server = postgres_server(&db, registry(&runs), 4).await;
+
+    let binary = support::cloud_event_binary("/", &payload("binary", "count", json!({})), "ce-1");
+    let reply = support::request(server.addr, binary).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(row(&db, "binary").await.unwrap().0, "SUCCESSFUL");
+
+    let structured =
+        support::cloud_event_structured("/tasks/pubsub/", &payload("structured", "echo", json!({"a": 1})), "ce-2");
+    let reply = support::request(server.addr, structured).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(row(&db, "structured").await.unwrap().3, Some(json!({"a": 1})));
+
+    // Redelivered by Eventarc: the same rules as a push.
+    let again = support::cloud_event_structured("/", &payload("binary", "count", json!({})), "ce-1");
+    assert_eq!(support::request(server.addr, again).await.status, 200);
+    assert_eq!(runs.get(), 1, "a duplicate event is not run again");
+
+    // A plain push at the root works too: the root is just another push path.
+    let reply = support::request(server.addr, {
+        let body = task("rooted", "echo", json!({}));
+        http::Request::post("/").header("host", "localhost").body(http_body_util::Full::new(body.into())).unwrap()
+    })
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(get(server.addr, "/").await.status, 405);
+}
+
+#[tokio::test]
+async fn cloud_events_that_are_not_pubsub_messages_are_refused() {
+    let db = TestDb::new().await;
+    let runs = Runs::default();
+    let server = postgres_server(&db, registry(&runs), 4).await;
+
+    let mut storage = support::cloud_event_binary("/", &payload("storage", "count", json!({})), "ce-3");
+    storage.headers_mut().insert("ce-type", "google.cloud.storage.object.v1.finalized".parse().unwrap());
+    let reply = support::request(server.addr, storage).await;
+    assert_eq!(reply.status, 400);
+    assert!(reply.body.contains("google.cloud.storage.object.v1.finalized"), "{}", reply.body);
+
+    let mut old = support::cloud_event_binary("/", &payload("old", "count", json!({})), "ce-4");
+    old.headers_mut().insert("ce-specversion", "0.3".parse().unwrap());
+    assert_eq!(support::request(server.addr, old).await.status, 400);
+
+    let request = http::Request::post("/")
+        .header("host", "localhost")
+        .header("content-type", "application/cloudevents+json")
+        .body(http_body_util::Full::new(r#"{"specversion": "1.0", "type": "x", "data": {}}"#.into()))
+        .unwrap();
+    let reply = support::request(server.addr, request).await;
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    assert_eq!(runs.get(), 0);
+    assert!(row(&db, "storage").await.is_none() && row(&db, "old").await.is_none());
+}

@@ -192,6 +192,42 @@ pub fn envelope(payload: &str, message_id: &str) -> String {
     .to_string()
 }
 
+/// Eventarc's CloudEvent for a Pub/Sub message, in binary mode: the event's
+/// attributes as `ce-*` headers, the push envelope (without
+/// `deliveryAttempt`) as the body.
+pub fn cloud_event_binary(path: &str, payload: &str, message_id: &str) -> http::Request<Full<Bytes>> {
+    let mut data: serde_json::Value = serde_json::from_str(&envelope(payload, message_id)).expect("JSON");
+    data.as_object_mut().expect("an object").remove("deliveryAttempt");
+    http::Request::post(path)
+        .header("host", "localhost")
+        .header("content-type", "application/json")
+        .header("ce-specversion", "1.0")
+        .header("ce-type", "google.cloud.pubsub.topic.v1.messagePublished")
+        .header("ce-source", "//pubsub.googleapis.com/projects/test/topics/dev--gyrinx.tasks--test")
+        .header("ce-id", message_id)
+        .body(Full::new(Bytes::from(data.to_string())))
+        .expect("a request")
+}
+
+/// The same event in structured mode: one JSON document, the envelope as `data`.
+pub fn cloud_event_structured(path: &str, payload: &str, message_id: &str) -> http::Request<Full<Bytes>> {
+    let mut data: serde_json::Value = serde_json::from_str(&envelope(payload, message_id)).expect("JSON");
+    data.as_object_mut().expect("an object").remove("deliveryAttempt");
+    let event = serde_json::json!({
+        "specversion": "1.0",
+        "type": "google.cloud.pubsub.topic.v1.messagePublished",
+        "source": "//pubsub.googleapis.com/projects/test/topics/dev--gyrinx.tasks--test",
+        "id": message_id,
+        "datacontenttype": "application/json",
+        "data": data,
+    });
+    http::Request::post(path)
+        .header("host", "localhost")
+        .header("content-type", "application/cloudevents+json; charset=utf-8")
+        .body(Full::new(Bytes::from(event.to_string())))
+        .expect("a request")
+}
+
 /// A push of `task_name` with `task_id` and keyword arguments.
 pub fn task(task_id: &str, task_name: &str, kwargs: serde_json::Value) -> String {
     let payload = serde_json::json!({"task_id": task_id, "task_name": task_name, "args": [], "kwargs": kwargs});
