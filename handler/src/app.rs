@@ -189,7 +189,10 @@ impl Refusal {
                 Answer::new(StatusCode::SERVICE_UNAVAILABLE, "cannot verify tokens yet; retry")
             }
             Self::Draining => Answer::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down; retry"),
-            Self::Body(answer) => answer,
+            Self::Body(answer) => {
+                tracing::warn!(status = answer.status.as_u16(), reason = %answer.body, "push refused unread");
+                answer
+            }
         }
     }
 }
