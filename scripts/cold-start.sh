@@ -11,6 +11,7 @@ ensure_postgres
 
 scripts/build-static.sh > /dev/null
 database=whirligig_cold_start
+export PGOPTIONS="-c client_min_messages=warning"
 psql "$(admin_url)" -qc "drop database if exists $database" -c "create database $database" > /dev/null
 trap 'psql "$(admin_url)" -qc "drop database if exists $database" > /dev/null' EXIT
 python3 scripts/cold_start.py target/static/whirligig "$(database_url $database)" "${1:-10}"

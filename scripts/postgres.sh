@@ -15,13 +15,14 @@ ensure_postgres() {
     exit 1
   }
   postgres_up && return
-  if command -v pg_ctlcluster >/dev/null && [ -d /etc/postgresql ]; then
+  if [ "$PG_HOST" = 127.0.0.1 ] && command -v pg_ctlcluster >/dev/null && [ -d /etc/postgresql ]; then
     local version
     version=$(ls /etc/postgresql | sort -V | tail -n 1)
     say "starting PostgreSQL $version (cluster main)"
     pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
-    for _ in $(seq 1 30); do postgres_up && return; sleep 0.5; done
   fi
+  # A server just started (here, or in a side container) takes a moment.
+  for _ in $(seq 1 60); do postgres_up && return; sleep 0.5; done
   echo "PostgreSQL is not reachable on $PG_HOST:$PG_PORT." >&2
   echo "Start a server there that lets user 'postgres' in without a password (trust auth)." >&2
   exit 1
