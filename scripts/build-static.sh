@@ -4,8 +4,9 @@
 # target-feature=+crt-static, a static-pie: no dynamic loader, addresses still
 # randomised); TLS is rustls with Mozilla's roots compiled in; glibc 2.34 and
 # later resolve names from /etc/hosts and /etc/resolv.conf without NSS
-# libraries. Then checks that it is static and runs `whirligig routes` with
-# nothing else around it (in an empty chroot when run as root).
+# libraries. Then checks that it is static, that `whirligig routes` prints the
+# route table with nothing else around it (in an empty chroot when run as
+# root), and that a name in that chroot's /etc/hosts resolves.
 #
 #   scripts/build-static.sh            # the demo app, bin `whirligig`
 #   BIN=myservice PACKAGE=my-crate scripts/build-static.sh
@@ -42,10 +43,24 @@ if [ "$(id -u)" = 0 ] && command -v chroot > /dev/null && chroot / true 2> /dev/
     empty=$(mktemp -d)
     trap 'rm -rf "$empty"' EXIT
     cp "$out" "$empty/$bin"
-    chroot "$empty" "/$bin" routes > /dev/null
-    where="an empty chroot"
+    routes=$(chroot "$empty" "/$bin" routes)
+    # Names resolve without NSS libraries: a host from /etc/hosts gets as far as
+    # a refused connection (port 1), where an unresolved one fails its lookup.
+    mkdir "$empty/etc"
+    echo "127.0.0.1 database.static-check.internal" > "$empty/etc/hosts"
+    resolved=$(DATABASE_URL=postgres://postgres@database.static-check.internal:1/x chroot "$empty" "/$bin" migrate 2>&1 || true)
+    case "$resolved" in
+        *"Connection refused"*) ;;
+        *) echo "build-static: a name in /etc/hosts did not resolve: $resolved" >&2; exit 1 ;;
+    esac
+    where="an empty chroot, /etc/hosts resolved"
 else
-    env -i "$out" routes > /dev/null
+    routes=$(env -i "$out" routes)
     where="an empty environment (no chroot here)"
 fi
+# A binary that prints no routes is not the service (the image's stub build, say).
+case "$routes" in
+    NAME*) ;;
+    *) echo "build-static: $bin routes printed no route table: $routes" >&2; exit 1 ;;
+esac
 echo "build-static: $out, $(stat -c %s "$out") bytes, $description; ran in $where"

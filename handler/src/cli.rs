@@ -208,8 +208,8 @@ struct JobRun {
 /// usage error is exit 2 whatever state the database is in.
 async fn run_command(config: &Config, registry: &Registry, job: JobRun) -> Result<ExitCode, Fatal> {
     let route = registry.get(&job.name).ok_or_else(|| Fatal::Usage(format!("unknown task {:?}", job.name)))?;
-    let args = raw_json("--args (TASK_ARGS)", job.args.as_deref().unwrap_or("[]"))?;
-    let kwargs = raw_json("--kwargs (TASK_KWARGS)", job.kwargs.as_deref().unwrap_or("{}"))?;
+    let args = raw_json("--args (TASK_ARGS)", given(job.args.as_deref()).unwrap_or("[]"))?;
+    let kwargs = raw_json("--kwargs (TASK_KWARGS)", given(job.kwargs.as_deref()).unwrap_or("{}"))?;
     let arguments = RawArguments::new(args, kwargs).map_err(|error| Fatal::Usage(error.to_string()))?;
     let shard = job_shard();
     let delivery = Delivery {
@@ -254,6 +254,11 @@ async fn execute_once<S: ExecutionStore>(store: Arc<S>, resources: Resources, de
 fn trace_parent() -> Option<opentelemetry::Context> {
     let traceparent = std::env::var("TRACEPARENT").ok()?;
     propagation::from_traceparent(&traceparent, std::env::var("TRACESTATE").ok().as_deref())
+}
+
+/// Empty counts as unset, as for every other variable.
+fn given(text: Option<&str>) -> Option<&str> {
+    text.filter(|text| !text.trim().is_empty())
 }
 
 fn raw_json<'a>(flag: &str, text: &'a str) -> Result<&'a RawValue, Fatal> {

@@ -35,15 +35,17 @@ pub(crate) enum Wrapping {
 }
 
 impl Wrapping {
-    /// Read from the headers, before the body: a CloudEvent that does not
-    /// carry a Pub/Sub message is refused unread.
+    /// Read from the headers, before the body: a binary CloudEvent that does
+    /// not carry a Pub/Sub message is refused unread.
     pub(crate) fn of(headers: &HeaderMap) -> Result<Self, Answer> {
         let text = |name: &str| headers.get(name).map(|value| value.to_str().unwrap_or_default());
         if let Some(version) = text("ce-specversion") {
             check_event(version, text("ce-type").unwrap_or_default())?;
             return Ok(Self::CloudEventBinary);
         }
-        let structured = text("content-type").is_some_and(|kind| kind.starts_with("application/cloudevents+json"));
+        let structured = text("content-type").is_some_and(|kind| {
+            kind.get(..28).is_some_and(|prefix| prefix.eq_ignore_ascii_case("application/cloudevents+json"))
+        });
         Ok(if structured { Self::CloudEventStructured } else { Self::Push })
     }
 }

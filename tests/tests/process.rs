@@ -251,6 +251,11 @@ async fn run_exits_0_on_success_1_on_failure_and_2_on_bad_usage() {
     assert_eq!(support::row(&db, "exec-abc-3").await.expect("row exec-abc-3").0, "SUCCESSFUL");
 }
 
+/// `env` without `TASK_KWARGS`, for a task that takes none.
+fn sharded_env_with<'a>(env: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    env.iter().copied().filter(|(name, _)| *name != "TASK_KWARGS").collect()
+}
+
 #[tokio::test]
 async fn a_job_takes_its_arguments_from_task_args_and_task_kwargs_and_knows_its_shard() {
     let db = TestDb::new().await;
@@ -268,12 +273,19 @@ async fn a_job_takes_its_arguments_from_task_args_and_task_kwargs_and_knows_its_
     assert_exit(&run_app(&flagged, &env).await, 0, "run echo --kwargs");
     assert_eq!(support::row(&db, "flagged").await.expect("row flagged").3, Some(json!({"from": "the flag"})));
 
-    let sharded_env: Vec<_> = env.iter().copied().filter(|(name, _)| *name != "TASK_KWARGS").collect();
-    let output = run_app(&["run", "shard", "--task-id", "sharded"], &sharded_env).await;
+    let output = run_app(&["run", "shard", "--task-id", "sharded"], &sharded_env_with(&env)).await;
     assert_exit(&output, 0, "run shard");
     let (.., value) = support::row(&db, "sharded").await.expect("the shard's row");
     assert_eq!(value, Some(json!({"index": 2, "count": 5, "attempt": 0})));
 
+    // Empty is unset, as for every variable.
+    env.push(("TASK_ARGS", ""));
+    assert_exit(
+        &run_app(&["run", "noop", "--task-id", "empty-args"], &sharded_env_with(&env)).await,
+        0,
+        "empty TASK_ARGS",
+    );
+    env.pop();
     env.push(("TASK_ARGS", "[1,"));
     let output = run_app(&["run", "noop", "--task-id", "never"], &env).await;
     assert_exit(&output, 2, "run with TASK_ARGS that is not JSON");

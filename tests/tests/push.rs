@@ -494,6 +494,11 @@ async fn a_chunked_body_over_the_limit_is_refused_with_413() {
     );
 }
 
+async fn body_of(request: &mut http::Request<http_body_util::Full<bytes::Bytes>>) -> bytes::Bytes {
+    use http_body_util::BodyExt as _;
+    std::mem::take(request.body_mut()).collect().await.unwrap().to_bytes()
+}
+
 fn payload(task_id: &str, task_name: &str, kwargs: serde_json::Value) -> String {
     json!({"task_id": task_id, "task_name": task_name, "args": [], "kwargs": kwargs}).to_string()
 }
@@ -546,13 +551,16 @@ async fn cloud_events_that_are_not_pubsub_messages_are_refused() {
     old.headers_mut().insert("ce-specversion", "0.3".parse().unwrap());
     assert_eq!(support::request(server.addr, old).await.status, 400);
 
-    let request = http::Request::post("/")
-        .header("host", "localhost")
-        .header("content-type", "application/cloudevents+json")
-        .body(http_body_util::Full::new(r#"{"specversion": "1.0", "type": "x", "data": {}}"#.into()))
-        .unwrap();
-    let reply = support::request(server.addr, request).await;
+    // Structured: a well-formed envelope under another type is still refused.
+    let mut structured = support::cloud_event_structured("/", &payload("typed", "count", json!({})), "ce-5");
+    let mut event: serde_json::Value = serde_json::from_slice(&body_of(&mut structured).await).unwrap();
+    event["type"] = json!("google.cloud.storage.object.v1.finalized");
+    *structured.body_mut() = http_body_util::Full::new(event.to_string().into());
+    structured.headers_mut().insert("content-type", "Application/CloudEvents+JSON".parse().unwrap());
+    let reply = support::request(server.addr, structured).await;
     assert_eq!(reply.status, 400, "{}", reply.body);
+    assert!(reply.body.contains("google.cloud.storage.object.v1.finalized"), "{}", reply.body);
+    assert!(row(&db, "typed").await.is_none());
     assert_eq!(runs.get(), 0);
     assert!(row(&db, "storage").await.is_none() && row(&db, "old").await.is_none());
 }

@@ -188,8 +188,10 @@ async fn a_push_is_a_server_span_over_a_consumer_span_over_the_store_calls() {
         assert_eq!(text(store_call, "db.system.name"), "postgresql");
         assert_eq!(text(store_call, "db.operation.name"), operation);
         assert_eq!(text(store_call, "db.collection.name"), "task_executions");
-        assert_eq!(text(store_call, "server.address"), "127.0.0.1");
-        assert_eq!(text(store_call, "server.port"), "5432");
+        let server: tokio_postgres::Config = support::admin_url().parse().unwrap();
+        let tokio_postgres::config::Host::Tcp(host) = &server.get_hosts()[0] else { panic!("a TCP host") };
+        assert_eq!(&text(store_call, "server.address"), host);
+        assert_eq!(text(store_call, "server.port"), server.get_ports()[0].to_string());
         assert_eq!(store_call.status, Status::Unset);
     }
     // Arguments and SQL parameters stay in the database.
