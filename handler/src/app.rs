@@ -142,7 +142,8 @@ impl<S: ExecutionStore> App<S> {
         };
         // Refused before the body names a trace: the caller's goes on.
         propagation::continue_trace(span, None, caller);
-        span.in_scope(|| refusal.answer())
+        span.in_scope(|| refusal.log());
+        refusal.answer()
     }
 }
 
@@ -177,22 +178,26 @@ enum Refusal {
 }
 
 impl Refusal {
-    /// The answer, logged where there is something to say.
-    fn answer(self) -> Answer {
+    /// One line saying why, where there is something to say.
+    fn log(&self) {
         match self {
             Self::Forbidden(rejection) => {
                 tracing::warn!(failed_check = rejection.check(), detail = ?rejection.detail(), "push rejected");
-                Answer::new(StatusCode::FORBIDDEN, "forbidden")
             }
-            Self::NoKeys => {
-                tracing::warn!("push not verified: the issuer's keys are not available yet");
-                Answer::new(StatusCode::SERVICE_UNAVAILABLE, "cannot verify tokens yet; retry")
-            }
-            Self::Draining => Answer::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down; retry"),
+            Self::NoKeys => tracing::warn!("push not verified: the issuer's keys are not available yet"),
+            Self::Draining => {}
             Self::Body(answer) => {
                 tracing::warn!(status = answer.status.as_u16(), reason = %answer.body, "push refused unread");
-                answer
             }
+        }
+    }
+
+    fn answer(self) -> Answer {
+        match self {
+            Self::Forbidden(_) => Answer::new(StatusCode::FORBIDDEN, "forbidden"),
+            Self::NoKeys => Answer::new(StatusCode::SERVICE_UNAVAILABLE, "cannot verify tokens yet; retry"),
+            Self::Draining => Answer::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down; retry"),
+            Self::Body(answer) => answer,
         }
     }
 }
