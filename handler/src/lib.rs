@@ -10,6 +10,9 @@
 
 mod app;
 mod auth;
+#[cfg(feature = "bench")]
+#[doc(hidden)]
+pub mod bench;
 mod cli;
 mod config;
 mod context;

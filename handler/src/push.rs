@@ -74,7 +74,7 @@ struct StructuredEvent<'a> {
 /// What Pub/Sub posts. Fields it sends twice (`message_id` beside
 /// `messageId`) are read once; unknown fields are ignored.
 #[derive(Debug, Deserialize)]
-struct PushEnvelope<'a> {
+pub(crate) struct PushEnvelope<'a> {
     #[serde(borrow)]
     message: PushedMessage<'a>,
     #[serde(default)]
@@ -106,6 +106,12 @@ struct TraceAttributes<'a> {
     tracestate: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     googclient_traceparent: Option<Cow<'a, str>>,
+}
+
+impl PushEnvelope<'_> {
+    pub(crate) fn message_id(&self) -> &str {
+        &self.message.message_id
+    }
 }
 
 impl PushedMessage<'_> {
@@ -196,7 +202,7 @@ async fn deliver<S: ExecutionStore>(
 }
 
 /// The envelope and its decoded data, or the 400 that says what is wrong.
-fn decode(wrapping: Wrapping, body: &[u8]) -> Result<(PushEnvelope<'_>, Vec<u8>), Answer> {
+pub(crate) fn decode(wrapping: Wrapping, body: &[u8]) -> Result<(PushEnvelope<'_>, Vec<u8>), Answer> {
     let envelope = match wrapping {
         Wrapping::Push | Wrapping::CloudEventBinary => serde_json::from_slice(body)
             .map_err(|error| Answer::bad_request(format_args!("not a Pub/Sub push envelope: {error}")))?,

@@ -1,0 +1,23 @@
+//! Entry points for the workspace's micro-benchmarks into code that is
+//! otherwise private: the pure part of a push (envelope, payload, route) and
+//! token verification. Built only with the `bench` feature; not an API.
+
+use http::HeaderMap;
+use whirligig_registry::{ReceivedMessage, Registry};
+
+use crate::auth::PushAuth;
+use crate::push::{Wrapping, decode};
+
+/// Decodes a push body as the endpoint does, parses its payload and finds
+/// its route; the execution id's length, or `None` for a body that fails.
+pub fn decode_push(registry: &Registry, body: &[u8]) -> Option<usize> {
+    let (envelope, data) = decode(Wrapping::Push, body).ok()?;
+    let message = ReceivedMessage::parse(&data).ok()?;
+    registry.get(message.task_name())?;
+    Some(message.execution_id(envelope.message_id()).len())
+}
+
+/// Whether `auth` lets a request with these headers through.
+pub async fn verify(auth: &PushAuth, headers: &HeaderMap) -> bool {
+    auth.check(headers).await.is_ok()
+}
