@@ -13,7 +13,7 @@ COPY handler/Cargo.toml handler/
 COPY tests/Cargo.toml tests/
 RUN mkdir -p registry/src handler/src tests/src tests/benches \
  && touch registry/src/lib.rs handler/src/lib.rs \
- && for main in handler/src/main.rs tests/src/main.rs tests/benches/push.rs tests/benches/telemetry.rs tests/benches/hot_path.rs; do \
+ && for main in handler/src/main.rs tests/src/main.rs tests/benches/push.rs tests/benches/telemetry.rs tests/benches/hot_path.rs tests/src/bench_helper.rs; do \
       echo 'fn main() {}' > "$main"; \
     done \
  && RUSTFLAGS="-C target-feature=+crt-static" cargo build --locked --release \

@@ -17,6 +17,11 @@ pub fn decode_push(registry: &Registry, body: &[u8]) -> Option<usize> {
     Some(message.execution_id(envelope.message_id()).len())
 }
 
+/// The SQL of the store's claim and finish, as prepared on every connection.
+pub fn claim_and_finish() -> (&'static str, &'static str) {
+    crate::store::claim_and_finish()
+}
+
 /// Whether `auth` lets a request with these headers through.
 pub async fn verify(auth: &PushAuth, headers: &HeaderMap) -> bool {
     auth.check(headers).await.is_ok()

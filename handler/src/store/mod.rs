@@ -17,6 +17,8 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 pub use self::memory::MemoryStore;
+#[cfg(feature = "bench")]
+pub(crate) use self::postgres::claim_and_finish;
 pub use self::postgres::migrate;
 pub use self::postgres::{Connector, DbConnection, PgConnection, PostgresStore};
 
