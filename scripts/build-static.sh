@@ -23,8 +23,10 @@ built=target/static-build/$target/release/$bin
 RUSTFLAGS="-C target-feature=+crt-static" \
     cargo build --locked --release --target "$target" --target-dir target/static-build -p "$package" --bin "$bin"
 mkdir -p target/static
-cp "$built" "target/static/$bin"
 out=target/static/$bin
+# Replaced, not overwritten: a copy still running keeps its file.
+cp "$built" "$out.new"
+mv -f "$out.new" "$out"
 
 description=$(file --brief "$out")
 case "$description" in

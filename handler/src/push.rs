@@ -169,7 +169,7 @@ async fn deliver<S: ExecutionStore>(
     envelope: &PushEnvelope<'_>,
     data: &[u8],
 ) -> Answer {
-    let message_id = envelope.message.message_id.as_ref();
+    let message_id = envelope.message_id();
     let message = match ReceivedMessage::parse(data) {
         Ok(message) => message,
         Err(error) => {

@@ -5,7 +5,7 @@
 //!
 //!   whirligig-bench ceiling-http PORT
 //!   whirligig-bench issuer ENV_FILE          (writes the settings and a token, then serves)
-//!   whirligig-bench bodies TASK COUNT FILE   (one push body per line)
+//!   whirligig-bench bodies TASK COUNT FILE [KWARGS]   (one push body per line)
 //!   whirligig-bench pgbench-script FILE
 
 #[path = "../tests/support/issuer.rs"]
@@ -30,7 +30,8 @@ async fn main() -> ExitCode {
     let done = match args.as_slice() {
         ["ceiling-http", port] => ceiling_http(port).await,
         ["issuer", env_file] => serve_issuer(env_file).await,
-        ["bodies", task, count, file] => bodies(task, count, file),
+        ["bodies", task, count, file] => bodies(task, count, file, "{}"),
+        ["bodies", task, count, file, kwargs] => bodies(task, count, file, kwargs),
         ["pgbench-script", file] => pgbench_script(file),
         _ => Err(
             "usage: whirligig-bench ceiling-http PORT | issuer ENV_FILE | bodies TASK COUNT FILE | pgbench-script FILE"
@@ -85,11 +86,13 @@ async fn serve_issuer(env_file: &str) -> Done {
     Ok(())
 }
 
-/// `count` push bodies of `task`, one per line, each with its own task id.
-fn bodies(task: &str, count: &str, file: &str) -> Done {
+/// `count` push bodies of `task` with `kwargs`, one per line, each with its own task id.
+fn bodies(task: &str, count: &str, file: &str, kwargs: &str) -> Done {
+    let kwargs: serde_json::Value = serde_json::from_str(kwargs)?;
     let mut out = std::io::BufWriter::new(std::fs::File::create(file)?);
     for n in 0..count.parse::<u64>()? {
-        let payload = serde_json::json!({"task_id": format!("bench-{n}"), "task_name": task, "args": [], "kwargs": {}});
+        let payload =
+            serde_json::json!({"task_id": format!("bench-{n}"), "task_name": task, "args": [], "kwargs": kwargs});
         let data = base64::engine::general_purpose::STANDARD.encode(payload.to_string());
         let envelope = serde_json::json!({
             "message": {"data": data, "messageId": format!("{n}")},

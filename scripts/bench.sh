@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# Every load scenario in one run, against the static release binary, with oha
+# (installed if missing): 50 connections, a warm-up, then DURATION each; all
+# traffic to 127.0.0.1; every process started here is stopped on exit.
+# Prints requests/s, p50, p99, errors and the server's peak RSS for each
+# scenario, and its ratio to the ceiling it is measured against.
+#
+#   scripts/bench.sh                 # DURATION=10s WARMUP=2s
+#   DURATION=15s scripts/bench.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/postgres.sh
+
+DURATION=${DURATION:-10s}
+WARMUP=${WARMUP:-2s}
+CONNECTIONS=50
+POOL_SIZE=10
+
+ensure_postgres
+command -v oha > /dev/null || { say "installing oha"; cargo install --locked oha; }
+say "building"
+scripts/build-static.sh > /dev/null
+cargo build --locked --release -q -p whirligig-tests --bin whirligig-bench
+binary=target/static/whirligig
+helper=target/release/whirligig-bench
+
+work=$(mktemp -d)
+database=whirligig_bench
+export PGOPTIONS="-c client_min_messages=warning"
+servers=()
+cleanup() {
+    for pid in "${servers[@]}"; do kill "$pid" 2> /dev/null || true; done
+    wait 2> /dev/null || true
+    psql "$(admin_url)" -qc "drop database if exists $database with (force)" > /dev/null 2>&1 || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# start NAME PORT COMMAND... : runs COMMAND in the background, waits for PORT.
+start() {
+    local name=$1 port=$2
+    shift 2
+    "$@" > "$work/$name.log" 2>&1 &
+    server=$!
+    servers+=("$server")
+    for _ in $(seq 1 200); do
+        (exec 3<> "/dev/tcp/127.0.0.1/$port") 2> /dev/null && return
+        kill -0 "$server" 2> /dev/null || { cat "$work/$name.log" >&2; echo "bench: $name exited" >&2; exit 1; }
+        sleep 0.05
+    done
+    echo "bench: $name did not listen on $port" >&2
+    exit 1
+}
+
+stop() { kill "$server" 2> /dev/null || true; wait "$server" 2> /dev/null || true; }
+
+fresh_database() {
+    psql "$(admin_url)" -qc "drop database if exists $database with (force)" -c "create database $database" > /dev/null
+    DATABASE_URL=$(database_url $database) "$binary" migrate > /dev/null
+}
+
+# load NAME CEILING PORT [oha arguments]: a warm-up, then the measured run;
+# records oha's summary and the server's peak RSS.
+load() {
+    local name=$1 ceiling=$2 port=$3
+    shift 3
+    local url="http://127.0.0.1:$port/tasks/pubsub/"
+    oha --no-tui -w -z "$WARMUP" -c "$CONNECTIONS" -m POST -T application/json --output-format json "$@" "$url" \
+        > "$work/$name.warmup.json"
+    oha --no-tui -w -z "$DURATION" -c "$CONNECTIONS" -m POST -T application/json --output-format json "$@" "$url" \
+        > "$work/$name.json"
+    local rss
+    rss=$(awk '/VmHWM/ { print $2 }' "/proc/$server/status")
+    echo "$name $ceiling $rss" >> "$work/runs"
+}
+
+
+say "ceiling-http: a bare hyper server"
+port=$(free_port)
+start ceiling-http "$port" "$helper" ceiling-http "$port"
+noop_bodies=$work/noop.bodies
+"$helper" bodies noop 400000 "$noop_bodies"
+load ceiling-http - "$port" -Z "$noop_bodies"
+stop
+
+say "noop-memory: dev, in-memory store, no auth"
+port=$(free_port)
+start noop-memory "$port" env -i PORT="$port" RUST_LOG=warn "$binary" serve
+load noop-memory ceiling-http "$port" -Z "$noop_bodies"
+stop
+
+say "ceiling-db: pgbench running the store's claim and finish, $POOL_SIZE clients"
+fresh_database
+"$helper" pgbench-script "$work/claim-finish.sql"
+pgbench -n -M prepared -c "$POOL_SIZE" -j 2 -T "${DURATION%s}" -f "$work/claim-finish.sql" "$(database_url $database)" \
+    > "$work/ceiling-db.txt"
+
+# Production: PostgreSQL tracking, tokens verified against a loopback issuer.
+"$helper" issuer "$work/issuer.env" &
+servers+=("$!")
+for _ in $(seq 1 100); do [ -s "$work/issuer.env" ] && break; sleep 0.05; done
+# shellcheck disable=SC1091
+source "$work/issuer.env"
+# exec: the server is this background job itself, so stop and RSS reach it.
+production() {
+    exec env -i PORT="$1" RUST_LOG=warn TASKS_ENVIRONMENT=bench GCP_PROJECT_ID=bench \
+        CLOUD_RUN_SERVICE_URL="$TASKS_OIDC_AUDIENCE" TASKS_SERVICE_ACCOUNT="$TASKS_SERVICE_ACCOUNT" \
+        TASKS_OIDC_ISSUER="$TASKS_OIDC_ISSUER" TASKS_OIDC_JWKS_URL="$TASKS_OIDC_JWKS_URL" \
+        TASKS_OIDC_AUDIENCE="$TASKS_OIDC_AUDIENCE" OTEL_TRACES_EXPORTER=none \
+        DATABASE_URL="$(database_url $database)" DATABASE_POOL_SIZE="${2:-$POOL_SIZE}" "$binary" serve
+}
+
+say "noop-postgres-oidc: production, unique task ids"
+fresh_database
+port=$(free_port)
+start noop-postgres-oidc "$port" production "$port"
+load noop-postgres-oidc ceiling-db "$port" -H "Authorization: Bearer $TOKEN" -Z "$noop_bodies"
+psql "$(database_url $database)" -Atc "select count(*) from task_executions" > "$work/noop-postgres-oidc.rows"
+stop
+
+say "duplicate: one message over and over (a redelivery storm)"
+port=$(free_port)
+start duplicate "$port" production "$port"
+head -n 1 "$noop_bodies" > "$work/one.body"
+load duplicate ceiling-http "$port" -H "Authorization: Bearer $TOKEN" -D "$work/one.body"
+stop
+
+say "pool-exhausted: pool of 2, a task holding its connection 50 ms, 200 connections"
+fresh_database
+"$helper" bodies sleep 200000 "$work/sleep.bodies" '{"ms": 50, "hold_db": true}'
+port=$(free_port)
+start pool-exhausted "$port" production "$port" 2
+CONNECTIONS=200 load pool-exhausted - "$port" -H "Authorization: Bearer $TOKEN" -Z "$work/sleep.bodies"
+stop
+
+say "cold-start"
+python3 scripts/cold_start.py "$binary" "$(database_url $database)" 10 > "$work/cold-start.txt"
+
+python3 scripts/bench_report.py "$work"
