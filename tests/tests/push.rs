@@ -564,3 +564,30 @@ async fn cloud_events_that_are_not_pubsub_messages_are_refused() {
     assert_eq!(runs.get(), 0);
     assert!(row(&db, "storage").await.is_none() && row(&db, "old").await.is_none());
 }
+
+#[tokio::test]
+async fn an_instance_answers_redeliveries_of_what_ended_here_without_the_database() {
+    let db = TestDb::new().await;
+    let runs = Runs::default();
+    let server = postgres_server(&db, registry(&runs), 4).await;
+    assert_eq!(server.push(task("remembered", "count", json!({}))).await.status, 200);
+    let doomed = server.push(task("doomed", "permanent", json!({}))).await;
+    assert_eq!(doomed.status, 400, "{}", doomed.body);
+    // The first redelivery of a permanent failure learns it from the database.
+    assert_eq!(server.push(task("doomed", "permanent", json!({}))).await.status, 400);
+
+    // With the rows gone, only the instance's memory can answer.
+    db.client().await.batch_execute("delete from task_executions").await.unwrap();
+    let again = server.push(task("remembered", "count", json!({}))).await;
+    assert_eq!((again.status, again.body.as_str()), (200, "ok: already succeeded, not run again"));
+    let again = server.push(task("doomed", "permanent", json!({}))).await;
+    assert_eq!(again.status, 400, "{}", again.body);
+    assert!(again.body.contains("already failed permanently"), "{}", again.body);
+    assert_eq!(runs.get(), 1, "the task ran once");
+    assert!(row(&db, "remembered").await.is_none() && row(&db, "doomed").await.is_none(), "no round trip was made");
+
+    // Another instance has no such memory: it asks the database.
+    let other = postgres_server(&db, registry(&runs), 4).await;
+    assert_eq!(other.push(task("remembered", "count", json!({}))).await.status, 200);
+    assert_eq!(runs.get(), 2);
+}

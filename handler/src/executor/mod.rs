@@ -4,6 +4,7 @@
 //! statuses nor exit codes are decided here. Each delivery is reported in a
 //! span and a log line ([`report`]).
 
+mod ended;
 mod report;
 
 use std::any::Any;
@@ -20,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, Span};
 use whirligig_registry::{ArgumentError, JobShard, RawArguments, Retry, Route, TaskContext, TaskError, TaskOutput};
 
+use self::ended::Ended;
 pub(crate) use self::report::Executed;
 use crate::context::Resources;
 use crate::store::{Claim, ClaimRequest, Ending, ExecutionStore, Finished, StoreError};
@@ -86,11 +88,12 @@ pub(crate) struct Executor<S> {
     store: Arc<S>,
     resources: Arc<Resources>,
     shutdown: CancellationToken,
+    ended: Ended,
 }
 
 impl<S: ExecutionStore> Executor<S> {
     pub(crate) fn new(store: Arc<S>, resources: Arc<Resources>, shutdown: CancellationToken) -> Self {
-        Self { store, resources, shutdown }
+        Self { store, resources, shutdown, ended: Ended::default() }
     }
 
     pub(crate) fn store(&self) -> &S {
@@ -103,7 +106,15 @@ impl<S: ExecutionStore> Executor<S> {
         let parent = delivery.trace_parent.take();
         let span = report::span(&delivery, parent);
         let started = Instant::now();
-        let outcome = self.deliver(&delivery, &span).instrument(span.clone()).await;
+        // A redelivery of an execution that ended here for good needs no round trip.
+        let outcome = match self.ended.outcome(&delivery.task_id) {
+            Some(outcome) => outcome,
+            None => {
+                let outcome = self.deliver(&delivery, &span).instrument(span.clone()).await;
+                self.ended.remember(&delivery.task_id, &outcome);
+                outcome
+            }
+        };
         Executed { outcome, span, started }
     }
 

@@ -1,0 +1,105 @@
+//! The executions this instance has seen end for good — succeeded, or failed
+//! permanently — so a redelivery of one is answered from memory, without a
+//! round trip to the store. Such an ending never changes, so a remembered one
+//! is never stale; the set is bounded and forgets the oldest first.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use super::Outcome;
+
+/// How many endings an instance remembers: a few megabytes at most.
+const CAPACITY: usize = 65_536;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    Succeeded,
+    FailedPermanently,
+}
+
+#[derive(Debug)]
+pub(super) struct Ended {
+    capacity: usize,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    endings: HashMap<Arc<str>, Ending>,
+    order: VecDeque<Arc<str>>,
+}
+
+impl Default for Ended {
+    fn default() -> Self {
+        Self::with_capacity(CAPACITY)
+    }
+}
+
+impl Ended {
+    fn with_capacity(capacity: usize) -> Self {
+        Self { capacity, inner: Mutex::default() }
+    }
+
+    /// The answer for a redelivery of `task_id`, if it is known to have ended.
+    pub(super) fn outcome(&self, task_id: &str) -> Option<Outcome> {
+        match self.lock().endings.get(task_id)? {
+            Ending::Succeeded => Some(Outcome::Duplicate),
+            Ending::FailedPermanently => Some(Outcome::AlreadyFailed),
+        }
+    }
+
+    /// Remembers `task_id` if `outcome` says it ended for good.
+    pub(super) fn remember(&self, task_id: &str, outcome: &Outcome) {
+        let ending = match outcome {
+            Outcome::Succeeded | Outcome::Duplicate => Ending::Succeeded,
+            Outcome::AlreadyFailed => Ending::FailedPermanently,
+            _ => return,
+        };
+        let mut inner = self.lock();
+        if inner.endings.contains_key(task_id) {
+            return;
+        }
+        if inner.order.len() == self.capacity {
+            if let Some(oldest) = inner.order.pop_front() {
+                inner.endings.remove(&oldest);
+            }
+        }
+        let task_id: Arc<str> = task_id.into();
+        inner.endings.insert(Arc::clone(&task_id), ending);
+        inner.order.push_back(task_id);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // The map is consistent after every statement: a poisoned lock is still usable.
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_final_endings_are_remembered_and_answered() {
+        let ended = Ended::default();
+        ended.remember("ran", &Outcome::Succeeded);
+        ended.remember("seen-done", &Outcome::Duplicate);
+        ended.remember("doomed", &Outcome::AlreadyFailed);
+        ended.remember("retrying", &Outcome::Failed { message: "x".into(), retry: true });
+        ended.remember("busy", &Outcome::InProgress);
+        assert!(matches!(ended.outcome("ran"), Some(Outcome::Duplicate)));
+        assert!(matches!(ended.outcome("seen-done"), Some(Outcome::Duplicate)));
+        assert!(matches!(ended.outcome("doomed"), Some(Outcome::AlreadyFailed)));
+        assert!(ended.outcome("retrying").is_none() && ended.outcome("busy").is_none());
+    }
+
+    #[test]
+    fn the_oldest_is_forgotten_first() {
+        let ended = Ended::with_capacity(2);
+        for task_id in ["a", "b", "a", "c"] {
+            ended.remember(task_id, &Outcome::Succeeded);
+        }
+        assert!(ended.outcome("a").is_none(), "a was the oldest");
+        assert!(ended.outcome("b").is_some() && ended.outcome("c").is_some());
+    }
+}
