@@ -59,10 +59,10 @@ impl Ended {
         if inner.endings.contains_key(task_id) {
             return;
         }
-        if inner.order.len() == self.capacity {
-            if let Some(oldest) = inner.order.pop_front() {
-                inner.endings.remove(&oldest);
-            }
+        if inner.order.len() == self.capacity
+            && let Some(oldest) = inner.order.pop_front()
+        {
+            inner.endings.remove(&oldest);
         }
         let task_id: Arc<str> = task_id.into();
         inner.endings.insert(Arc::clone(&task_id), ending);
