@@ -16,16 +16,18 @@ use serde_json::Value;
 use tokio_postgres::config::Host;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Json;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_postgres::{Client, Config, NoTls, Statement};
 use tracing::field::Empty;
 use tracing::{Instrument as _, Span};
 
 use super::{ABANDONED, Claim, ClaimRequest, Ending, Execution, ExecutionStore, Finished, Status, StoreError};
 
-/// Connections kept aside for finishes, so a busy pool cannot starve them.
+/// Connections claims and tasks can never take all of, so a busy pool cannot
+/// starve a finish. Finishes may use any idle connection of the pool.
 const FINISH_RESERVE: u32 = 2;
 
-/// How long a finish waits for a reserved connection. Below the smallest
+/// How long a finish waits for a connection. Below the smallest
 /// margin between a route's timeout and its lease (5 s), so a finish either
 /// lands before another delivery may take the execution over, or gives up.
 const FINISH_WAIT: Duration = Duration::from_secs(4);
@@ -225,12 +227,14 @@ fn classify(error: tokio_postgres::Error) -> StoreError {
     if io || error.is_closed() { StoreError::Unavailable(message) } else { StoreError::Database(message) }
 }
 
-/// Executions in PostgreSQL, through a bb8 pool shared with the tasks, and
-/// a small reserve of connections that only finishes use.
+/// Executions in PostgreSQL, through a bb8 pool shared with the tasks. Claims
+/// and tasks hold a place among `size` while they use a connection; the pool
+/// has [`FINISH_RESERVE`] more, so finishes always find one, and use any that
+/// is idle.
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: Pool<Connector>,
-    reserve: Pool<Connector>,
+    places: Arc<Semaphore>,
     pool_timeout: Duration,
     failures: LastConnectFailure,
     peer: Arc<Peer>,
@@ -259,43 +263,58 @@ impl Peer {
     }
 }
 
-/// A pooled connection for a task; it goes back to the pool when dropped.
-pub type DbConnection = PooledConnection<'static, Connector>;
+/// A pooled connection for a task (or a claim); dropped, it goes back to the
+/// pool and gives up its place among the claims'.
+#[derive(Debug)]
+pub struct DbConnection {
+    connection: PooledConnection<'static, Connector>,
+    _place: OwnedSemaphorePermit,
+}
+
+impl std::ops::Deref for DbConnection {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        &self.connection
+    }
+}
 
 impl PostgresStore {
-    /// A pool of at most `size` connections to `url`, each get waiting at most
-    /// `pool_timeout`, plus [`FINISH_RESERVE`] connections kept for finishes.
-    /// Connections open in the background: nothing here waits for the server.
+    /// A pool of `size` connections to `url` for claims and tasks, each waiting
+    /// at most `pool_timeout`, plus [`FINISH_RESERVE`] that only finishes can
+    /// count on. Connections open in the background: nothing here waits for
+    /// the server.
     pub fn new(url: &str, size: u32, pool_timeout: Duration) -> Result<Self, StoreError> {
         let mut config = parse_url(url)?;
         config.connect_timeout(CONNECT_TIMEOUT).tcp_user_timeout(TCP_USER_TIMEOUT);
         let failures = LastConnectFailure::default();
         let peer = Arc::new(Peer::of(&config));
         let pool = Pool::builder()
-            .max_size(size)
-            .min_idle(Some(1))
-            .connection_timeout(pool_timeout)
+            .max_size(size + FINISH_RESERVE)
+            .min_idle(Some(1 + FINISH_RESERVE))
+            // A finish's wait; claims and tasks wait `pool_timeout` in all.
+            .connection_timeout(FINISH_WAIT)
             .retry_connection(false)
             .test_on_check_out(false)
             .error_sink(Box::new(failures.clone()))
-            .build_unchecked(Connector { config: config.clone() });
-        let reserve = Pool::builder()
-            .max_size(FINISH_RESERVE)
-            .min_idle(Some(FINISH_RESERVE))
-            .connection_timeout(FINISH_WAIT)
-            .test_on_check_out(false)
-            .error_sink(Box::new(failures.clone()))
             .build_unchecked(Connector { config });
-        Ok(Self { pool, reserve, pool_timeout, failures, peer })
+        let places = Arc::new(Semaphore::new(usize::try_from(size).unwrap_or(usize::MAX)));
+        Ok(Self { pool, places, pool_timeout, failures, peer })
     }
 
     /// A connection within the pool timeout, or why there is none.
     pub async fn connection(&self) -> Result<DbConnection, StoreError> {
         let start = Instant::now();
-        self.pool.get_owned().await.map_err(|error| match error {
-            RunError::User(error) => classify_connect(error),
-            RunError::TimedOut => self.why_none(start),
-        })
+        let busy = StoreError::PoolTimeout(self.pool_timeout);
+        let waiting = tokio::time::timeout(self.pool_timeout, Arc::clone(&self.places).acquire_owned());
+        // The semaphore is never closed.
+        let place = waiting.await.map_err(|_| busy.clone())?.map_err(|_| busy)?;
+        let remaining = self.pool_timeout.saturating_sub(start.elapsed());
+        match tokio::time::timeout(remaining, self.pool.get_owned()).await {
+            Ok(Ok(connection)) => Ok(DbConnection { connection, _place: place }),
+            Ok(Err(RunError::User(error))) => Err(classify_connect(error)),
+            Ok(Err(RunError::TimedOut)) | Err(_) => Err(self.why_none(start)),
+        }
     }
 
     /// With connections open, a timeout means they were all busy; with none,
@@ -309,9 +328,11 @@ impl PostgresStore {
         })
     }
 
-    async fn reserved_connection(&self) -> Result<PooledConnection<'_, Connector>, StoreError> {
+    /// A connection for a finish: any idle one, and never fewer than
+    /// [`FINISH_RESERVE`] to wait for.
+    async fn finish_connection(&self) -> Result<PooledConnection<'_, Connector>, StoreError> {
         let start = Instant::now();
-        self.reserve.get().await.map_err(|error| match error {
+        self.pool.get().await.map_err(|error| match error {
             RunError::User(error) => classify_connect(error),
             RunError::TimedOut => self.failures.since(start).unwrap_or(StoreError::PoolTimeout(FINISH_WAIT)),
         })
@@ -432,7 +453,7 @@ impl PostgresStore {
     }
 
     async fn finish_row(&self, task_id: &str, attempt: u32, ending: Ending<'_>) -> Result<Finished, StoreError> {
-        let connection = self.reserved_connection().await?;
+        let connection = self.finish_connection().await?;
         let attempt = i32::try_from(attempt).unwrap_or(i32::MAX);
         let (status, return_value, message, traceback, permanent) = match ending {
             Ending::Succeeded { return_value } => (Status::Successful, Some(Json(return_value)), None, None, false),
