@@ -105,11 +105,12 @@ for _ in $(seq 1 100); do [ -s "$work/issuer.env" ] && break; sleep 0.05; done
 source "$work/issuer.env"
 # exec: the server is this background job itself, so stop and RSS reach it.
 production() {
+    local database_url=${3:-$(database_url $database)}
     exec env -i PORT="$1" RUST_LOG=warn TASKS_ENVIRONMENT=bench GCP_PROJECT_ID=bench \
         CLOUD_RUN_SERVICE_URL="$TASKS_OIDC_AUDIENCE" TASKS_SERVICE_ACCOUNT="$TASKS_SERVICE_ACCOUNT" \
         TASKS_OIDC_ISSUER="$TASKS_OIDC_ISSUER" TASKS_OIDC_JWKS_URL="$TASKS_OIDC_JWKS_URL" \
         TASKS_OIDC_AUDIENCE="$TASKS_OIDC_AUDIENCE" OTEL_TRACES_EXPORTER=none \
-        DATABASE_URL="$(database_url $database)" DATABASE_POOL_SIZE="${2:-$POOL_SIZE}" "$binary" serve
+        DATABASE_URL="$database_url" DATABASE_POOL_SIZE="${2:-$POOL_SIZE}" "$binary" serve
 }
 
 say "noop-postgres-oidc: production, unique task ids"
@@ -134,6 +135,18 @@ port=$(free_port)
 start pool-exhausted "$port" production "$port" 2
 CONNECTIONS=200 load pool-exhausted - "$port" -H "Authorization: Bearer $TOKEN" -Z "$work/sleep.bodies"
 stop
+
+# netem would add the latency in the kernel; where it is missing (as in this
+# project's sandbox), a userspace proxy holds each chunk to the server 1 ms.
+say "cloudsql-latency: production, every database round trip at least 1 ms longer"
+fresh_database
+proxy_port=$(free_port)
+start delay-proxy "$proxy_port" "$helper" delay-proxy "$proxy_port" "$PG_PORT" 1
+port=$(free_port)
+start cloudsql-latency "$port" production "$port" "$POOL_SIZE" "postgres://postgres@127.0.0.1:$proxy_port/$database"
+load cloudsql-latency - "$port" -H "Authorization: Bearer $TOKEN" -Z "$noop_bodies"
+stop
+echo "$POOL_SIZE" > "$work/cloudsql-latency.pool"
 
 say "cold-start"
 python3 scripts/cold_start.py "$binary" "$(database_url $database)" 10 > "$work/cold-start.txt"

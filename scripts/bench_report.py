@@ -57,6 +57,12 @@ def main():
                    for run in ("noop-postgres-oidc", "noop-postgres-oidc.warmup"))
         print(f"noop-postgres-oidc: {unique} executions stored for {sent} pushes (warm-up included): "
               f"{1 - unique / sent:.1%} repeated a task id (oha picks body lines at random) and were duplicates")
+    pool_file = os.path.join(work, "cloudsql-latency.pool")
+    if os.path.exists(pool_file):
+        with open(pool_file) as pool:
+            size = int(pool.read().strip())
+        rate = oha(work, "cloudsql-latency")["summary"]["requestsPerSec"]
+        print(f"cloudsql-latency: {rate / size:.0f} pushes/s per pooled connection ({size} connections)")
     with open(os.path.join(work, "cold-start.txt")) as cold:
         print(cold.read().strip())
 

@@ -7,6 +7,7 @@
 //!   whirligig-bench issuer ENV_FILE          (writes the settings and a token, then serves)
 //!   whirligig-bench bodies TASK COUNT FILE [KWARGS]   (one push body per line)
 //!   whirligig-bench pgbench-script FILE
+//!   whirligig-bench delay-proxy PORT TARGET_PORT MS   (client-to-server bytes held MS ms)
 
 #[path = "../tests/support/issuer.rs"]
 #[allow(dead_code, unreachable_pub)]
@@ -33,6 +34,7 @@ async fn main() -> ExitCode {
         ["bodies", task, count, file] => bodies(task, count, file, "{}"),
         ["bodies", task, count, file, kwargs] => bodies(task, count, file, kwargs),
         ["pgbench-script", file] => pgbench_script(file),
+        ["delay-proxy", port, target, ms] => delay_proxy(port, target, ms).await,
         _ => Err(
             "usage: whirligig-bench ceiling-http PORT | issuer ENV_FILE | bodies TASK COUNT FILE | pgbench-script FILE"
                 .into(),
@@ -126,4 +128,47 @@ fn parameters(sql: &str, values: &[&str]) -> String {
 /// pgbench reads one statement per line.
 fn one_line(sql: &str) -> String {
     sql.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Forwards connections on `port` to `target` on loopback, holding every
+/// chunk from the client `ms` milliseconds (at least: the timer's resolution
+/// is a millisecond), so each round trip costs that much more, as a database
+/// in another zone would. Used where netem is not in the kernel.
+async fn delay_proxy(port: &str, target: &str, ms: &str) -> Done {
+    let listener = TcpListener::bind(("127.0.0.1", port.parse::<u16>()?)).await?;
+    let target: u16 = target.parse()?;
+    let delay = std::time::Duration::from_millis(ms.parse()?);
+    loop {
+        let (client, _) = listener.accept().await?;
+        let server = tokio::net::TcpStream::connect(("127.0.0.1", target)).await?;
+        let _ = (client.set_nodelay(true), server.set_nodelay(true));
+        let (client_reads, mut client_writes) = client.into_split();
+        let (mut server_reads, server_writes) = server.into_split();
+        tokio::spawn(delayed(client_reads, server_writes, delay));
+        tokio::spawn(async move { tokio::io::copy(&mut server_reads, &mut client_writes).await });
+    }
+}
+
+/// Copies `from` to `to`, each chunk written `delay` after it arrived, in order.
+async fn delayed(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    delay: std::time::Duration,
+) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let (chunks, mut arriving) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    tokio::spawn(async move {
+        let mut buffer = vec![0; 64 * 1024];
+        while let Ok(read) = from.read(&mut buffer).await {
+            if read == 0 || chunks.send((tokio::time::Instant::now() + delay, buffer[..read].to_vec())).is_err() {
+                break;
+            }
+        }
+    });
+    while let Some((due, chunk)) = arriving.recv().await {
+        tokio::time::sleep_until(due).await;
+        if to.write_all(&chunk).await.is_err() {
+            break;
+        }
+    }
 }
