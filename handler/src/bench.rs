@@ -3,17 +3,16 @@
 //! token verification. Built only with the `bench` feature; not an API.
 
 use http::HeaderMap;
-use whirligig_registry::{ReceivedMessage, Registry};
+use whirligig_registry::Registry;
 
 use crate::auth::PushAuth;
-use crate::push::{Wrapping, decode};
+use crate::push::{Wrapping, decode, routed};
 
 /// Decodes a push body as the endpoint does, parses its payload and finds
 /// its route; the execution id's length, or `None` for a body that fails.
 pub fn decode_push(registry: &Registry, body: &[u8]) -> Option<usize> {
     let (envelope, data) = decode(Wrapping::Push, body).ok()?;
-    let message = ReceivedMessage::parse(&data).ok()?;
-    registry.get(message.task_name())?;
+    let (message, _) = routed(registry, envelope.message_id(), &data).ok()?;
     Some(message.execution_id(envelope.message_id()).len())
 }
 

@@ -14,7 +14,7 @@ use http::{HeaderMap, StatusCode};
 use opentelemetry::Context;
 use serde::Deserialize;
 use tracing::{Instrument as _, Span};
-use whirligig_registry::{ReceivedMessage, Registry};
+use whirligig_registry::{ReceivedMessage, Registry, Route};
 
 use crate::executor::{Delivery, Executor, Outcome};
 use crate::store::{ExecutionStore, StoreError};
@@ -163,6 +163,25 @@ pub(crate) async fn push<S: ExecutionStore>(
     deliver(registry, executor, &envelope, &data).instrument(span.clone()).await
 }
 
+/// The task message in `data` and its route, or the 400 (logged) when the
+/// message is malformed or names no route.
+pub(crate) fn routed<'a, 'r>(
+    registry: &'r Registry,
+    message_id: &str,
+    data: &'a [u8],
+) -> Result<(ReceivedMessage<'a>, &'r Route), Answer> {
+    let message = ReceivedMessage::parse(data).map_err(|error| {
+        tracing::warn!(message_id, %error, "malformed task message: acknowledged without running");
+        Answer::bad_request(error)
+    })?;
+    let Some(route) = registry.get(message.task_name()) else {
+        // The name is logged, never echoed: the body goes back to whoever posted.
+        tracing::warn!(message_id, task_name = message.task_name(), "unknown task: acknowledged without running");
+        return Err(Answer::bad_request("unknown task"));
+    };
+    Ok((message, route))
+}
+
 async fn deliver<S: ExecutionStore>(
     registry: &Registry,
     executor: &Executor<S>,
@@ -170,17 +189,9 @@ async fn deliver<S: ExecutionStore>(
     data: &[u8],
 ) -> Answer {
     let message_id = envelope.message_id();
-    let message = match ReceivedMessage::parse(data) {
-        Ok(message) => message,
-        Err(error) => {
-            tracing::warn!(message_id, %error, "malformed task message: acknowledged without running");
-            return Answer::bad_request(error);
-        }
-    };
-    let Some(route) = registry.get(message.task_name()) else {
-        // The name is logged, never echoed: the body goes back to whoever posted.
-        tracing::warn!(message_id, task_name = message.task_name(), "unknown task: acknowledged without running");
-        return Answer::bad_request("unknown task");
+    let (message, route) = match routed(registry, message_id, data) {
+        Ok(routed) => routed,
+        Err(answer) => return answer,
     };
     let delivery = Delivery {
         route,

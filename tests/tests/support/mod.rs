@@ -196,8 +196,7 @@ pub fn envelope(payload: &str, message_id: &str) -> String {
 /// attributes as `ce-*` headers, the push envelope (without
 /// `deliveryAttempt`) as the body.
 pub fn cloud_event_binary(path: &str, payload: &str, message_id: &str) -> http::Request<Full<Bytes>> {
-    let mut data: serde_json::Value = serde_json::from_str(&envelope(payload, message_id)).expect("JSON");
-    data.as_object_mut().expect("an object").remove("deliveryAttempt");
+    let data = message_published(payload, message_id);
     http::Request::post(path)
         .header("host", "localhost")
         .header("content-type", "application/json")
@@ -209,10 +208,16 @@ pub fn cloud_event_binary(path: &str, payload: &str, message_id: &str) -> http::
         .expect("a request")
 }
 
-/// The same event in structured mode: one JSON document, the envelope as `data`.
-pub fn cloud_event_structured(path: &str, payload: &str, message_id: &str) -> http::Request<Full<Bytes>> {
+/// Eventarc's data for a Pub/Sub message: the push envelope without `deliveryAttempt`.
+fn message_published(payload: &str, message_id: &str) -> serde_json::Value {
     let mut data: serde_json::Value = serde_json::from_str(&envelope(payload, message_id)).expect("JSON");
     data.as_object_mut().expect("an object").remove("deliveryAttempt");
+    data
+}
+
+/// The same event in structured mode: one JSON document, the envelope as `data`.
+pub fn cloud_event_structured(path: &str, payload: &str, message_id: &str) -> http::Request<Full<Bytes>> {
+    let data = message_published(payload, message_id);
     let event = serde_json::json!({
         "specversion": "1.0",
         "type": "google.cloud.pubsub.topic.v1.messagePublished",
