@@ -4,6 +4,7 @@
 //! each, fenced by the attempt number. Two implementations: PostgreSQL for
 //! production, memory for dev. Statuses and HTTP are not decided here.
 
+mod batch;
 mod memory;
 mod postgres;
 

@@ -13,14 +13,16 @@ use std::time::{Duration, Instant};
 use bb8::{ErrorSink, ManageConnection, Pool, PooledConnection, RunError};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_postgres::config::Host;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::types::Json;
+use tokio_postgres::types::{Json, ToSql};
 use tokio_postgres::{Client, Config, NoTls, Statement};
 use tracing::field::Empty;
 use tracing::{Instrument as _, Span};
 
+use super::batch::{Queue, Row, Waiting};
 use super::{ABANDONED, Claim, ClaimRequest, Ending, Execution, ExecutionStore, Finished, Status, StoreError};
 
 /// Connections claims and tasks can never take all of, so a busy pool cannot
@@ -39,31 +41,51 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A connection whose peer stops acknowledging is dropped after this.
 const TCP_USER_TIMEOUT: Duration = Duration::from_secs(15);
 
-const CLAIM: &str = r"
-with claimed as (
+/// Claims a batch of executions (see `batch`): each row as one claim would,
+/// answered by its position `n`. The commit is asynchronous: a claim lost in a
+/// crash only means a redelivery Pub/Sub makes anyway, since nothing is acked
+/// before a finish, and a finish's synchronous commit makes the WAL before it,
+/// this claim included, durable too.
+const CLAIMS: &str = r"
+with input as (
+    select *
+    from unnest($1::text[], $2::text[], $3::jsonb[], $4::jsonb[], $5::text[], $6::timestamptz[], $7::float8[],
+                $8::int4[])
+        with ordinality as i(task_id, task_name, args, kwargs, message_id, enqueued_at, lease, max_attempts, n)
+),
+claimed as (
     insert into task_executions as t
         (task_id, task_name, status, args, kwargs, attempts, message_id, enqueued_at, started_at)
-    values ($1, $2, 'RUNNING', $3, $4, 1, $5, $6, now())
+    select task_id, task_name, 'RUNNING', args, kwargs, 1, message_id, enqueued_at, now()
+    from input, (select set_config('synchronous_commit', 'off', true)) as asynchronous_commit
     on conflict (task_id) do update
     set status = 'RUNNING', attempts = t.attempts + 1, message_id = excluded.message_id,
         started_at = now(), finished_at = null, updated_at = now()
-    where ($8::int4 is null or t.attempts < $8)
-      and ((t.status in ('READY', 'FAILED') and not t.permanent)
-           or (t.status = 'RUNNING' and t.started_at < now() - make_interval(secs => $7::float8)))
-    returning t.attempts
+    where exists (
+        select from input as i
+        where i.task_id = excluded.task_id
+          and (i.max_attempts is null or t.attempts < i.max_attempts)
+          and ((t.status in ('READY', 'FAILED') and not t.permanent)
+               or (t.status = 'RUNNING' and t.started_at < now() - make_interval(secs => i.lease))))
+    returning t.task_id, t.attempts
 )
-select 'CLAIMED' as state, attempts, false as exhausted, false as lease_over, false as permanent from claimed
-union all
-select status, attempts, $8::int4 is not null and attempts >= $8,
-       started_at < now() - make_interval(secs => $7::float8), permanent
-from task_executions
-where task_id = $1 and not exists (select from claimed)";
+select i.n, c.task_id is not null as claimed, coalesce(c.attempts, t.attempts) as attempts, t.status,
+       i.max_attempts is not null and t.attempts >= i.max_attempts as exhausted,
+       t.started_at < now() - make_interval(secs => i.lease) as lease_over, t.permanent
+from input as i
+left join claimed as c on c.task_id = i.task_id
+left join task_executions as t on t.task_id = i.task_id and c.task_id is null";
 
-const FINISH: &str = r"
-update task_executions
-set status = $3, return_value = $4, error_message = $5, error_traceback = $6, permanent = $7,
-    finished_at = now(), updated_at = now()
-where task_id = $1 and attempts = $2 and status = 'RUNNING'";
+/// Finishes a batch of attempts; returns the task ids it recorded. The
+/// commit is synchronous: an ack follows it.
+const FINISHES: &str = r"
+update task_executions as t
+set status = i.status, return_value = i.return_value, error_message = i.error_message,
+    error_traceback = i.error_traceback, permanent = i.permanent, finished_at = now(), updated_at = now()
+from unnest($1::text[], $2::int4[], $3::text[], $4::jsonb[], $5::text[], $6::text[], $7::bool[])
+    as i(task_id, attempt, status, return_value, error_message, error_traceback, permanent)
+where t.task_id = i.task_id and t.attempts = i.attempt and t.status = 'RUNNING'
+returning t.task_id";
 
 const ABANDON: &str = r"
 update task_executions
@@ -88,7 +110,7 @@ where task_id = $1";
 /// The claim and finish statements, for the database's ceiling in benchmarks.
 #[cfg(feature = "bench")]
 pub(crate) fn claim_and_finish() -> (&'static str, &'static str) {
-    (CLAIM, FINISH)
+    (CLAIMS, FINISHES)
 }
 
 /// The migrations, in order; each is applied once and recorded.
@@ -104,8 +126,8 @@ const MIGRATION_LOCK: i64 = 0x7768_6972_6c69_6767; // "whirligg"
 #[derive(Debug)]
 pub struct PgConnection {
     client: Client,
-    claim: Statement,
-    finish: Statement,
+    claims: Statement,
+    finishes: Statement,
     abandon: Statement,
     skip: Statement,
     get: Statement,
@@ -144,14 +166,14 @@ impl ManageConnection for Connector {
         let connecting = async {
             let client = connect(&self.config).await?;
             // Issued together, the prepares share one round trip.
-            let (claim, finish, abandon, skip, get) = tokio::try_join!(
-                client.prepare(CLAIM),
-                client.prepare(FINISH),
+            let (claims, finishes, abandon, skip, get) = tokio::try_join!(
+                client.prepare(CLAIMS),
+                client.prepare(FINISHES),
                 client.prepare(ABANDON),
                 client.prepare(SKIP),
                 client.prepare(GET),
             )?;
-            Ok(PgConnection { client, claim, finish, abandon, skip, get })
+            Ok(PgConnection { client, claims, finishes, abandon, skip, get })
         };
         tokio::time::timeout(CONNECT_TIMEOUT, connecting).await.unwrap_or(Err(ConnectError::TimedOut(CONNECT_TIMEOUT)))
     }
@@ -238,6 +260,14 @@ pub struct PostgresStore {
     pool_timeout: Duration,
     failures: LastConnectFailure,
     peer: Arc<Peer>,
+    batches: Arc<Batches>,
+}
+
+/// Claims and finishes waiting to share a statement (see `batch`).
+#[derive(Debug, Default)]
+struct Batches {
+    claims: Queue<ClaimRow, Claim>,
+    finishes: Queue<FinishRow, Finished>,
 }
 
 /// The server and database, as the spans of store calls name them.
@@ -299,7 +329,7 @@ impl PostgresStore {
             .error_sink(Box::new(failures.clone()))
             .build_unchecked(Connector { config });
         let places = Arc::new(Semaphore::new(usize::try_from(size).unwrap_or(usize::MAX)));
-        Ok(Self { pool, places, pool_timeout, failures, peer })
+        Ok(Self { pool, places, pool_timeout, failures, peer, batches: Arc::default() })
     }
 
     /// A connection within the pool timeout, or why there is none.
@@ -330,9 +360,9 @@ impl PostgresStore {
 
     /// A connection for a finish: any idle one, and never fewer than
     /// [`FINISH_RESERVE`] to wait for.
-    async fn finish_connection(&self) -> Result<PooledConnection<'_, Connector>, StoreError> {
+    async fn finish_connection(&self) -> Result<PooledConnection<'static, Connector>, StoreError> {
         let start = Instant::now();
-        self.pool.get().await.map_err(|error| match error {
+        self.pool.get_owned().await.map_err(|error| match error {
             RunError::User(error) => classify_connect(error),
             RunError::TimedOut => self.failures.since(start).unwrap_or(StoreError::PoolTimeout(FINISH_WAIT)),
         })
@@ -350,8 +380,8 @@ fn attempts(value: i32) -> u32 {
 }
 
 /// PostgreSQL text cannot hold NUL: an error message that has one is still recorded.
-fn storable(text: &str) -> std::borrow::Cow<'_, str> {
-    if text.contains('\0') { text.replace('\0', "\\0").into() } else { text.into() }
+fn storable(text: &str) -> String {
+    text.replace('\0', "\\0")
 }
 
 impl ExecutionStore for PostgresStore {
@@ -405,70 +435,18 @@ impl PostgresStore {
             db.operation.name = operation,
             server.address = &*self.peer.address,
             server.port = i64::from(self.peer.port),
+            db.operation.batch.size = Empty,
             error.type = Empty,
         )
     }
 
     async fn claim_row(&self, request: &ClaimRequest<'_>) -> Result<Claim, StoreError> {
-        let connection = self.connection().await?;
-        let max_attempts = request.max_attempts.map(|max| i32::try_from(max.get()).unwrap_or(i32::MAX));
-        let rows = connection
-            .query(
-                &connection.claim,
-                &[
-                    &request.task_id,
-                    &request.task_name,
-                    &Json(request.args),
-                    &Json(request.kwargs),
-                    &request.message_id,
-                    &request.enqueued_at,
-                    &request.lease.as_secs_f64(),
-                    &max_attempts,
-                ],
-            )
-            .await
-            .map_err(classify)?;
-        // No row: a concurrent delivery inserted it after this statement's snapshot.
-        let Some(row) = rows.first() else { return Ok(Claim::Running) };
-        let state: &str = row.get(0);
-        let count: i32 = row.get(1);
-        let (exhausted, lease_over, permanent): (bool, Option<bool>, bool) = (row.get(2), row.get(3), row.get(4));
-        // The columns describe the row as this statement first saw it: a
-        // concurrent claim may have moved it on since. Anything not clearly
-        // final is therefore "running elsewhere", which Pub/Sub retries.
-        Ok(match state {
-            "CLAIMED" => Claim::Claimed { attempt: attempts(count) },
-            "SUCCESSFUL" => Claim::AlreadySucceeded,
-            "FAILED" if permanent => Claim::AlreadyFailed,
-            "RUNNING" if exhausted && lease_over == Some(true) => {
-                connection
-                    .execute(&connection.abandon, &[&request.task_id, &count, &ABANDONED])
-                    .await
-                    .map_err(classify)?;
-                Claim::Exhausted { attempts: attempts(count) }
-            }
-            "READY" | "FAILED" if exhausted => Claim::Exhausted { attempts: attempts(count) },
-            _ => Claim::Running,
-        })
+        self.batches.claims.submit(ClaimRow::of(request), || self.connection(), claim_batch).await
     }
 
     async fn finish_row(&self, task_id: &str, attempt: u32, ending: Ending<'_>) -> Result<Finished, StoreError> {
-        let connection = self.finish_connection().await?;
-        let attempt = i32::try_from(attempt).unwrap_or(i32::MAX);
-        let (status, return_value, message, traceback, permanent) = match ending {
-            Ending::Succeeded { return_value } => (Status::Successful, Some(Json(return_value)), None, None, false),
-            Ending::Failed { message, traceback, permanent } => {
-                (Status::Failed, None, Some(storable(message)), Some(storable(traceback)), permanent)
-            }
-        };
-        let changed = connection
-            .execute(
-                &connection.finish,
-                &[&task_id, &attempt, &status.as_str(), &return_value, &message, &traceback, &permanent],
-            )
-            .await
-            .map_err(classify)?;
-        Ok(if changed == 1 { Finished::Recorded } else { Finished::Fenced })
+        let row = FinishRow::of(task_id, attempt, ending);
+        self.batches.finishes.submit(row, || self.finish_connection(), finish_batch).await
     }
 
     async fn skip_row(&self, request: &ClaimRequest<'_>, reason: &str) -> Result<(), StoreError> {
@@ -496,6 +474,227 @@ impl PostgresStore {
         let rows = connection.query(&connection.get, &[&task_id]).await.map_err(classify)?;
         rows.first().map(execution).transpose()
     }
+}
+
+/// A claim as it waits for a batch: owned, since the batch runs on a task of its own.
+#[derive(Debug)]
+struct ClaimRow {
+    task_id: String,
+    task_name: String,
+    args: Box<RawValue>,
+    kwargs: Box<RawValue>,
+    message_id: Option<String>,
+    enqueued_at: Option<DateTime<Utc>>,
+    lease: f64,
+    max_attempts: Option<i32>,
+}
+
+impl ClaimRow {
+    fn of(request: &ClaimRequest<'_>) -> Self {
+        Self {
+            task_id: request.task_id.to_owned(),
+            task_name: request.task_name.to_owned(),
+            args: request.args.to_owned(),
+            kwargs: request.kwargs.to_owned(),
+            message_id: request.message_id.map(str::to_owned),
+            enqueued_at: request.enqueued_at,
+            lease: request.lease.as_secs_f64(),
+            max_attempts: request.max_attempts.map(|max| i32::try_from(max.get()).unwrap_or(i32::MAX)),
+        }
+    }
+}
+
+impl Row for ClaimRow {
+    fn key(&self) -> &str {
+        &self.task_id
+    }
+
+    fn bytes(&self) -> usize {
+        self.args.get().len() + self.kwargs.get().len()
+    }
+}
+
+/// One claim's row as the statement first saw it, or claimed.
+struct Seen {
+    claimed: bool,
+    attempts: Option<i32>,
+    status: Option<String>,
+    exhausted: bool,
+    lease_over: bool,
+    permanent: bool,
+}
+
+/// Claims a batch and answers each call. A batch the database rejects for
+/// the data of one row is claimed again row by row, so only that row fails.
+async fn claim_batch(connection: DbConnection, batch: Vec<Waiting<ClaimRow, Claim>>) {
+    match claim_rows(&connection, &batch).await {
+        Ok(seen) => {
+            for (waiting, seen) in batch.into_iter().zip(seen) {
+                let claim = settle(&connection, &waiting.row, seen).await;
+                waiting.answer(claim);
+            }
+        }
+        Err(StoreError::Rejected(_)) if batch.len() > 1 => {
+            for waiting in batch {
+                let seen = claim_rows(&connection, std::slice::from_ref(&waiting)).await;
+                let claim = match seen.map(|mut seen| seen.pop()) {
+                    Ok(Some(seen)) => settle(&connection, &waiting.row, seen).await,
+                    Ok(None) => Err(unanswered()),
+                    Err(error) => Err(error),
+                };
+                waiting.answer(claim);
+            }
+        }
+        Err(error) => answer_all(batch, &error),
+    }
+}
+
+/// The rows as the claim statement saw them, in the batch's order.
+async fn claim_rows(connection: &PgConnection, batch: &[Waiting<ClaimRow, Claim>]) -> Result<Vec<Seen>, StoreError> {
+    let rows: Vec<&ClaimRow> = batch.iter().map(|waiting| &waiting.row).collect();
+    let task_ids: Vec<&str> = rows.iter().map(|row| row.task_id.as_str()).collect();
+    let names: Vec<&str> = rows.iter().map(|row| row.task_name.as_str()).collect();
+    let args: Vec<Json<&RawValue>> = rows.iter().map(|row| Json(&*row.args)).collect();
+    let kwargs: Vec<Json<&RawValue>> = rows.iter().map(|row| Json(&*row.kwargs)).collect();
+    let message_ids: Vec<Option<&str>> = rows.iter().map(|row| row.message_id.as_deref()).collect();
+    let enqueued: Vec<Option<DateTime<Utc>>> = rows.iter().map(|row| row.enqueued_at).collect();
+    let leases: Vec<f64> = rows.iter().map(|row| row.lease).collect();
+    let limits: Vec<Option<i32>> = rows.iter().map(|row| row.max_attempts).collect();
+    let parameters: [&(dyn ToSql + Sync); 8] =
+        [&task_ids, &names, &args, &kwargs, &message_ids, &enqueued, &leases, &limits];
+    let mut answers = connection.query(&connection.claims, &parameters).await.map_err(classify)?;
+    if answers.len() != rows.len() {
+        return Err(unanswered());
+    }
+    answers.sort_unstable_by_key(|row| row.get::<_, i64>(0));
+    Ok(answers.iter().map(seen).collect())
+}
+
+fn seen(row: &tokio_postgres::Row) -> Seen {
+    Seen {
+        claimed: row.get(1),
+        attempts: row.get(2),
+        status: row.get(3),
+        exhausted: row.get::<_, Option<bool>>(4) == Some(true),
+        lease_over: row.get::<_, Option<bool>>(5) == Some(true),
+        permanent: row.get::<_, Option<bool>>(6) == Some(true),
+    }
+}
+
+/// What a claim's row means for its delivery. The row is as the statement
+/// first saw it: a concurrent claim may have moved it on since, so anything
+/// not clearly final is "running elsewhere", which Pub/Sub retries. A last
+/// attempt abandoned while RUNNING is recorded FAILED on the way.
+async fn settle(connection: &PgConnection, row: &ClaimRow, seen: Seen) -> Result<Claim, StoreError> {
+    let count = seen.attempts.unwrap_or(0);
+    let exhausted = Claim::Exhausted { attempts: attempts(count) };
+    Ok(match seen.status.as_deref() {
+        _ if seen.claimed => Claim::Claimed { attempt: attempts(count) },
+        Some("SUCCESSFUL") => Claim::AlreadySucceeded,
+        Some("FAILED") if seen.permanent => Claim::AlreadyFailed,
+        Some("RUNNING") if seen.exhausted && seen.lease_over => {
+            let parameters: [&(dyn ToSql + Sync); 3] = [&row.task_id, &count, &ABANDONED];
+            connection.execute(&connection.abandon, &parameters).await.map_err(classify)?;
+            exhausted
+        }
+        Some("READY" | "FAILED") if seen.exhausted => exhausted,
+        // No row: a concurrent delivery inserted it after the statement's snapshot.
+        _ => Claim::Running,
+    })
+}
+
+/// A finish as it waits for a batch.
+#[derive(Debug)]
+struct FinishRow {
+    task_id: String,
+    attempt: i32,
+    status: Status,
+    return_value: Option<Box<RawValue>>,
+    message: Option<String>,
+    traceback: Option<String>,
+    permanent: bool,
+}
+
+impl FinishRow {
+    fn of(task_id: &str, attempt: u32, ending: Ending<'_>) -> Self {
+        let (status, return_value, message, traceback, permanent) = match ending {
+            Ending::Succeeded { return_value } => {
+                (Status::Successful, Some(return_value.to_owned()), None, None, false)
+            }
+            Ending::Failed { message, traceback, permanent } => {
+                (Status::Failed, None, Some(storable(message)), Some(storable(traceback)), permanent)
+            }
+        };
+        let attempt = i32::try_from(attempt).unwrap_or(i32::MAX);
+        Self { task_id: task_id.to_owned(), attempt, status, return_value, message, traceback, permanent }
+    }
+}
+
+impl Row for FinishRow {
+    fn key(&self) -> &str {
+        &self.task_id
+    }
+
+    fn bytes(&self) -> usize {
+        let text = |text: &Option<String>| text.as_ref().map_or(0, String::len);
+        self.return_value.as_ref().map_or(0, |value| value.get().len()) + text(&self.message) + text(&self.traceback)
+    }
+}
+
+/// Finishes a batch and answers each call; rejected data is retried row by
+/// row, as for claims.
+async fn finish_batch(connection: PooledConnection<'static, Connector>, batch: Vec<Waiting<FinishRow, Finished>>) {
+    match finish_rows(&connection, &batch).await {
+        Ok(recorded) => {
+            for waiting in batch {
+                let finished = finished(&recorded, &waiting.row);
+                waiting.answer(Ok(finished));
+            }
+        }
+        Err(StoreError::Rejected(_)) if batch.len() > 1 => {
+            for waiting in batch {
+                let recorded = finish_rows(&connection, std::slice::from_ref(&waiting)).await;
+                let finished = recorded.map(|recorded| finished(&recorded, &waiting.row));
+                waiting.answer(finished);
+            }
+        }
+        Err(error) => answer_all(batch, &error),
+    }
+}
+
+/// The task ids whose finish the statement recorded.
+async fn finish_rows(
+    connection: &PgConnection,
+    batch: &[Waiting<FinishRow, Finished>],
+) -> Result<Vec<String>, StoreError> {
+    let rows: Vec<&FinishRow> = batch.iter().map(|waiting| &waiting.row).collect();
+    let task_ids: Vec<&str> = rows.iter().map(|row| row.task_id.as_str()).collect();
+    let attempts: Vec<i32> = rows.iter().map(|row| row.attempt).collect();
+    let statuses: Vec<&str> = rows.iter().map(|row| row.status.as_str()).collect();
+    let values: Vec<Option<Json<&RawValue>>> = rows.iter().map(|row| row.return_value.as_deref().map(Json)).collect();
+    let messages: Vec<Option<&str>> = rows.iter().map(|row| row.message.as_deref()).collect();
+    let tracebacks: Vec<Option<&str>> = rows.iter().map(|row| row.traceback.as_deref()).collect();
+    let permanent: Vec<bool> = rows.iter().map(|row| row.permanent).collect();
+    let parameters: [&(dyn ToSql + Sync); 7] =
+        [&task_ids, &attempts, &statuses, &values, &messages, &tracebacks, &permanent];
+    let recorded = connection.query(&connection.finishes, &parameters).await.map_err(classify)?;
+    Ok(recorded.iter().map(|row| row.get(0)).collect())
+}
+
+/// Recorded, or fenced: a newer attempt owns the row, or it is not RUNNING.
+fn finished(recorded: &[String], row: &FinishRow) -> Finished {
+    if recorded.contains(&row.task_id) { Finished::Recorded } else { Finished::Fenced }
+}
+
+fn answer_all<T, A>(batch: Vec<Waiting<T, A>>, error: &StoreError) {
+    for waiting in batch {
+        waiting.answer(Err(error.clone()));
+    }
+}
+
+/// A statement that did not answer for every row it was given.
+fn unanswered() -> StoreError {
+    StoreError::Database("the database did not answer for every row of a batch".into())
 }
 
 fn execution(row: &tokio_postgres::Row) -> Result<Execution, StoreError> {

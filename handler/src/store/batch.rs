@@ -1,0 +1,170 @@
+//! Group commit: concurrent claims (or finishes) wait in one queue, and the
+//! first caller to get a connection runs every call queued by then as one
+//! statement: under load, one round trip and one commit carry many rows;
+//! alone, a call is a batch of one. What the rows mean is for `postgres` to
+//! say; this module only queues, takes and answers.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use tokio::sync::oneshot;
+use tracing::Span;
+
+use super::StoreError;
+
+/// The most rows one statement carries.
+const MAX_ROWS: usize = 64;
+
+/// The most bytes of arguments and results one statement carries; a batch
+/// always takes at least one call, however large.
+const MAX_BYTES: usize = 1 << 20;
+
+/// What a queued call asks the database to write.
+pub(crate) trait Row: Send + 'static {
+    /// Two rows with one key never share a statement: one statement cannot
+    /// touch a table row twice.
+    fn key(&self) -> &str;
+
+    /// The size of what the row carries, to bound a statement.
+    fn bytes(&self) -> usize;
+}
+
+/// A call taken into a batch, and where its answer goes.
+#[derive(Debug)]
+pub(crate) struct Waiting<T, A> {
+    ticket: u64,
+    pub(crate) row: T,
+    answer: oneshot::Sender<Result<A, StoreError>>,
+}
+
+impl<T, A> Waiting<T, A> {
+    /// Wakes the caller with its result; one that has gone away is not told.
+    pub(crate) fn answer(self, result: Result<A, StoreError>) {
+        let _ = self.answer.send(result);
+    }
+}
+
+/// The calls waiting for a batch to take them.
+#[derive(Debug)]
+pub(crate) struct Queue<T, A> {
+    // A std Mutex: it is held only to push, take or remove, never across an await.
+    waiting: Mutex<Vec<(Waiting<T, A>, Span)>>,
+    tickets: AtomicU64,
+}
+
+impl<T, A> Default for Queue<T, A> {
+    fn default() -> Self {
+        Self { waiting: Mutex::new(Vec::new()), tickets: AtomicU64::new(0) }
+    }
+}
+
+impl<T: Row, A: Send + 'static> Queue<T, A> {
+    /// Queues `row` and waits for its answer. Meanwhile the caller asks for a
+    /// connection with `connect`; if one comes before the answer, the caller
+    /// takes the queue and `run`s it as a batch on a task of its own, so a
+    /// caller that goes away strands no one. A caller whose connection does
+    /// not come gets the reason, unless a batch took its row meanwhile.
+    pub(crate) async fn submit<C, Connecting, Running>(
+        &self,
+        row: T,
+        connect: impl Fn() -> Connecting,
+        run: impl Fn(C, Vec<Waiting<T, A>>) -> Running,
+    ) -> Result<A, StoreError>
+    where
+        Connecting: Future<Output = Result<C, StoreError>>,
+        Running: Future<Output = ()> + Send + 'static,
+    {
+        let (sender, mut answer) = oneshot::channel();
+        let queued = self.push(row, sender);
+        loop {
+            let connection = tokio::select! {
+                biased;
+                answered = &mut answer => return answered.unwrap_or_else(|_| Err(lost())),
+                connection = connect() => connection,
+            };
+            match connection {
+                Ok(connection) => {
+                    let batch = self.take();
+                    if !batch.is_empty() {
+                        tokio::spawn(run(connection, batch));
+                    }
+                }
+                Err(error) if queued.withdraw() => return Err(error),
+                Err(_) => {}
+            }
+            // Still queued: a row with the same key filled its place in that batch.
+            if !queued.is_waiting() {
+                return answer.await.unwrap_or_else(|_| Err(lost()));
+            }
+        }
+    }
+
+    fn push(&self, row: T, answer: oneshot::Sender<Result<A, StoreError>>) -> Queued<'_, T, A> {
+        let ticket = self.tickets.fetch_add(1, Ordering::Relaxed);
+        self.lock().push((Waiting { ticket, row, answer }, Span::current()));
+        Queued { queue: self, ticket }
+    }
+
+    /// Everything queued that fits one statement, sorted by key so that
+    /// concurrent statements lock rows in one order and never deadlock.
+    fn take(&self) -> Vec<Waiting<T, A>> {
+        let (mut batch, mut bytes, mut spans) = (Vec::new(), 0, Vec::new());
+        let mut waiting = self.lock();
+        let mut left = Vec::new();
+        for (call, span) in waiting.drain(..) {
+            let fits = batch.is_empty() || (batch.len() < MAX_ROWS && bytes + call.row.bytes() <= MAX_BYTES);
+            if fits && !batch.iter().any(|taken: &Waiting<T, A>| taken.row.key() == call.row.key()) {
+                bytes += call.row.bytes();
+                batch.push(call);
+                spans.push(span);
+            } else {
+                left.push((call, span));
+            }
+        }
+        *waiting = left;
+        drop(waiting);
+        if batch.len() > 1 {
+            for span in spans {
+                span.record("db.operation.batch.size", batch.len());
+            }
+        }
+        batch.sort_unstable_by(|a, b| a.row.key().cmp(b.row.key()));
+        batch
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<(Waiting<T, A>, Span)>> {
+        self.waiting.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// A caller's place in the queue; dropped, the row leaves the queue with it.
+struct Queued<'a, T: Row, A: Send + 'static> {
+    queue: &'a Queue<T, A>,
+    ticket: u64,
+}
+
+impl<T: Row, A: Send + 'static> Queued<'_, T, A> {
+    fn is_waiting(&self) -> bool {
+        self.queue.lock().iter().any(|(call, _)| call.ticket == self.ticket)
+    }
+
+    /// Takes the row out of the queue; false when a batch has it already.
+    fn withdraw(&self) -> bool {
+        let mut waiting = self.queue.lock();
+        let before = waiting.len();
+        waiting.retain(|(call, _)| call.ticket != self.ticket);
+        waiting.len() < before
+    }
+}
+
+impl<T: Row, A: Send + 'static> Drop for Queued<'_, T, A> {
+    fn drop(&mut self) {
+        self.withdraw();
+    }
+}
+
+/// The batch that took a call ended without answering it: its task panicked.
+fn lost() -> StoreError {
+    StoreError::Database("the batch that held this call ended without an answer".into())
+}
