@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use serde_json::value::RawValue;
 use support::TestDb;
-use whirligig_handler::store::{Claim, ClaimRequest, Ending, ExecutionStore, Finished, MemoryStore, Status, migrate};
+use whirligig_handler::store::{
+    Claim, ClaimRequest, Ending, ExecutionStore, Finished, MemoryStore, PostgresStore, Status, StoreError, migrate,
+};
 
 fn raw(json: &str) -> &RawValue {
     serde_json::from_str(json).expect("valid JSON")
@@ -226,4 +228,182 @@ async fn a_value_postgres_cannot_store_is_rejected_not_retried() {
     nul.kwargs = raw(r#"{"text": "a\u0000b"}"#);
     let error = store.claim(&nul).await.unwrap_err();
     assert!(matches!(error, whirligig_handler::store::StoreError::Rejected(_)), "{error:?}");
+}
+
+/// Claims, each spawned as a push would be, after `ready` made the pool wait.
+fn spawn_claims(
+    store: &Arc<PostgresStore>,
+    requests: Vec<ClaimRequest<'static>>,
+) -> Vec<tokio::task::JoinHandle<Result<Claim, StoreError>>> {
+    let claim = |request: ClaimRequest<'static>| {
+        let store = Arc::clone(store);
+        tokio::spawn(async move { store.claim(&request).await })
+    };
+    requests.into_iter().map(claim).collect()
+}
+
+/// On this current-thread runtime, every task spawned so far runs up to its
+/// first wait before the caller resumes: all their calls are queued.
+async fn let_spawned_tasks_queue() {
+    for _ in 0..3 {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// How many different values `column` holds among `task_ids`: rows written
+/// by one statement share its transaction's `now()`.
+async fn distinct(db: &TestDb, column: &str, task_ids: &[&str]) -> i64 {
+    let query = format!("select count(distinct {column}) from task_executions where task_id = any($1)");
+    db.client().await.query_one(&query, &[&task_ids]).await.unwrap().get(0)
+}
+
+fn leak(text: String) -> &'static str {
+    Box::leak(text.into_boxed_str())
+}
+
+/// Claims queued while the pool is busy go out as one statement (one
+/// transaction: one `now()` for every row), and each call still gets the
+/// answer a claim of its own would: fresh, duplicate in the same batch,
+/// succeeded, failed for good, leased, used up, abandoned on its last attempt.
+#[tokio::test]
+async fn queued_claims_share_one_statement_and_each_gets_its_own_answer() {
+    let db = TestDb::new().await;
+    let store = Arc::new(db.store(1, Duration::from_secs(5)));
+    let fail = |permanent| Ending::Failed { message: "no", traceback: "no", permanent };
+    for (task_id, max_attempts, ending) in [
+        ("done", None, Some(Ending::Succeeded { return_value: raw("1") })),
+        ("broken", None, Some(fail(true))),
+        ("used-up", Some(1), Some(fail(false))),
+        ("leased", None, None),
+        ("abandoned", Some(1), None),
+    ] {
+        assert_eq!(store.claim(&request(task_id, LEASE, max_attempts)).await.unwrap(), Claim::Claimed { attempt: 1 });
+        if let Some(ending) = ending {
+            store.finish(task_id, 1, ending).await.unwrap();
+        }
+    }
+    let fresh: Vec<&'static str> = (0..12).map(|n| leak(format!("fresh-{n}"))).collect();
+    let mut requests: Vec<ClaimRequest<'static>> = fresh.iter().map(|id| request(id, LEASE, None)).collect();
+    requests.extend([
+        request("twice", LEASE, None),
+        request("twice", LEASE, None),
+        request("done", LEASE, None),
+        request("broken", LEASE, None),
+        request("used-up", LEASE, Some(1)),
+        request("leased", LEASE, None),
+        request("abandoned", Duration::ZERO, Some(1)),
+    ]);
+
+    let busy = store.connection().await.unwrap();
+    let claims = spawn_claims(&store, requests);
+    let_spawned_tasks_queue().await;
+    drop(busy);
+    let answers: Vec<Claim> = futures_join(claims.into_iter()).await.into_iter().map(Result::unwrap).collect();
+
+    let (fresh_answers, others) = answers.split_at(fresh.len());
+    assert!(fresh_answers.iter().all(|claim| *claim == Claim::Claimed { attempt: 1 }), "{fresh_answers:?}");
+    let mut twice = [others[0], others[1]];
+    twice.sort_by_key(|claim| matches!(claim, Claim::Running));
+    assert_eq!(twice, [Claim::Claimed { attempt: 1 }, Claim::Running], "one statement never claims a row twice");
+    let expected = [Claim::AlreadySucceeded, Claim::AlreadyFailed, Claim::Exhausted { attempts: 1 }, Claim::Running];
+    assert_eq!(others[2..6], expected);
+    assert_eq!(others[6], Claim::Exhausted { attempts: 1 });
+    assert_eq!(store.get("abandoned").await.unwrap().unwrap().status, Status::Failed);
+
+    assert_eq!(distinct(&db, "started_at", &fresh).await, 1, "the fresh claims went out in one statement");
+}
+
+/// A row whose data the database refuses (a NUL in jsonb) fails alone: the
+/// batch is claimed again row by row.
+#[tokio::test]
+async fn a_row_the_database_rejects_fails_alone_in_its_batch() {
+    let db = TestDb::new().await;
+    let store = Arc::new(db.store(1, Duration::from_secs(5)));
+    let mut requests: Vec<ClaimRequest<'static>> =
+        (0..5).map(|n| request(leak(format!("ok-{n}")), LEASE, None)).collect();
+    requests[2].kwargs = raw(r#"{"text": "a\u0000b"}"#);
+
+    let busy = store.connection().await.unwrap();
+    let claims = spawn_claims(&store, requests);
+    let_spawned_tasks_queue().await;
+    drop(busy);
+    let answers = futures_join(claims.into_iter()).await;
+
+    assert!(matches!(answers[2], Err(StoreError::Rejected(_))), "{answers:?}");
+    for (n, answer) in answers.iter().enumerate().filter(|(n, _)| *n != 2) {
+        assert_eq!(*answer.as_ref().unwrap(), Claim::Claimed { attempt: 1 }, "ok-{n}");
+    }
+    assert!(store.get("ok-2").await.unwrap().is_none());
+}
+
+/// Finishes queued while every connection is busy share one statement; a
+/// stale attempt among them is fenced, the others recorded.
+#[tokio::test]
+async fn queued_finishes_share_one_statement_and_each_is_fenced_on_its_own() {
+    let db = TestDb::new().await;
+    let store = Arc::new(db.store(1, Duration::from_secs(5)));
+    let ids: Vec<&'static str> = (0..13).map(|n| leak(format!("task-{n}"))).collect();
+    for id in &ids {
+        assert_eq!(store.claim(&request(id, LEASE, None)).await.unwrap(), Claim::Claimed { attempt: 1 });
+    }
+    // The pool's three connections each block on a row this transaction holds.
+    let mut locker = db.client().await;
+    let locks = locker.transaction().await.unwrap();
+    let held = &ids[..3];
+    locks.execute("select from task_executions where task_id = any($1) for update", &[&held]).await.unwrap();
+    let finish = |task_id: &'static str, attempt: u32| {
+        let store = Arc::clone(&store);
+        let ending = Ending::Succeeded { return_value: raw(r#"{"ok": true}"#) };
+        tokio::spawn(async move { store.finish(task_id, attempt, ending).await })
+    };
+    let blocked: Vec<_> = held.iter().map(|id| finish(id, 1)).collect();
+    wait_until_blocked(&db, 3).await;
+    let queued: Vec<_> = ids[3..].iter().enumerate().map(|(n, id)| finish(id, if n == 0 { 7 } else { 1 })).collect();
+    let_spawned_tasks_queue().await;
+    locks.commit().await.unwrap();
+
+    for answer in futures_join(blocked.into_iter()).await {
+        assert_eq!(answer.unwrap(), Finished::Recorded);
+    }
+    let answers: Vec<Finished> = futures_join(queued.into_iter()).await.into_iter().map(Result::unwrap).collect();
+    assert_eq!(answers[0], Finished::Fenced, "attempt 7 never ran");
+    assert!(answers[1..].iter().all(|answer| *answer == Finished::Recorded), "{answers:?}");
+    assert_eq!(store.get(ids[3]).await.unwrap().unwrap().status, Status::Running);
+    assert_eq!(distinct(&db, "finished_at", &ids[4..]).await, 1, "the queued finishes went out in one statement");
+}
+
+/// Waits for `count` statements of this database to wait on a lock.
+async fn wait_until_blocked(db: &TestDb, count: i64) {
+    let client = db.client().await;
+    let blocked = "select count(*) from pg_stat_activity \
+                   where wait_event_type = 'Lock' and query like '%task_executions%' and datname = current_database() \
+                     and exists (select from pg_locks where pid = pg_stat_activity.pid and not granted)";
+    for _ in 0..500 {
+        if client.query_one(blocked, &[]).await.unwrap().get::<_, i64>(0) >= count {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("fewer than {count} statements ever blocked");
+}
+
+/// What comes before an ack must be durable: a finish returns only once the
+/// WAL holding it is flushed, though claims commit without waiting for it.
+/// (That they do not wait shows in `scripts/bench.sh`, not here: other tests
+/// write WAL meanwhile, so the flush position says nothing about one claim.)
+#[tokio::test]
+async fn a_finish_is_flushed_before_it_returns() {
+    let db = TestDb::new().await;
+    let store = db.store(2, Duration::from_secs(5));
+    let wal = db.client().await;
+    for n in 0..20 {
+        let task_id = format!("durable-{n}");
+        store.claim(&request(&task_id, LEASE, None)).await.unwrap();
+        let written = wal.query_one("select pg_current_wal_insert_lsn()::text", &[]).await.unwrap();
+        let before: &str = written.get(0);
+        store.finish(&task_id, 1, Ending::Succeeded { return_value: raw("null") }).await.unwrap();
+        let flushed = "select pg_current_wal_flush_lsn() > $1::text::pg_lsn";
+        let flushed_past: bool = wal.query_one(flushed, &[&before]).await.unwrap().get(0);
+        assert!(flushed_past, "finish {n} returned before the WAL past {before} was flushed");
+    }
 }
