@@ -105,13 +105,24 @@ fn bodies(task: &str, count: &str, file: &str, kwargs: &str) -> Done {
     Ok(out.flush()?)
 }
 
-/// The store's claim and finish of one new task, as the store sends them, in
-/// pgbench's syntax: two autocommit statements per task.
+/// The store's claim and finish of one new task, as the store sends a batch
+/// of one, in pgbench's syntax: two autocommit statements per task, the
+/// claim's commit asynchronous as the store's is.
 fn pgbench_script(file: &str) -> Done {
     let (claim, finish) = whirligig_handler::bench::claim_and_finish();
-    let task_id = "('bench-' || :n)";
-    let claim_values = [task_id, "'noop'", "'[]'", "'{}'", "'m'", "now()", "300", "null"];
-    let finish_values = [task_id, "1", "'SUCCESSFUL'", "'null'", "null", "null", "false"];
+    let task_id = "array['bench-' || :n]";
+    let claim_values = [
+        task_id,
+        "array['noop']",
+        "array['[]']",
+        "array['{}']",
+        "array['m']",
+        "array[now()]",
+        "array[300]",
+        "array[null]",
+    ];
+    let finish_values =
+        [task_id, "array[1]", "array['SUCCESSFUL']", "array['null']", "array[null]", "array[null]", "array[false]"];
     let script = format!(
         "\\set n random(1, 2000000000)\n{};\n{};\n",
         one_line(&parameters(claim, &claim_values)),
