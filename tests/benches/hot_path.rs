@@ -1,7 +1,8 @@
 //! The pure hot path of a push, per function, so a regression shows where it
 //! is: decoding the envelope, parsing the payload and finding the route (for
 //! a no-op message and for one with 4 KiB of keyword arguments), and
-//! verifying a push token against a key already in the cache.
+//! verifying a push token against a key already in the cache, a new token
+//! and one verified before.
 //! `cargo bench -p whirligig-tests --bench hot_path`
 
 #![allow(missing_docs, clippy::unwrap_used)]
@@ -38,13 +39,26 @@ fn token(c: &mut Criterion) {
         auth.start();
         (issuer, auth)
     });
-    let mut headers = HeaderMap::new();
-    headers.insert("authorization", format!("Bearer {}", issuer.token(&key)).parse().unwrap());
+    let bearer = |token: String| {
+        let mut headers = HeaderMap::new();
+        headers.insert("authorization", format!("Bearer {token}").parse().unwrap());
+        headers
+    };
+    // More tokens than the instance remembers, so each one verifies afresh.
+    let fresh: Vec<HeaderMap> =
+        (0..2048).map(|n| bearer(issuer.token_with(&key, serde_json::json!({ "sub": format!("{n}") })))).collect();
+    let seen = bearer(issuer.token(&key));
     // The first check waits for the keys; what follows finds them cached.
-    assert!(runtime.block_on(verify(&auth, &headers)), "the token does not verify");
-    c.bench_function("verify a push token (RS256, key cached)", |b| {
-        b.to_async(&runtime).iter(|| verify(&auth, std::hint::black_box(&headers)));
+    assert!(runtime.block_on(verify(&auth, &seen)), "the token does not verify");
+    let mut group = c.benchmark_group("verify a push token, key cached");
+    group.bench_function("new token (RS256)", |b| {
+        let mut tokens = fresh.iter().cycle();
+        b.to_async(&runtime).iter(|| verify(&auth, std::hint::black_box(tokens.next().unwrap())));
     });
+    group.bench_function("token seen before", |b| {
+        b.to_async(&runtime).iter(|| verify(&auth, std::hint::black_box(&seen)));
+    });
+    group.finish();
 }
 
 criterion_group!(benches, decode, token);

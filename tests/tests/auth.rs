@@ -274,6 +274,50 @@ async fn keys_are_kept_for_their_max_age_then_refreshed() {
     wait_until(|| issuer.fetches() == 2).await;
 }
 
+/// A token is verified once and then remembered, but never past the instant
+/// its `exp` (with the minute of skew) or its `iat` (an hour old) would refuse it.
+#[tokio::test]
+async fn a_remembered_token_is_refused_once_its_time_is_up() {
+    let db = TestDb::new().await;
+    let key = Key::generated(0);
+    let issuer = Issuer::start(&key).await;
+    let clock = Clock::adjustable();
+    let guarded = Guarded::start(&db, oidc(&issuer, clock.clone()).await).await;
+    let now = chrono::Utc::now().timestamp();
+    let short = issuer.token_with(&key, json!({"exp": now + 100}));
+    let old = issuer.token_with(&key, json!({"iat": now - 3500, "exp": now + 3600}));
+    for (token, name) in [(&short, "short"), (&old, "old")] {
+        assert_eq!(guarded.push_bearer(token, &format!("{name}-1")).await, 200);
+        assert_eq!(guarded.push_bearer(token, &format!("{name}-2")).await, 200, "{name} again");
+    }
+
+    clock.advance(Duration::from_secs(155));
+    assert_eq!(guarded.push_bearer(&short, "short-3").await, 200, "exp + 60 s not reached");
+    assert_eq!(guarded.push_bearer(&old, "old-3").await, 403, "iat is more than an hour (and a minute) old");
+    clock.advance(Duration::from_secs(10));
+    assert_eq!(guarded.push_bearer(&short, "short-4").await, 403, "exp + 60 s passed");
+    assert_eq!(guarded.runs(), 5);
+}
+
+/// New keys verify a remembered token afresh: once the key that signed it
+/// is gone from the issuer's set, it is refused.
+#[tokio::test]
+async fn a_remembered_token_is_refused_once_its_key_is_gone() {
+    let db = TestDb::new().await;
+    let (old, new) = (Key::generated(0), Key::generated(2));
+    let issuer = Issuer::start(&old).await;
+    let guarded = Guarded::start(&db, oidc(&issuer, Clock::system()).await).await;
+    let token = issuer.token(&old);
+    assert_eq!(guarded.push_bearer(&token, "before").await, 200);
+    assert_eq!(guarded.push_bearer(&token, "again").await, 200);
+
+    issuer.set_keys(&[&new]);
+    assert_eq!(guarded.push_bearer(&issuer.token(&new), "new-key").await, 200, "its unknown kid refetched the keys");
+    assert_eq!(guarded.push_bearer(&token, "after").await, 403);
+    assert_eq!(issuer.fetches(), 2);
+    assert_eq!(guarded.runs(), 3);
+}
+
 #[tokio::test]
 async fn an_issuer_down_at_start_means_503_until_its_keys_arrive() {
     let db = TestDb::new().await;

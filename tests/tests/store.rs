@@ -60,6 +60,8 @@ async fn lifecycle(store: &impl ExecutionStore) {
     assert_eq!(store.claim(&claim).await.unwrap(), Claim::AlreadySucceeded);
     assert_eq!(store.finish("life", 2, succeeded).await.unwrap(), Finished::Fenced, "not RUNNING any more");
     assert!(store.get("nothing").await.unwrap().is_none());
+    assert_eq!(store.finish("nothing", 1, succeeded).await.unwrap(), Finished::Fenced, "never claimed");
+    assert!(store.get("nothing").await.unwrap().is_none(), "a finish creates no row");
 }
 
 async fn fence_and_lease(store: &impl ExecutionStore) {

@@ -2,6 +2,7 @@
 //! takes a key set once and never refreshes it). Kept until the response's
 //! max-age; an unknown `kid` refetches at most once a minute, one fetch for
 //! all the requests that wait on it; a failed refetch keeps the old keys.
+//! Tokens these keys verified are remembered (see `verified`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,6 +12,7 @@ use openidconnect::reqwest;
 use tokio::sync::{Mutex, watch};
 
 use super::token::{Expectations, KeySet, Rejection, Verifier, key_lifetime};
+use super::verified::VerifiedTokens;
 use super::{AuthError, AuthSetupError, Clock};
 
 /// A request that finds no keys yet waits this long for the first fetch.
@@ -45,6 +47,7 @@ pub(crate) struct KeyCache {
     /// No background refresh before this, after one failed.
     refresh_not_before: std::sync::Mutex<Option<Instant>>,
     started: AtomicBool,
+    verified: VerifiedTokens,
 }
 
 impl std::fmt::Debug for KeyCache {
@@ -70,6 +73,7 @@ impl KeyCache {
             refresh_scheduled: AtomicBool::new(false),
             refresh_not_before: std::sync::Mutex::new(None),
             started: AtomicBool::new(false),
+            verified: VerifiedTokens::default(),
         })
     }
 
@@ -101,16 +105,23 @@ impl KeyCache {
         });
     }
 
-    /// Verifies `token`, refetching once if its `kid` is new to us.
+    /// Verifies `token`, refetching once if its `kid` is new to us. A token
+    /// these keys verified before is let through while its time holds.
     pub(crate) async fn verify(self: &Arc<Self>, token: &str) -> Result<(), AuthError> {
         let keys = self.keys().await?;
-        match self.expect.verify(&keys.verifier, token) {
-            Err(Rejection::UnknownKey) => match self.refetch_for_unknown_kid(keys.generation).await {
-                Some(fresh) => self.expect.verify(&fresh.verifier, token).map_err(AuthError::Forbidden),
-                None => Err(AuthError::Forbidden(Rejection::UnknownKey)),
-            },
-            checked => checked.map_err(AuthError::Forbidden),
+        if self.verified.hold(token, keys.generation, self.clock.utc()) {
+            return Ok(());
         }
+        let (until, generation) = match self.expect.verify(&keys.verifier, token) {
+            Err(Rejection::UnknownKey) => match self.refetch_for_unknown_kid(keys.generation).await {
+                Some(fresh) => (self.expect.verify(&fresh.verifier, token), fresh.generation),
+                None => (Err(Rejection::UnknownKey), keys.generation),
+            },
+            checked => (checked, keys.generation),
+        };
+        let until = until.map_err(AuthError::Forbidden)?;
+        self.verified.remember(token, generation, until, self.clock.utc());
+        Ok(())
     }
 
     /// The current keys; expired ones are still used while a refresh runs.

@@ -7,6 +7,7 @@ mod clock;
 mod jwk;
 mod keys;
 mod token;
+mod verified;
 
 use std::sync::Arc;
 

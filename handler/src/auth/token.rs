@@ -23,7 +23,7 @@ pub(crate) type KeySet = JsonWebKeySet<IssuerKey>;
 
 /// Clocks disagree a little; Google's own libraries allow a minute too.
 const SKEW: TimeDelta = TimeDelta::seconds(60);
-/// Pub/Sub mints a fresh token per push; an older one is a replay.
+/// Google's tokens live an hour: an older `iat` is a replay.
 const MAX_AGE: TimeDelta = TimeDelta::hours(1);
 /// What Cloud Run puts where the signature was, once it has checked it.
 const STRIPPED: &str = "SIGNATURE_REMOVED_BY_GOOGLE";
@@ -152,11 +152,13 @@ impl Expectations {
         verifier(&self.issuer, &self.audience, &self.clock, keys)
     }
 
-    /// Every check, the signature against `verifier`'s keys.
-    pub(crate) fn verify(&self, verifier: &Verifier, token: &str) -> Result<(), Rejection> {
+    /// Every check, the signature against `verifier`'s keys. A token that
+    /// passes passes until the instant returned, when `exp` or `iat` fails.
+    pub(crate) fn verify(&self, verifier: &Verifier, token: &str) -> Result<DateTime<Utc>, Rejection> {
         let token = CoreIdToken::from_str(token).map_err(|error| Rejection::Malformed(error.to_string()))?;
         let claims = token.claims(verifier, |_: Option<&Nonce>| Ok(())).map_err(rejection)?;
-        self.check_email(claims)
+        self.check_email(claims)?;
+        Ok((claims.expiration() + SKEW).min(claims.issue_time() + MAX_AGE + SKEW))
     }
 
     /// The claims of a token whose signature Cloud Run checked and removed.
@@ -164,7 +166,7 @@ impl Expectations {
         if token.rsplit('.').next() != Some(STRIPPED) {
             return Err(Rejection::NotStripped);
         }
-        self.verify(&self.stripped, token)
+        self.verify(&self.stripped, token).map(drop)
     }
 
     fn check_email(&self, claims: &CoreIdTokenClaims) -> Result<(), Rejection> {

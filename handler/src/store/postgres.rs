@@ -46,6 +46,12 @@ const TCP_USER_TIMEOUT: Duration = Duration::from_secs(15);
 /// crash only means a redelivery Pub/Sub makes anyway, since nothing is acked
 /// before a finish, and a finish's synchronous commit makes the WAL before it,
 /// this claim included, durable too.
+///
+/// Both statements are prepared once per connection, so their plan is made
+/// while the table may still be nearly empty and then kept: nothing here may
+/// join the batch with `task_executions` (the planner would hash a scan of the
+/// whole table). Each row is found through the primary key instead: by the
+/// upsert's conflict, or by a lookup per row that `offset 0` keeps apart.
 const CLAIMS: &str = r"
 with input as (
     select *
@@ -74,17 +80,28 @@ select i.n, c.task_id is not null as claimed, coalesce(c.attempts, t.attempts) a
        t.started_at < now() - make_interval(secs => i.lease) as lease_over, t.permanent
 from input as i
 left join claimed as c on c.task_id = i.task_id
-left join task_executions as t on t.task_id = i.task_id and c.task_id is null";
+left join lateral (
+    select status, attempts, started_at, permanent
+    from task_executions
+    where task_id = i.task_id and c.task_id is null
+    offset 0
+) as t on true";
 
 /// Finishes a batch of attempts; returns the task ids it recorded. The
-/// commit is synchronous: an ack follows it.
+/// commit is synchronous: an ack follows it. An upsert that never inserts
+/// (rows no claim made are left out) rather than an update joined with the
+/// batch: the conflict finds each row through the primary key.
 const FINISHES: &str = r"
-update task_executions as t
-set status = i.status, return_value = i.return_value, error_message = i.error_message,
-    error_traceback = i.error_traceback, permanent = i.permanent, finished_at = now(), updated_at = now()
+insert into task_executions as t
+    (task_id, task_name, status, attempts, return_value, error_message, error_traceback, permanent, finished_at)
+select task_id, '', status, attempt, return_value, error_message, error_traceback, permanent, now()
 from unnest($1::text[], $2::int4[], $3::text[], $4::jsonb[], $5::text[], $6::text[], $7::bool[])
     as i(task_id, attempt, status, return_value, error_message, error_traceback, permanent)
-where t.task_id = i.task_id and t.attempts = i.attempt and t.status = 'RUNNING'
+where (select true from task_executions where task_id = i.task_id)
+on conflict (task_id) do update
+set status = excluded.status, return_value = excluded.return_value, error_message = excluded.error_message,
+    error_traceback = excluded.error_traceback, permanent = excluded.permanent, finished_at = now(), updated_at = now()
+where t.attempts = excluded.attempts and t.status = 'RUNNING'
 returning t.task_id";
 
 const ABANDON: &str = r"
