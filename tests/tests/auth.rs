@@ -285,7 +285,7 @@ async fn a_remembered_token_is_refused_once_its_time_is_up() {
     let guarded = Guarded::start(&db, oidc(&issuer, clock.clone()).await).await;
     let now = chrono::Utc::now().timestamp();
     let short = issuer.token_with(&key, json!({"exp": now + 100}));
-    let old = issuer.token_with(&key, json!({"iat": now - 3500, "exp": now + 3600}));
+    let old = issuer.token_with(&key, json!({"iat": now - 3550, "exp": now + 3600}));
     for (token, name) in [(&short, "short"), (&old, "old")] {
         assert_eq!(guarded.push_bearer(token, &format!("{name}-1")).await, 200);
         assert_eq!(guarded.push_bearer(token, &format!("{name}-2")).await, 200, "{name} again");

@@ -11,6 +11,8 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::task::JoinHandle;
+
 use serde_json::value::RawValue;
 use support::TestDb;
 use whirligig_handler::store::{
@@ -232,11 +234,11 @@ async fn a_value_postgres_cannot_store_is_rejected_not_retried() {
     assert!(matches!(error, whirligig_handler::store::StoreError::Rejected(_)), "{error:?}");
 }
 
-/// Claims, each spawned as a push would be, after `ready` made the pool wait.
+/// Claims, each spawned as a push would be.
 fn spawn_claims(
     store: &Arc<PostgresStore>,
     requests: Vec<ClaimRequest<'static>>,
-) -> Vec<tokio::task::JoinHandle<Result<Claim, StoreError>>> {
+) -> Vec<JoinHandle<Result<Claim, StoreError>>> {
     let claim = |request: ClaimRequest<'static>| {
         let store = Arc::clone(store);
         tokio::spawn(async move { store.claim(&request).await })
@@ -338,55 +340,110 @@ async fn a_row_the_database_rejects_fails_alone_in_its_batch() {
     assert!(store.get("ok-2").await.unwrap().is_none());
 }
 
-/// Finishes queued while every connection is busy share one statement; a
-/// stale attempt among them is fenced, the others recorded.
+/// A transaction that holds row locks, so statements block behind it.
+struct RowLocks {
+    client: tokio_postgres::Client,
+    pid: i32,
+}
+
+impl RowLocks {
+    async fn take(db: &TestDb, task_ids: &[&str]) -> RowLocks {
+        let client = db.client().await;
+        client.batch_execute("begin").await.unwrap();
+        client.execute("select from task_executions where task_id = any($1) for update", &[&task_ids]).await.unwrap();
+        let pid = client.query_one("select pg_backend_pid()", &[]).await.unwrap().get(0);
+        RowLocks { client, pid }
+    }
+
+    /// Waits for `count` statements to be blocked behind these locks.
+    async fn blocking(&self, count: i64) {
+        let blocked = "select count(*) from pg_stat_activity where $1 = any(pg_blocking_pids(pid))";
+        for _ in 0..500 {
+            if self.client.query_one(blocked, &[&self.pid]).await.unwrap().get::<_, i64>(0) >= count {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("fewer than {count} statements ever blocked");
+    }
+
+    async fn release(self) {
+        self.client.batch_execute("commit").await.unwrap();
+    }
+}
+
+fn spawn_finish(
+    store: &Arc<PostgresStore>,
+    task_id: &'static str,
+    attempt: u32,
+) -> JoinHandle<Result<Finished, StoreError>> {
+    let store = Arc::clone(store);
+    let ending = Ending::Succeeded { return_value: raw(r#"{"ok": true}"#) };
+    tokio::spawn(async move { store.finish(task_id, attempt, ending).await })
+}
+
+/// Finishes queued while both statements a queue may have in flight are
+/// blocked share one statement; a stale attempt among them is fenced, the
+/// others recorded.
 #[tokio::test]
 async fn queued_finishes_share_one_statement_and_each_is_fenced_on_its_own() {
     let db = TestDb::new().await;
-    let store = Arc::new(db.store(1, Duration::from_secs(5)));
-    let ids: Vec<&'static str> = (0..13).map(|n| leak(format!("task-{n}"))).collect();
+    let store = Arc::new(db.store(4, Duration::from_secs(5)));
+    let ids: Vec<&'static str> = (0..12).map(|n| leak(format!("task-{n}"))).collect();
     for id in &ids {
         assert_eq!(store.claim(&request(id, LEASE, None)).await.unwrap(), Claim::Claimed { attempt: 1 });
     }
-    // The pool's three connections each block on a row this transaction holds.
-    let mut locker = db.client().await;
-    let locks = locker.transaction().await.unwrap();
-    let held = &ids[..3];
-    locks.execute("select from task_executions where task_id = any($1) for update", &[&held]).await.unwrap();
-    let finish = |task_id: &'static str, attempt: u32| {
-        let store = Arc::clone(&store);
-        let ending = Ending::Succeeded { return_value: raw(r#"{"ok": true}"#) };
-        tokio::spawn(async move { store.finish(task_id, attempt, ending).await })
-    };
-    let blocked: Vec<_> = held.iter().map(|id| finish(id, 1)).collect();
-    wait_until_blocked(&db, 3).await;
-    let queued: Vec<_> = ids[3..].iter().enumerate().map(|(n, id)| finish(id, if n == 0 { 7 } else { 1 })).collect();
+    let locks = RowLocks::take(&db, &ids[..2]).await;
+    let first = spawn_finish(&store, ids[0], 1);
+    locks.blocking(1).await;
+    let second = spawn_finish(&store, ids[1], 1);
+    locks.blocking(2).await;
+    let queued: Vec<_> =
+        ids[2..].iter().enumerate().map(|(n, id)| spawn_finish(&store, id, if n == 0 { 7 } else { 1 })).collect();
     let_spawned_tasks_queue().await;
-    locks.commit().await.unwrap();
+    locks.release().await;
 
-    for answer in futures_join(blocked.into_iter()).await {
+    for answer in futures_join([first, second].into_iter()).await {
         assert_eq!(answer.unwrap(), Finished::Recorded);
     }
     let answers: Vec<Finished> = futures_join(queued.into_iter()).await.into_iter().map(Result::unwrap).collect();
     assert_eq!(answers[0], Finished::Fenced, "attempt 7 never ran");
     assert!(answers[1..].iter().all(|answer| *answer == Finished::Recorded), "{answers:?}");
-    assert_eq!(store.get(ids[3]).await.unwrap().unwrap().status, Status::Running);
-    assert_eq!(distinct(&db, "finished_at", &ids[4..]).await, 1, "the queued finishes went out in one statement");
+    assert_eq!(store.get(ids[2]).await.unwrap().unwrap().status, Status::Running);
+    assert_eq!(distinct(&db, "finished_at", &ids[3..]).await, 1, "the queued finishes went out in one statement");
 }
 
-/// Waits for `count` statements of this database to wait on a lock.
-async fn wait_until_blocked(db: &TestDb, count: i64) {
-    let client = db.client().await;
-    let blocked = "select count(*) from pg_stat_activity \
-                   where wait_event_type = 'Lock' and query like '%task_executions%' and datname = current_database() \
-                     and exists (select from pg_locks where pid = pg_stat_activity.pid and not granted)";
-    for _ in 0..500 {
-        if client.query_one(blocked, &[]).await.unwrap().get::<_, i64>(0) >= count {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+/// A claim stuck behind a row lock held elsewhere holds up only its own
+/// statement; with both statements stuck, a claim gives up within the pool
+/// timeout (429, Pub/Sub retries) instead of waiting on the lock's holder.
+#[tokio::test]
+async fn claims_stuck_behind_row_locks_hold_up_their_statement_not_the_store() {
+    let db = TestDb::new().await;
+    let pool_timeout = Duration::from_millis(300);
+    let store = Arc::new(db.store(4, pool_timeout));
+    for id in ["locked-a", "locked-b"] {
+        assert_eq!(store.claim(&request(id, LEASE, None)).await.unwrap(), Claim::Claimed { attempt: 1 });
+        let failed = Ending::Failed { message: "again", traceback: "again", permanent: false };
+        store.finish(id, 1, failed).await.unwrap();
     }
-    panic!("fewer than {count} statements ever blocked");
+    let locks = RowLocks::take(&db, &["locked-a", "locked-b"]).await;
+    let stuck_a = spawn_claims(&store, vec![request("locked-a", LEASE, None)]).remove(0);
+    locks.blocking(1).await;
+    assert_eq!(store.claim(&request("free", LEASE, None)).await.unwrap(), Claim::Claimed { attempt: 1 });
+
+    let stuck_b = spawn_claims(&store, vec![request("locked-b", LEASE, None)]).remove(0);
+    locks.blocking(2).await;
+    let started = tokio::time::Instant::now();
+    let refusing = tokio::time::timeout(pool_timeout * 10, store.claim(&request("refused", LEASE, None)));
+    let refused = refusing.await.expect("the claim gave up");
+    assert!(matches!(refused, Err(StoreError::PoolTimeout(_))), "{refused:?}");
+    assert!(started.elapsed() < pool_timeout * 3, "gave up after {:?}", started.elapsed());
+    assert!(store.get("refused").await.unwrap().is_none(), "nothing recorded for it");
+
+    locks.release().await;
+    for stuck in [stuck_a, stuck_b] {
+        assert_eq!(stuck.await.unwrap().unwrap(), Claim::Claimed { attempt: 2 });
+    }
 }
 
 /// What comes before an ack must be durable: a finish returns only once the

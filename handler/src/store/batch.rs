@@ -6,15 +6,22 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tracing::Span;
 
 use super::StoreError;
 
 /// The most rows one statement carries.
 const MAX_ROWS: usize = 64;
+
+/// Statements of one queue in flight at once. Few, so that calls queue up
+/// behind them and the next statement carries many rows: the database spends
+/// its CPU on rows rather than on statements and commits. Two rather than one,
+/// so that a statement stuck behind a row lock does not stop every claim.
+const MAX_STATEMENTS: usize = 2;
 
 /// The most bytes of arguments and results one statement carries; a batch
 /// always takes at least one call, however large.
@@ -51,24 +58,28 @@ pub(crate) struct Queue<T, A> {
     // A std Mutex: it is held only to push, take or remove, never across an await.
     waiting: Mutex<Vec<(Waiting<T, A>, Span)>>,
     tickets: AtomicU64,
+    statements: Arc<Semaphore>,
 }
 
 impl<T, A> Default for Queue<T, A> {
     fn default() -> Self {
-        Self { waiting: Mutex::new(Vec::new()), tickets: AtomicU64::new(0) }
+        let statements = Arc::new(Semaphore::new(MAX_STATEMENTS));
+        Self { waiting: Mutex::new(Vec::new()), tickets: AtomicU64::new(0), statements }
     }
 }
 
 impl<T: Row, A: Send + 'static> Queue<T, A> {
-    /// Queues `row` and waits for its answer. Meanwhile the caller asks for a
-    /// connection with `connect`; if one comes before the answer, the caller
-    /// takes the queue and `run`s it as a batch on a task of its own, so a
-    /// caller that goes away strands no one. A caller whose connection does
-    /// not come gets the reason, unless a batch took its row meanwhile.
+    /// Queues `row` and waits for its answer. Meanwhile the caller waits for
+    /// a turn: a statement's place and then a connection (`connect`, given
+    /// the deadline), both within `wait`. If the turn comes before the
+    /// answer, the caller takes the queue and `run`s it as a batch on a task
+    /// of its own, so a caller that goes away strands no one. A caller whose
+    /// turn does not come gets the reason, unless a batch took its row meanwhile.
     pub(crate) async fn submit<C, Connecting, Running>(
         &self,
         row: T,
-        connect: impl Fn() -> Connecting,
+        wait: Duration,
+        connect: impl Fn(Instant) -> Connecting,
         run: impl Fn(C, Vec<Waiting<T, A>>) -> Running,
     ) -> Result<A, StoreError>
     where
@@ -78,16 +89,20 @@ impl<T: Row, A: Send + 'static> Queue<T, A> {
         let (sender, mut answer) = oneshot::channel();
         let queued = self.push(row, sender);
         loop {
-            let connection = tokio::select! {
+            let turn = tokio::select! {
                 biased;
                 answered = &mut answer => return answered.unwrap_or_else(|_| Err(lost())),
-                connection = connect() => connection,
+                turn = self.turn(wait, &connect) => turn,
             };
-            match connection {
-                Ok(connection) => {
+            match turn {
+                Ok((statement, connection)) => {
                     let batch = self.take();
                     if !batch.is_empty() {
-                        tokio::spawn(run(connection, batch));
+                        let running = run(connection, batch);
+                        tokio::spawn(async move {
+                            running.await;
+                            drop(statement);
+                        });
                     }
                 }
                 Err(error) if queued.withdraw() => return Err(error),
@@ -98,6 +113,22 @@ impl<T: Row, A: Send + 'static> Queue<T, A> {
                 return answer.await.unwrap_or_else(|_| Err(lost()));
             }
         }
+    }
+
+    /// A place among the statements in flight, then a connection, by one deadline.
+    async fn turn<C, Connecting>(
+        &self,
+        wait: Duration,
+        connect: impl Fn(Instant) -> Connecting,
+    ) -> Result<(OwnedSemaphorePermit, C), StoreError>
+    where
+        Connecting: Future<Output = Result<C, StoreError>>,
+    {
+        let deadline = Instant::now() + wait;
+        let place = tokio::time::timeout_at(deadline.into(), Arc::clone(&self.statements).acquire_owned());
+        // The semaphore is never closed.
+        let Ok(Ok(statement)) = place.await else { return Err(StoreError::PoolTimeout(wait)) };
+        Ok((statement, connect(deadline).await?))
     }
 
     fn push(&self, row: T, answer: oneshot::Sender<Result<A, StoreError>>) -> Queued<'_, T, A> {

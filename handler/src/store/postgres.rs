@@ -351,13 +351,16 @@ impl PostgresStore {
 
     /// A connection within the pool timeout, or why there is none.
     pub async fn connection(&self) -> Result<DbConnection, StoreError> {
+        self.connection_until(Instant::now() + self.pool_timeout).await
+    }
+
+    async fn connection_until(&self, deadline: Instant) -> Result<DbConnection, StoreError> {
         let start = Instant::now();
         let busy = StoreError::PoolTimeout(self.pool_timeout);
-        let waiting = tokio::time::timeout(self.pool_timeout, Arc::clone(&self.places).acquire_owned());
+        let waiting = tokio::time::timeout_at(deadline.into(), Arc::clone(&self.places).acquire_owned());
         // The semaphore is never closed.
         let place = waiting.await.map_err(|_| busy.clone())?.map_err(|_| busy)?;
-        let remaining = self.pool_timeout.saturating_sub(start.elapsed());
-        match tokio::time::timeout(remaining, self.pool.get_owned()).await {
+        match tokio::time::timeout_at(deadline.into(), self.pool.get_owned()).await {
             Ok(Ok(connection)) => Ok(DbConnection { connection, _place: place }),
             Ok(Err(RunError::User(error))) => Err(classify_connect(error)),
             Ok(Err(RunError::TimedOut)) | Err(_) => Err(self.why_none(start)),
@@ -375,14 +378,19 @@ impl PostgresStore {
         })
     }
 
-    /// A connection for a finish: any idle one, and never fewer than
-    /// [`FINISH_RESERVE`] to wait for.
-    async fn finish_connection(&self) -> Result<PooledConnection<'static, Connector>, StoreError> {
+    /// A connection for a finish by `deadline`: any idle one, and never
+    /// fewer than [`FINISH_RESERVE`] to wait for.
+    async fn finish_connection_until(
+        &self,
+        deadline: Instant,
+    ) -> Result<PooledConnection<'static, Connector>, StoreError> {
         let start = Instant::now();
-        self.pool.get_owned().await.map_err(|error| match error {
-            RunError::User(error) => classify_connect(error),
-            RunError::TimedOut => self.failures.since(start).unwrap_or(StoreError::PoolTimeout(FINISH_WAIT)),
-        })
+        let timed_out = || self.failures.since(start).unwrap_or(StoreError::PoolTimeout(FINISH_WAIT));
+        match tokio::time::timeout_at(deadline.into(), self.pool.get_owned()).await {
+            Ok(Ok(connection)) => Ok(connection),
+            Ok(Err(RunError::User(error))) => Err(classify_connect(error)),
+            Ok(Err(RunError::TimedOut)) | Err(_) => Err(timed_out()),
+        }
     }
 }
 
@@ -458,12 +466,14 @@ impl PostgresStore {
     }
 
     async fn claim_row(&self, request: &ClaimRequest<'_>) -> Result<Claim, StoreError> {
-        self.batches.claims.submit(ClaimRow::of(request), || self.connection(), claim_batch).await
+        let connect = |deadline| self.connection_until(deadline);
+        self.batches.claims.submit(ClaimRow::of(request), self.pool_timeout, connect, claim_batch).await
     }
 
     async fn finish_row(&self, task_id: &str, attempt: u32, ending: Ending<'_>) -> Result<Finished, StoreError> {
         let row = FinishRow::of(task_id, attempt, ending);
-        self.batches.finishes.submit(row, || self.finish_connection(), finish_batch).await
+        let connect = |deadline| self.finish_connection_until(deadline);
+        self.batches.finishes.submit(row, FINISH_WAIT, connect, finish_batch).await
     }
 
     async fn skip_row(&self, request: &ClaimRequest<'_>, reason: &str) -> Result<(), StoreError> {
