@@ -434,8 +434,8 @@ async fn claims_stuck_behind_row_locks_hold_up_their_statement_not_the_store() {
     let stuck_b = spawn_claims(&store, vec![request("locked-b", LEASE, None)]).remove(0);
     locks.blocking(2).await;
     let started = tokio::time::Instant::now();
-    let refusing = tokio::time::timeout(pool_timeout * 10, store.claim(&request("refused", LEASE, None)));
-    let refused = refusing.await.expect("the claim gave up");
+    let refused_claim = request("refused", LEASE, None);
+    let refused = tokio::time::timeout(pool_timeout * 10, store.claim(&refused_claim)).await.expect("it gave up");
     assert!(matches!(refused, Err(StoreError::PoolTimeout(_))), "{refused:?}");
     assert!(started.elapsed() < pool_timeout * 3, "gave up after {:?}", started.elapsed());
     assert!(store.get("refused").await.unwrap().is_none(), "nothing recorded for it");
