@@ -56,6 +56,14 @@ start() {
 
 stop() { kill "$server" 2> /dev/null || true; wait "$server" 2> /dev/null || true; }
 
+# statements NAME: executions stored, and how many statements claimed and
+# finished them (rows one statement writes share its transaction's now()).
+statements() {
+    psql "$(database_url $database)" -Atc \
+        "select count(*), count(distinct started_at), count(distinct finished_at) from task_executions" \
+        > "$work/$1.rows"
+}
+
 fresh_database() {
     psql "$(admin_url)" -qc "drop database if exists $database with (force)" -c "create database $database" > /dev/null
     DATABASE_URL=$(database_url $database) "$binary" migrate > /dev/null
@@ -118,7 +126,7 @@ fresh_database
 port=$(free_port)
 start noop-postgres-oidc "$port" production "$port"
 load noop-postgres-oidc ceiling-db "$port" -H "Authorization: Bearer $TOKEN" -Z "$noop_bodies"
-psql "$(database_url $database)" -Atc "select count(*) from task_executions" > "$work/noop-postgres-oidc.rows"
+statements noop-postgres-oidc
 stop
 
 say "duplicate: one message over and over (a redelivery storm)"
@@ -145,6 +153,7 @@ start delay-proxy "$proxy_port" "$helper" delay-proxy "$proxy_port" "$PG_PORT" 1
 port=$(free_port)
 start cloudsql-latency "$port" production "$port" "$POOL_SIZE" "postgres://postgres@127.0.0.1:$proxy_port/$database"
 load cloudsql-latency - "$port" -H "Authorization: Bearer $TOKEN" -Z "$noop_bodies"
+statements cloudsql-latency
 stop
 echo "$POOL_SIZE" > "$work/cloudsql-latency.pool"
 

@@ -49,14 +49,16 @@ def main():
               f"{percentiles['p99'] * 1000:>8.2f} {summary['slowest'] * 1000:>8.1f} {rss:>8.1f}  "
               f"{ratio:<22} {statuses}; {errors} errors")
 
-    rows_file = os.path.join(work, "noop-postgres-oidc.rows")
-    if os.path.exists(rows_file):
+    for name in ("noop-postgres-oidc", "cloudsql-latency"):
+        rows_file = os.path.join(work, f"{name}.rows")
+        if not os.path.exists(rows_file):
+            continue
         with open(rows_file) as stored:
-            unique = int(stored.read().strip() or 0)
-        sent = sum(sum(oha(work, run)["statusCodeDistribution"].values())
-                   for run in ("noop-postgres-oidc", "noop-postgres-oidc.warmup"))
-        print(f"noop-postgres-oidc: {unique} executions stored for {sent} pushes (warm-up included): "
-              f"{1 - unique / sent:.1%} repeated a task id (oha picks body lines at random) and were duplicates")
+            unique, claims, finishes = (int(n) for n in stored.read().strip().split("|"))
+        sent = sum(sum(oha(work, run)["statusCodeDistribution"].values()) for run in (name, f"{name}.warmup"))
+        print(f"{name}: {unique} executions stored for {sent} pushes (warm-up included): "
+              f"{1 - unique / sent:.1%} repeated a task id (oha picks body lines at random); "
+              f"{unique / max(claims, 1):.1f} rows per claim statement, {unique / max(finishes, 1):.1f} per finish")
     pool_file = os.path.join(work, "cloudsql-latency.pool")
     if os.path.exists(pool_file):
         with open(pool_file) as pool:
