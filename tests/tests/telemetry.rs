@@ -20,6 +20,7 @@ use serde_json::json;
 use support::{TestDb, TestServer, postgres_server, task, task_with_attributes};
 use tracing::dispatcher::DefaultGuard;
 use tracing_subscriber::fmt::MakeWriter;
+use whirligig_handler::store::{ClaimRequest, ExecutionStore as _};
 use whirligig_handler::telemetry::{self, CloudLogging, LogFormat, TelemetryConfig, TraceExport};
 use whirligig_handler::{App, PushAuth, demo};
 use whirligig_registry::{Registry, TaskContext, TaskRoute};
@@ -356,6 +357,47 @@ async fn a_store_call_that_fails_is_an_error_span_under_the_task() {
     assert!(matches!(claim.status, Status::Error { .. }), "{:?}", claim.status);
     assert_eq!(text(busy_task, "whirligig.task.outcome"), "failed");
     assert_eq!(text(busy_task, "error.type"), "pool_timeout");
+}
+
+/// Claims that shared a statement say so on their spans; a claim alone does not.
+#[tokio::test]
+async fn claims_that_share_a_statement_carry_the_batch_size() {
+    let traced = Traced::install();
+    let db = TestDb::new().await;
+    let store = Arc::new(db.store(1, std::time::Duration::from_secs(5)));
+    let args: &'static serde_json::value::RawValue = serde_json::from_str("[]").unwrap();
+    let request = |task_id: &'static str| ClaimRequest {
+        task_id,
+        task_name: "echo",
+        args,
+        kwargs: serde_json::from_str("{}").unwrap(),
+        message_id: None,
+        enqueued_at: None,
+        lease: std::time::Duration::from_secs(60),
+        max_attempts: None,
+    };
+    store.claim(&request("alone")).await.unwrap();
+    assert_eq!(attribute(&traced.span("INSERT task_executions"), "db.operation.batch.size"), None);
+    traced.forget();
+
+    let busy = store.connection().await.unwrap();
+    let claims: Vec<_> = ["a", "b", "c", "d", "e"]
+        .into_iter()
+        .map(|task_id| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move { store.claim(&request(task_id)).await.unwrap() })
+        })
+        .collect();
+    tokio::task::yield_now().await;
+    drop(busy);
+    for claim in claims {
+        claim.await.unwrap();
+    }
+    let spans = traced.spans();
+    assert_eq!(spans.len(), 5, "{:?}", names(&spans));
+    for span in &spans {
+        assert_eq!(text(span, "db.operation.batch.size"), "5", "{}", span.name);
+    }
 }
 
 #[tokio::test]
