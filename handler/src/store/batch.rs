@@ -70,11 +70,11 @@ impl<T, A> Default for Queue<T, A> {
 
 impl<T: Row, A: Send + 'static> Queue<T, A> {
     /// Queues `row` and waits for its answer. Meanwhile the caller waits for
-    /// a turn: a statement's place and then a connection (`connect`, given
-    /// the deadline), both within `wait`. If the turn comes before the
-    /// answer, the caller takes the queue and `run`s it as a batch on a task
-    /// of its own, so a caller that goes away strands no one. A caller whose
-    /// turn does not come gets the reason, unless a batch took its row meanwhile.
+    /// a turn: a statement's place and then a connection (`connect`), both
+    /// within `wait`. If the turn comes before the answer, the caller takes
+    /// the queue and runs it as a batch (see [`Queue::run`]). A caller whose
+    /// turn does not come in time gets the reason, unless a batch took its
+    /// row meanwhile.
     pub(crate) async fn submit<C, Connecting, Running>(
         &self,
         row: T,
@@ -88,47 +88,58 @@ impl<T: Row, A: Send + 'static> Queue<T, A> {
     {
         let (sender, mut answer) = oneshot::channel();
         let queued = self.push(row, sender);
-        loop {
+        let deadline = Instant::now() + wait;
+        // More than one turn only for a row whose key was in the batch taken.
+        while queued.is_waiting() {
             let turn = tokio::select! {
                 biased;
                 answered = &mut answer => return answered.unwrap_or_else(|_| Err(lost())),
-                turn = self.turn(wait, &connect) => turn,
+                turn = self.turn(deadline, wait, &connect) => turn,
             };
             match turn {
-                Ok((statement, connection)) => {
-                    let batch = self.take();
-                    if !batch.is_empty() {
-                        let running = run(connection, batch);
-                        tokio::spawn(async move {
-                            running.await;
-                            drop(statement);
-                        });
-                    }
-                }
+                Ok((statement, connection)) => self.run(statement, connection, &run),
                 Err(error) if queued.withdraw() => return Err(error),
                 Err(_) => {}
             }
-            // Still queued: a row with the same key filled its place in that batch.
-            if !queued.is_waiting() {
-                return answer.await.unwrap_or_else(|_| Err(lost()));
-            }
         }
+        answer.await.unwrap_or_else(|_| Err(lost()))
     }
 
-    /// A place among the statements in flight, then a connection, by one deadline.
+    /// A place among the statements in flight, then a connection, by `deadline`.
     async fn turn<C, Connecting>(
         &self,
+        deadline: Instant,
         wait: Duration,
         connect: impl Fn(Instant) -> Connecting,
     ) -> Result<(OwnedSemaphorePermit, C), StoreError>
     where
         Connecting: Future<Output = Result<C, StoreError>>,
     {
-        let deadline = Instant::now() + wait;
         let place = tokio::time::timeout_at(deadline.into(), Arc::clone(&self.statements).acquire_owned());
         // The semaphore is never closed.
         let Ok(Ok(statement)) = place.await else { return Err(StoreError::PoolTimeout(wait)) };
         Ok((statement, connect(deadline).await?))
+    }
+
+    /// Takes the queue and runs it on a task of its own, which keeps the
+    /// statement's place until it ends: a caller that goes away strands no one.
+    fn run<C, Running>(
+        &self,
+        statement: OwnedSemaphorePermit,
+        connection: C,
+        run: impl Fn(C, Vec<Waiting<T, A>>) -> Running,
+    ) where
+        Running: Future<Output = ()> + Send + 'static,
+    {
+        let batch = self.take();
+        if batch.is_empty() {
+            return;
+        }
+        let running = run(connection, batch);
+        tokio::spawn(async move {
+            running.await;
+            drop(statement);
+        });
     }
 
     fn push(&self, row: T, answer: oneshot::Sender<Result<A, StoreError>>) -> Queued<'_, T, A> {

@@ -47,6 +47,10 @@ const TCP_USER_TIMEOUT: Duration = Duration::from_secs(15);
 /// before a finish, and a finish's synchronous commit makes the WAL before it,
 /// this claim included, durable too.
 ///
+/// Both wait at most a second for a row lock (`lock_timeout`): a row locked
+/// elsewhere must not hold up the batch around it for long, and its batch is
+/// then tried row by row, like one whose data the database rejects.
+///
 /// Both statements are prepared once per connection, so their plan is made
 /// while the table may still be nearly empty and then kept: nothing here may
 /// join the batch with `task_executions` (the planner would hash a scan of the
@@ -63,7 +67,7 @@ claimed as (
     insert into task_executions as t
         (task_id, task_name, status, args, kwargs, attempts, message_id, enqueued_at, started_at)
     select task_id, task_name, 'RUNNING', args, kwargs, 1, message_id, enqueued_at, now()
-    from input, (select set_config('synchronous_commit', 'off', true)) as asynchronous_commit
+    from input, (select set_config('synchronous_commit', 'off', true), set_config('lock_timeout', '1s', true)) as s
     on conflict (task_id) do update
     set status = 'RUNNING', attempts = t.attempts + 1, message_id = excluded.message_id,
         started_at = now(), finished_at = null, updated_at = now()
@@ -88,15 +92,17 @@ left join lateral (
 ) as t on true";
 
 /// Finishes a batch of attempts; returns the task ids it recorded. The
-/// commit is synchronous: an ack follows it. An upsert that never inserts
-/// (rows no claim made are left out) rather than an update joined with the
-/// batch: the conflict finds each row through the primary key.
+/// commit is synchronous: an ack follows it. An upsert rather than an update
+/// joined with the batch, so the conflict finds each row through the primary
+/// key; rows no claim made are left out, so it inserts nothing (short of a
+/// row deleted between that check and the conflict: it would come back).
 const FINISHES: &str = r"
 insert into task_executions as t
     (task_id, task_name, status, attempts, return_value, error_message, error_traceback, permanent, finished_at)
 select task_id, '', status, attempt, return_value, error_message, error_traceback, permanent, now()
 from unnest($1::text[], $2::int4[], $3::text[], $4::jsonb[], $5::text[], $6::text[], $7::bool[])
-    as i(task_id, attempt, status, return_value, error_message, error_traceback, permanent)
+        as i(task_id, attempt, status, return_value, error_message, error_traceback, permanent),
+    (select set_config('lock_timeout', '1s', true)) as s
 where (select true from task_executions where task_id = i.task_id)
 on conflict (task_id) do update
 set status = excluded.status, return_value = excluded.return_value, error_message = excluded.error_message,
@@ -551,19 +557,21 @@ struct Seen {
     permanent: bool,
 }
 
-/// Claims a batch and answers each call. A batch the database rejects for
-/// the data of one row is claimed again row by row, so only that row fails.
+/// Claims a batch and answers each call. A batch that failed for one row
+/// (see [`one_row_may_be_at_fault`]) is claimed again row by row, so only
+/// that row fails.
 async fn claim_batch(connection: DbConnection, batch: Vec<Waiting<ClaimRow, Claim>>) {
     match claim_rows(&connection, &batch).await {
-        Ok(seen) => {
+        Ok(seen) if seen.len() == batch.len() => {
             for (waiting, seen) in batch.into_iter().zip(seen) {
                 let claim = settle(&connection, &waiting.row, seen).await;
                 waiting.answer(claim);
             }
         }
-        Err(StoreError::Rejected(_)) if batch.len() > 1 => {
+        Ok(_) => answer_all(batch, &unanswered()),
+        Err(error) if batch.len() > 1 && one_row_may_be_at_fault(&error) => {
             for waiting in batch {
-                let seen = claim_rows(&connection, std::slice::from_ref(&waiting)).await;
+                let seen = claim_rows(&connection, std::slice::from_ref(&waiting)).await.map_err(classify);
                 let claim = match seen.map(|mut seen| seen.pop()) {
                     Ok(Some(seen)) => settle(&connection, &waiting.row, seen).await,
                     Ok(None) => Err(unanswered()),
@@ -572,12 +580,21 @@ async fn claim_batch(connection: DbConnection, batch: Vec<Waiting<ClaimRow, Clai
                 waiting.answer(claim);
             }
         }
-        Err(error) => answer_all(batch, &error),
+        Err(error) => answer_all(batch, &classify(error)),
     }
 }
 
+/// Errors one row can cause for a whole batch: its data (class 22, such as a
+/// NUL in jsonb), or a lock held elsewhere on it.
+fn one_row_may_be_at_fault(error: &tokio_postgres::Error) -> bool {
+    error.code().is_some_and(|code| code.code().starts_with("22") || *code == SqlState::LOCK_NOT_AVAILABLE)
+}
+
 /// The rows as the claim statement saw them, in the batch's order.
-async fn claim_rows(connection: &PgConnection, batch: &[Waiting<ClaimRow, Claim>]) -> Result<Vec<Seen>, StoreError> {
+async fn claim_rows(
+    connection: &PgConnection,
+    batch: &[Waiting<ClaimRow, Claim>],
+) -> Result<Vec<Seen>, tokio_postgres::Error> {
     let rows: Vec<&ClaimRow> = batch.iter().map(|waiting| &waiting.row).collect();
     let task_ids: Vec<&str> = rows.iter().map(|row| row.task_id.as_str()).collect();
     let names: Vec<&str> = rows.iter().map(|row| row.task_name.as_str()).collect();
@@ -589,10 +606,7 @@ async fn claim_rows(connection: &PgConnection, batch: &[Waiting<ClaimRow, Claim>
     let limits: Vec<Option<i32>> = rows.iter().map(|row| row.max_attempts).collect();
     let parameters: [&(dyn ToSql + Sync); 8] =
         [&task_ids, &names, &args, &kwargs, &message_ids, &enqueued, &leases, &limits];
-    let mut answers = connection.query(&connection.claims, &parameters).await.map_err(classify)?;
-    if answers.len() != rows.len() {
-        return Err(unanswered());
-    }
+    let mut answers = connection.query(&connection.claims, &parameters).await?;
     answers.sort_unstable_by_key(|row| row.get::<_, i64>(0));
     Ok(answers.iter().map(seen).collect())
 }
@@ -668,8 +682,8 @@ impl Row for FinishRow {
     }
 }
 
-/// Finishes a batch and answers each call; rejected data is retried row by
-/// row, as for claims.
+/// Finishes a batch and answers each call; a batch that failed for one row
+/// is finished again row by row, as for claims.
 async fn finish_batch(connection: PooledConnection<'static, Connector>, batch: Vec<Waiting<FinishRow, Finished>>) {
     match finish_rows(&connection, &batch).await {
         Ok(recorded) => {
@@ -678,14 +692,14 @@ async fn finish_batch(connection: PooledConnection<'static, Connector>, batch: V
                 waiting.answer(Ok(finished));
             }
         }
-        Err(StoreError::Rejected(_)) if batch.len() > 1 => {
+        Err(error) if batch.len() > 1 && one_row_may_be_at_fault(&error) => {
             for waiting in batch {
-                let recorded = finish_rows(&connection, std::slice::from_ref(&waiting)).await;
+                let recorded = finish_rows(&connection, std::slice::from_ref(&waiting)).await.map_err(classify);
                 let finished = recorded.map(|recorded| finished(&recorded, &waiting.row));
                 waiting.answer(finished);
             }
         }
-        Err(error) => answer_all(batch, &error),
+        Err(error) => answer_all(batch, &classify(error)),
     }
 }
 
@@ -693,7 +707,7 @@ async fn finish_batch(connection: PooledConnection<'static, Connector>, batch: V
 async fn finish_rows(
     connection: &PgConnection,
     batch: &[Waiting<FinishRow, Finished>],
-) -> Result<Vec<String>, StoreError> {
+) -> Result<Vec<String>, tokio_postgres::Error> {
     let rows: Vec<&FinishRow> = batch.iter().map(|waiting| &waiting.row).collect();
     let task_ids: Vec<&str> = rows.iter().map(|row| row.task_id.as_str()).collect();
     let attempts: Vec<i32> = rows.iter().map(|row| row.attempt).collect();
@@ -704,7 +718,7 @@ async fn finish_rows(
     let permanent: Vec<bool> = rows.iter().map(|row| row.permanent).collect();
     let parameters: [&(dyn ToSql + Sync); 7] =
         [&task_ids, &attempts, &statuses, &values, &messages, &tracebacks, &permanent];
-    let recorded = connection.query(&connection.finishes, &parameters).await.map_err(classify)?;
+    let recorded = connection.query(&connection.finishes, &parameters).await?;
     Ok(recorded.iter().map(|row| row.get(0)).collect())
 }
 
