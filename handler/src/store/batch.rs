@@ -1,8 +1,9 @@
 //! Group commit: concurrent claims (or finishes) wait in one queue, and the
-//! first caller to get a connection runs every call queued by then as one
-//! statement: under load, one round trip and one commit carry many rows;
-//! alone, a call is a batch of one. What the rows mean is for `postgres` to
-//! say; this module only queues, takes and answers.
+//! first caller to get a turn (one of a few statements in flight, then a
+//! connection) runs every call queued by then as one statement: under load,
+//! one round trip and one commit carry many rows; alone, a call is a batch of
+//! one. What the rows mean is for `postgres` to say; this module only queues,
+//! takes and answers.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -209,4 +210,120 @@ impl<T: Row, A: Send + 'static> Drop for Queued<'_, T, A> {
 /// The batch that took a call ended without answering it: its task panicked.
 fn lost() -> StoreError {
     StoreError::Database("the batch that held this call ended without an answer".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Named(&'static str, usize);
+
+    impl Row for Named {
+        fn key(&self) -> &str {
+            self.0
+        }
+
+        fn bytes(&self) -> usize {
+            self.1
+        }
+    }
+
+    fn queued(
+        queue: &Queue<Named, usize>,
+        rows: &[(&'static str, usize)],
+    ) -> Vec<oneshot::Receiver<Result<usize, StoreError>>> {
+        let mut answers = Vec::new();
+        for &(key, bytes) in rows {
+            let (sender, answer) = oneshot::channel();
+            std::mem::forget(queue.push(Named(key, bytes), sender));
+            answers.push(answer);
+        }
+        answers
+    }
+
+    fn keys(batch: &[Waiting<Named, usize>]) -> Vec<&'static str> {
+        batch.iter().map(|waiting| waiting.row.0).collect()
+    }
+
+    #[test]
+    fn a_batch_takes_a_key_once_and_is_sorted_by_key() {
+        let queue = Queue::default();
+        let _answers = queued(&queue, &[("b", 1), ("a", 1), ("b", 1), ("c", 1)]);
+        assert_eq!(keys(&queue.take()), ["a", "b", "c"]);
+        assert_eq!(keys(&queue.take()), ["b"], "the second b waited for the next batch");
+        assert!(queue.take().is_empty());
+    }
+
+    #[test]
+    fn a_batch_stops_at_its_row_and_byte_limits_but_always_takes_one() {
+        let queue = Queue::default();
+        let rows: Vec<(&'static str, usize)> =
+            (0..MAX_ROWS + 1).map(|n| (&*Box::leak(format!("{n:03}").into_boxed_str()), 1)).collect();
+        let _answers = queued(&queue, &rows);
+        assert_eq!(queue.take().len(), MAX_ROWS);
+        assert_eq!(queue.take().len(), 1);
+
+        let _answers = queued(&queue, &[("huge", MAX_BYTES * 2), ("small", 1)]);
+        assert_eq!(keys(&queue.take()), ["huge"]);
+        let _answers = queued(&queue, &[("half", MAX_BYTES / 2), ("more", MAX_BYTES / 2 + 1)]);
+        assert_eq!(keys(&queue.take()), ["half", "small"], "the bytes limit leaves `more` for later");
+        assert_eq!(keys(&queue.take()), ["more"]);
+    }
+
+    #[tokio::test]
+    async fn queued_calls_get_their_own_answers_from_one_batch() {
+        let queue = Arc::new(Queue::default());
+        let batches = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&batches);
+        let run = move |(): (), batch: Vec<Waiting<Named, usize>>| {
+            let batches = Arc::clone(&counter);
+            async move {
+                batches.fetch_add(1, Ordering::SeqCst);
+                for waiting in batch {
+                    let bytes = waiting.row.1;
+                    waiting.answer(Ok(bytes));
+                }
+            }
+        };
+        // The first turn waits until every call is queued.
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let calls: Vec<_> = (1..=5)
+            .map(|n| {
+                let (queue, gate, run) = (Arc::clone(&queue), Arc::clone(&gate), run.clone());
+                let key = ["a", "b", "c", "d", "e"][n - 1];
+                tokio::spawn(async move {
+                    let connect = |_| {
+                        let gate = Arc::clone(&gate);
+                        async move { Ok(gate.notified().await) }
+                    };
+                    queue.submit(Named(key, n), Duration::from_secs(5), connect, run).await
+                })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        gate.notify_one();
+        for (n, call) in calls.into_iter().enumerate() {
+            assert_eq!(call.await.unwrap().unwrap(), n + 1);
+        }
+        assert_eq!(batches.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_call_without_a_turn_gets_why_and_leaves_the_queue() {
+        let queue: Queue<Named, usize> = Queue::default();
+        let refused = || async { Err::<(), _>(StoreError::PoolTimeout(Duration::from_millis(1))) };
+        let run = |(): (), _batch: Vec<Waiting<Named, usize>>| async {};
+        let answer = queue.submit(Named("a", 1), Duration::from_millis(1), |_| refused(), run).await;
+        assert!(matches!(answer, Err(StoreError::PoolTimeout(_))), "{answer:?}");
+        assert!(queue.lock().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_ends_without_answering_is_an_error_not_a_hang() {
+        let queue: Queue<Named, usize> = Queue::default();
+        let run = |(): (), batch: Vec<Waiting<Named, usize>>| async move { drop(batch) };
+        let answer = queue.submit(Named("a", 1), Duration::from_secs(1), |_| async { Ok(()) }, run).await;
+        assert!(matches!(answer, Err(StoreError::Database(_))), "{answer:?}");
+    }
 }
