@@ -295,7 +295,10 @@ mod tests {
                 tokio::spawn(async move {
                     let connect = |_| {
                         let gate = Arc::clone(&gate);
-                        async move { Ok(gate.notified().await) }
+                        async move {
+                            gate.notified().await;
+                            Ok(())
+                        }
                     };
                     queue.submit(Named(key, n), Duration::from_secs(5), connect, run).await
                 })
