@@ -2,6 +2,15 @@
 //! wait, the two statements, and the runners that send a batch and answer
 //! each of its calls. One statement per batch; a batch that one row spoiled
 //! goes again row by row.
+//!
+//! Both statements wait at most a second for a row lock (`lock_timeout`): a
+//! row locked elsewhere must not hold up the batch around it for long.
+//!
+//! Both are prepared once per connection, so their plan is made while the
+//! table may still be nearly empty and then kept: nothing here may join the
+//! batch with `task_executions` (the planner would hash a scan of the whole
+//! table). Each row is found through the primary key instead: by the
+//! upsert's conflict, or by a lookup per row that `offset 0` keeps apart.
 
 use bb8::PooledConnection;
 use chrono::{DateTime, Utc};
@@ -18,16 +27,6 @@ use crate::store::{ABANDONED, Claim, ClaimRequest, Ending, Finished, Status, Sto
 /// crash only means a redelivery Pub/Sub makes anyway, since nothing is acked
 /// before a finish, and a finish's synchronous commit makes the WAL before it,
 /// this claim included, durable too.
-///
-/// Both wait at most a second for a row lock (`lock_timeout`): a row locked
-/// elsewhere must not hold up the batch around it for long, and its batch is
-/// then tried row by row, like one whose data the database rejects.
-///
-/// Both statements are prepared once per connection, so their plan is made
-/// while the table may still be nearly empty and then kept: nothing here may
-/// join the batch with `task_executions` (the planner would hash a scan of the
-/// whole table). Each row is found through the primary key instead: by the
-/// upsert's conflict, or by a lookup per row that `offset 0` keeps apart.
 pub(super) const CLAIMS: &str = r"
 with input as (
     select *
