@@ -112,14 +112,14 @@ impl KeyCache {
         if self.verified.hold(token, keys.generation, self.clock.utc()) {
             return Ok(());
         }
-        let (until, generation) = match self.expect.verify(&keys.verifier, token) {
+        let (checked, generation) = match self.expect.verify(&keys.verifier, token) {
             Err(Rejection::UnknownKey) => match self.refetch_for_unknown_kid(keys.generation).await {
                 Some(fresh) => (self.expect.verify(&fresh.verifier, token), fresh.generation),
                 None => (Err(Rejection::UnknownKey), keys.generation),
             },
             checked => (checked, keys.generation),
         };
-        let until = until.map_err(AuthError::Forbidden)?;
+        let until = checked.map_err(AuthError::Forbidden)?;
         self.verified.remember(token, generation, until, self.clock.utc());
         Ok(())
     }
