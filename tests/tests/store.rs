@@ -1,6 +1,10 @@
 //! The execution store's contract, held by both implementations: the state
 //! machine, the fence on finish, the lease, attempt limits, concurrent claims,
-//! and migrations applied by two instances at once.
+//! and migrations applied by two instances at once. Then PostgreSQL's group
+//! commit: calls that queue share a statement and still get their own
+//! answers, a row that spoils its batch fails alone, a row lock held elsewhere
+//! holds up one statement for at most a second, and a finish is on disk
+//! before it returns.
 
 // Helpers here are test code too: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
