@@ -234,7 +234,7 @@ async fn a_value_postgres_cannot_store_is_rejected_not_retried() {
     let mut nul = request("nul", LEASE, None);
     nul.kwargs = raw(r#"{"text": "a\u0000b"}"#);
     let error = store.claim(&nul).await.unwrap_err();
-    assert!(matches!(error, whirligig_handler::store::StoreError::Rejected(_)), "{error:?}");
+    assert!(matches!(error, StoreError::Rejected(_)), "{error:?}");
 }
 
 /// Claims, each spawned as a push would be.
