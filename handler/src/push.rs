@@ -23,6 +23,9 @@ use crate::telemetry::propagation;
 /// The CloudEvent type Eventarc gives a Pub/Sub message.
 const MESSAGE_PUBLISHED: &str = "google.cloud.pubsub.topic.v1.messagePublished";
 
+/// The media type of a structured CloudEvent (parameters may follow it).
+const STRUCTURED_EVENT: &str = "application/cloudevents+json";
+
 /// How a message arrives: as Pub/Sub pushes it, or in a CloudEvent from
 /// Eventarc, whose data is the same envelope, either as the body with the
 /// event's attributes in `ce-*` headers (binary mode) or as `data` in a JSON
@@ -44,7 +47,7 @@ impl Wrapping {
             return Ok(Self::CloudEventBinary);
         }
         let structured = text("content-type").is_some_and(|kind| {
-            kind.get(..28).is_some_and(|prefix| prefix.eq_ignore_ascii_case("application/cloudevents+json"))
+            kind.get(..STRUCTURED_EVENT.len()).is_some_and(|prefix| prefix.eq_ignore_ascii_case(STRUCTURED_EVENT))
         });
         Ok(if structured { Self::CloudEventStructured } else { Self::Push })
     }
