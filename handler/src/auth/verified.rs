@@ -1,6 +1,6 @@
 //! Tokens that passed every check, remembered until the time checks would
-//! refuse them: Pub/Sub sends one token with many pushes, and a lookup costs
-//! far less than an RSA verification. A token counts only with the key set
+//! refuse them: a token sent again (a redelivery, or a sender that reuses its
+//! token) costs a lookup instead of an RSA verification. A token counts only with the key set
 //! that verified it: new keys (a rotation, a refresh) check it afresh.
 
 use std::collections::HashMap;
@@ -8,8 +8,8 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use chrono::{DateTime, Utc};
 
-/// Tokens kept at most. Pub/Sub reuses a token for many pushes, so a
-/// subscription needs a handful an hour; only verified tokens get in.
+/// Tokens kept at most, about a megabyte; only verified tokens get in, and a
+/// full memory forgets the stale ones first.
 const CAPACITY: usize = 1024;
 
 /// The verified tokens, each with when it stops passing.
