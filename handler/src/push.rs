@@ -14,7 +14,7 @@ use http::{HeaderMap, StatusCode};
 use opentelemetry::Context;
 use serde::Deserialize;
 use tracing::{Instrument as _, Span};
-use whirligig_registry::{ReceivedMessage, Registry, Route};
+use whirligig_registry::{ReceivedMessage, Registry, Retry, Route};
 
 use crate::executor::{Delivery, Executor, Outcome};
 use crate::store::{ExecutionStore, StoreError};
@@ -248,10 +248,12 @@ pub(crate) fn answer(outcome: &Outcome) -> Answer {
             Answer::bad_request(format_args!("max_attempts reached after {attempts} attempts"))
         }
         Outcome::BadArguments(error) => Answer::bad_request(error),
-        Outcome::Failed { retry: false, message } => {
+        Outcome::Failed { retry: Retry::Permanent, message } => {
             Answer::bad_request(format_args!("task failed permanently: {message}"))
         }
-        Outcome::Failed { retry: true, .. } => Answer::new(Code::INTERNAL_SERVER_ERROR, "task failed; retry"),
+        Outcome::Failed { retry: Retry::Retryable, .. } => {
+            Answer::new(Code::INTERNAL_SERVER_ERROR, "task failed; retry")
+        }
         Outcome::Store(StoreError::PoolTimeout(_) | StoreError::Refused(_)) => {
             Answer { retry_after: Some(1), ..Answer::new(Code::TOO_MANY_REQUESTS, "database at capacity; retry") }
         }
@@ -290,8 +292,8 @@ mod tests {
         assert_eq!(status(Outcome::Skipped { variable: "ENABLE_X".into() }), 200);
         assert_eq!(status(Outcome::InProgress), 409);
         assert_eq!(status(Outcome::Exhausted { attempts: 3 }), 400);
-        assert_eq!(status(Outcome::Failed { message: "x".into(), retry: false }), 400);
-        assert_eq!(status(Outcome::Failed { message: "x".into(), retry: true }), 500);
+        assert_eq!(status(Outcome::Failed { message: "x".into(), retry: Retry::Permanent }), 400);
+        assert_eq!(status(Outcome::Failed { message: "x".into(), retry: Retry::Retryable }), 500);
         assert_eq!(status(Outcome::Store(StoreError::PoolTimeout(std::time::Duration::ZERO))), 429);
         assert_eq!(status(Outcome::Store(StoreError::Refused("too many clients".into()))), 429);
         assert_eq!(status(Outcome::Store(StoreError::Unavailable("refused".into()))), 503);

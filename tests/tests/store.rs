@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 use whirligig_handler::store::{
     Claim, ClaimRequest, Ending, ExecutionStore, Finished, MemoryStore, PostgresStore, Status, StoreError, migrate,
 };
+use whirligig_registry::Retry;
 
 fn raw(json: &str) -> &RawValue {
     serde_json::from_str(json).expect("valid JSON")
@@ -45,7 +46,7 @@ async fn lifecycle(store: &impl ExecutionStore) {
     let claim = request("life", LEASE, None);
     assert_eq!(store.claim(&claim).await.unwrap(), Claim::Claimed { attempt: 1 });
     assert_eq!(store.claim(&claim).await.unwrap(), Claim::Running, "the lease holds");
-    let failed = Ending::Failed { message: "boom", traceback: "boom\ncaused by: io", permanent: false };
+    let failed = Ending::Failed { message: "boom", traceback: "boom\ncaused by: io", retry: Retry::Retryable };
     assert_eq!(store.finish("life", 1, failed).await.unwrap(), Finished::Recorded);
     let row = store.get("life").await.unwrap().unwrap();
     assert_eq!((row.status, row.attempts, row.error_message.as_deref()), (Status::Failed, 1, Some("boom")));
@@ -87,7 +88,7 @@ async fn attempt_limit(store: &impl ExecutionStore) {
     let limited = request("limited", LEASE, Some(2));
     for attempt in 1..=2 {
         assert_eq!(store.claim(&limited).await.unwrap(), Claim::Claimed { attempt });
-        let failed = Ending::Failed { message: "no", traceback: "no", permanent: false };
+        let failed = Ending::Failed { message: "no", traceback: "no", retry: Retry::Retryable };
         assert_eq!(store.finish("limited", attempt, failed).await.unwrap(), Finished::Recorded);
     }
     assert_eq!(store.claim(&limited).await.unwrap(), Claim::Exhausted { attempts: 2 });
@@ -105,7 +106,7 @@ async fn attempt_limit(store: &impl ExecutionStore) {
 async fn permanent_failure_is_final(store: &impl ExecutionStore) {
     let claim = request("final", LEASE, None);
     assert_eq!(store.claim(&claim).await.unwrap(), Claim::Claimed { attempt: 1 });
-    let failed = Ending::Failed { message: "no such user", traceback: "no such user", permanent: true };
+    let failed = Ending::Failed { message: "no such user", traceback: "no such user", retry: Retry::Permanent };
     assert_eq!(store.finish("final", 1, failed).await.unwrap(), Finished::Recorded);
     assert_eq!(store.claim(&claim).await.unwrap(), Claim::AlreadyFailed, "a redelivery does not run it again");
     store.skip(&claim, "skipped: kill switch X is off").await.unwrap();
@@ -178,7 +179,7 @@ async fn a_claim_that_loses_a_race_on_an_existing_row_is_told_it_is_running() {
     let store = Arc::new(db.store(2, Duration::from_secs(5)));
     let lost = request("contended", LEASE, None);
     assert_eq!(store.claim(&lost).await.unwrap(), Claim::Claimed { attempt: 1 });
-    let failed = Ending::Failed { message: "first", traceback: "first", permanent: false };
+    let failed = Ending::Failed { message: "first", traceback: "first", retry: Retry::Retryable };
     store.finish("contended", 1, failed).await.unwrap();
 
     let mut other = db.client().await;
@@ -276,11 +277,11 @@ fn leak(text: String) -> &'static str {
 async fn queued_claims_share_one_statement_and_each_gets_its_own_answer() {
     let db = TestDb::new().await;
     let store = Arc::new(db.store(1, Duration::from_secs(5)));
-    let fail = |permanent| Ending::Failed { message: "no", traceback: "no", permanent };
+    let fail = |retry| Ending::Failed { message: "no", traceback: "no", retry };
     for (task_id, max_attempts, ending) in [
         ("done", None, Some(Ending::Succeeded { return_value: raw("1") })),
-        ("broken", None, Some(fail(true))),
-        ("used-up", Some(1), Some(fail(false))),
+        ("broken", None, Some(fail(Retry::Permanent))),
+        ("used-up", Some(1), Some(fail(Retry::Retryable))),
         ("leased", None, None),
         ("abandoned", Some(1), None),
     ] {
@@ -419,7 +420,7 @@ async fn queued_finishes_share_one_statement_and_each_is_fenced_on_its_own() {
 /// Seeds `task_id` as FAILED after one attempt, so a claim would take it again.
 async fn failed_once(store: &PostgresStore, task_id: &str) {
     assert_eq!(store.claim(&request(task_id, LEASE, None)).await.unwrap(), Claim::Claimed { attempt: 1 });
-    let failed = Ending::Failed { message: "again", traceback: "again", permanent: false };
+    let failed = Ending::Failed { message: "again", traceback: "again", retry: Retry::Retryable };
     store.finish(task_id, 1, failed).await.unwrap();
 }
 

@@ -4,12 +4,10 @@
 //! statuses nor exit codes are decided here. Each delivery is reported in a
 //! span and a log line ([`report`]).
 
-mod ended;
+mod failure;
+mod remembered;
 mod report;
 
-use std::any::Any;
-use std::borrow::Cow;
-use std::fmt::Write as _;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,9 +17,10 @@ use futures_util::FutureExt as _;
 use opentelemetry::Context;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, Span};
-use whirligig_registry::{ArgumentError, JobShard, RawArguments, Retry, Route, TaskContext, TaskError, TaskOutput};
+use whirligig_registry::{ArgumentError, JobShard, RawArguments, Retry, Route, TaskContext, TaskOutput};
 
-use self::ended::Ended;
+use self::failure::Failure;
+use self::remembered::Remembered;
 pub(crate) use self::report::Executed;
 use crate::context::Resources;
 use crate::store::{Claim, ClaimRequest, Ending, ExecutionStore, Finished, StoreError};
@@ -64,22 +63,12 @@ pub(crate) enum Outcome {
     Exhausted { attempts: u32 },
     /// The arguments do not fit the task; recorded FAILED.
     BadArguments(ArgumentError),
-    /// The task failed; recorded FAILED. `retry` is false for a permanent
-    /// error or a last attempt.
-    Failed { message: String, retry: bool },
+    /// The task failed; recorded FAILED. `retry` is permanent for a
+    /// permanent error or a last attempt.
+    Failed { message: String, retry: Retry },
     /// The store could not record the delivery, or the task could not reach
     /// the database through its context.
     Store(StoreError),
-}
-
-/// What a run produced before it is recorded.
-enum Failure {
-    Arguments(ArgumentError),
-    Task(TaskError),
-    Panicked(String),
-    TimedOut(Duration),
-    /// The task succeeded but the store refused its return value.
-    Unstorable(String),
 }
 
 /// Runs deliveries against one store.
@@ -88,12 +77,12 @@ pub(crate) struct Executor<S> {
     store: Arc<S>,
     resources: Arc<Resources>,
     shutdown: CancellationToken,
-    ended: Ended,
+    remembered: Remembered,
 }
 
 impl<S: ExecutionStore> Executor<S> {
     pub(crate) fn new(store: Arc<S>, resources: Arc<Resources>, shutdown: CancellationToken) -> Self {
-        Self { store, resources, shutdown, ended: Ended::default() }
+        Self { store, resources, shutdown, remembered: Remembered::default() }
     }
 
     pub(crate) fn store(&self) -> &S {
@@ -107,11 +96,11 @@ impl<S: ExecutionStore> Executor<S> {
         let span = report::span(&delivery, parent);
         let started = Instant::now();
         // A redelivery of an execution that ended here for good needs no round trip.
-        let outcome = match self.ended.outcome(&delivery.task_id) {
+        let outcome = match self.remembered.outcome(&delivery.task_id) {
             Some(outcome) => outcome,
             None => {
                 let outcome = self.deliver(&delivery, &span).instrument(span.clone()).await;
-                self.ended.remember(&delivery.task_id, &outcome);
+                self.remembered.remember(&delivery.task_id, &outcome);
                 outcome
             }
         };
@@ -189,11 +178,10 @@ impl<S: ExecutionStore> Executor<S> {
         };
         let (message, traceback) = failure.describe();
         report::failed(span, failure.kind(), &failure.summary(&message));
+        let ending = Ending::Failed { message: &message, traceback: &traceback, retry: failure.retry() };
+        let finished = self.store.finish(task_id, attempt, ending).await;
         let last_attempt = route.max_attempts().is_some_and(|max| attempt >= max.get());
-        let outcome = failure.outcome(&message, last_attempt);
-        let permanent = failure.is_permanent();
-        let ending = Ending::Failed { message: &message, traceback: &traceback, permanent };
-        conclude(task_id, attempt, self.store.finish(task_id, attempt, ending).await, outcome)
+        conclude(task_id, attempt, finished, failure.outcome(message, last_attempt))
     }
 }
 
@@ -222,96 +210,12 @@ fn disabled_by(route: &Route) -> Option<&str> {
 /// failure: the process goes on serving.
 async fn run(route: &Route, ctx: TaskContext, arguments: &RawArguments<'_>) -> Result<TaskOutput, Failure> {
     let started = std::panic::catch_unwind(AssertUnwindSafe(|| route.call(ctx, arguments)))
-        .map_err(|panic| Failure::Panicked(panic_message(panic.as_ref())))?;
+        .map_err(|panic| Failure::panicked(panic.as_ref()))?;
     let future = started.map_err(Failure::Arguments)?;
     let timeout = route.timeout();
     match tokio::time::timeout(timeout, AssertUnwindSafe(future).catch_unwind()).await {
         Err(_) => Err(Failure::TimedOut(timeout)),
-        Ok(Err(panic)) => Err(Failure::Panicked(panic_message(panic.as_ref()))),
+        Ok(Err(panic)) => Err(Failure::panicked(panic.as_ref())),
         Ok(Ok(result)) => result.map_err(Failure::Task),
     }
-}
-
-fn panic_message(panic: &(dyn Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|text| (*text).to_owned())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic without a message".to_owned())
-}
-
-impl Failure {
-    /// One line for `error_message`, and the whole story for `error_traceback`.
-    fn describe(&self) -> (String, String) {
-        match self {
-            Self::Arguments(error) => (error.to_string(), error.to_string()),
-            Self::Task(error) => {
-                let mut chain = String::new();
-                for (depth, cause) in error.chain().enumerate() {
-                    let _ = write!(chain, "{}{cause}", if depth == 0 { "" } else { "\ncaused by: " });
-                }
-                (error.to_string(), chain)
-            }
-            Self::Panicked(message) => (format!("the task panicked: {message}"), format!("panic: {message}")),
-            Self::TimedOut(timeout) => {
-                let message = format!("the task did not finish within its timeout of {timeout:?}");
-                (message.clone(), message)
-            }
-            Self::Unstorable(reason) => {
-                let message = format!("the task succeeded but its return value could not be stored: {reason}");
-                (message.clone(), message)
-            }
-        }
-    }
-
-    /// The failure for the span: the message, but for arguments only which
-    /// part did not fit, since serde's reason quotes the values.
-    fn summary<'a>(&self, message: &'a str) -> Cow<'a, str> {
-        match self {
-            Self::Arguments(error) => format!("the {} do not fit the task", error.part()).into(),
-            _ => message.into(),
-        }
-    }
-
-    /// `error.type` for the span.
-    fn kind(&self) -> &'static str {
-        match self {
-            Self::Arguments(_) => "arguments",
-            Self::Task(_) => "task_error",
-            Self::Panicked(_) => "panic",
-            Self::TimedOut(_) => "timeout",
-            Self::Unstorable(_) => "unstorable_result",
-        }
-    }
-
-    /// Whether later deliveries should run the task again.
-    fn is_permanent(&self) -> bool {
-        match self {
-            Self::Arguments(_) | Self::Unstorable(_) => true,
-            Self::Task(error) => error.is_permanent(),
-            Self::Panicked(_) | Self::TimedOut(_) => false,
-        }
-    }
-
-    fn outcome(&self, message: &str, last_attempt: bool) -> Outcome {
-        let message = message.to_owned();
-        match self {
-            Self::Arguments(error) => Outcome::BadArguments(error.clone()),
-            Self::Task(error) => match store_error_in(error) {
-                Some(store_error) => Outcome::Store(store_error),
-                None => Outcome::Failed { message, retry: error.retry() == Retry::Retryable && !last_attempt },
-            },
-            Self::Panicked(_) | Self::TimedOut(_) => Outcome::Failed { message, retry: !last_attempt },
-            Self::Unstorable(_) => Outcome::Failed { message, retry: false },
-        }
-    }
-}
-
-/// A task that failed for want of a database connection is backpressure, not
-/// a task failure: the same delivery should come back later.
-fn store_error_in(error: &TaskError) -> Option<StoreError> {
-    error.chain().find_map(|cause| match cause.downcast_ref::<StoreError>()? {
-        busy @ (StoreError::PoolTimeout(_) | StoreError::Refused(_) | StoreError::Unavailable(_)) => Some(busy.clone()),
-        _ => None,
-    })
 }

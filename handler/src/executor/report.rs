@@ -10,6 +10,7 @@ use opentelemetry::Context;
 use tracing::Span;
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+use whirligig_registry::Retry;
 
 use super::{Delivery, Outcome};
 use crate::telemetry::propagation;
@@ -114,7 +115,10 @@ fn log(outcome: &Outcome, duration_ms: f64) {
             let part = error.part().to_string();
             tracing::warn!(duration_ms, part, "arguments do not fit the task (the execution's error_message says why)")
         }
-        Outcome::Failed { message, retry } => tracing::warn!(duration_ms, error = %message, retry, "task failed"),
+        Outcome::Failed { message, retry } => {
+            let retry = *retry == Retry::Retryable;
+            tracing::warn!(duration_ms, error = %message, retry, "task failed")
+        }
         Outcome::Store(error) => tracing::warn!(duration_ms, %error, "the store could not serve this delivery"),
     }
 }

@@ -8,6 +8,7 @@ use std::sync::{Mutex, MutexGuard};
 use chrono::Utc;
 use serde_json::Value;
 use serde_json::value::RawValue;
+use whirligig_registry::Retry;
 
 use super::{ABANDONED, Claim, ClaimRequest, Ending, Execution, ExecutionStore, Finished, Status, StoreError};
 
@@ -98,9 +99,9 @@ impl ExecutionStore for MemoryStore {
                 row.error_message = None;
                 row.error_traceback = None;
             }
-            Ending::Failed { message, traceback, permanent } => {
+            Ending::Failed { message, traceback, retry } => {
                 row.status = Status::Failed;
-                row.permanent = permanent;
+                row.permanent = retry == Retry::Permanent;
                 row.return_value = None;
                 row.error_message = Some(message.to_owned());
                 row.error_traceback = Some(traceback.to_owned());

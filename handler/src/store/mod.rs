@@ -16,6 +16,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use serde_json::value::RawValue;
+use whirligig_registry::Retry;
 
 pub use self::memory::MemoryStore;
 #[cfg(feature = "bench")]
@@ -83,8 +84,9 @@ pub enum Ending<'a> {
         message: &'a str,
         /// The error chain or panic detail.
         traceback: &'a str,
-        /// Retrying cannot help: later deliveries are not run.
-        permanent: bool,
+        /// Whether a later delivery may run it again; a permanent failure
+        /// is final.
+        retry: Retry,
     },
 }
 

@@ -17,6 +17,7 @@ use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{Json, ToSql};
+use whirligig_registry::Retry;
 
 use super::{Connector, DbConnection, PgConnection, attempts, classify, storable};
 use crate::store::batch::{Row, Waiting};
@@ -234,7 +235,8 @@ impl FinishRow {
             Ending::Succeeded { return_value } => {
                 (Status::Successful, Some(return_value.to_owned()), None, None, false)
             }
-            Ending::Failed { message, traceback, permanent } => {
+            Ending::Failed { message, traceback, retry } => {
+                let permanent = retry == Retry::Permanent;
                 (Status::Failed, None, Some(storable(message)), Some(storable(traceback)), permanent)
             }
         };

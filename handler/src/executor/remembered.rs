@@ -12,47 +12,47 @@ use super::Outcome;
 const CAPACITY: usize = 65_536;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Ending {
+enum Final {
     Succeeded,
     FailedPermanently,
 }
 
 #[derive(Debug)]
-pub(super) struct Ended {
+pub(super) struct Remembered {
     capacity: usize,
     inner: Mutex<Inner>,
 }
 
 #[derive(Debug, Default)]
 struct Inner {
-    endings: HashMap<Arc<str>, Ending>,
+    endings: HashMap<Arc<str>, Final>,
     order: VecDeque<Arc<str>>,
 }
 
-impl Default for Ended {
+impl Default for Remembered {
     fn default() -> Self {
         Self::with_capacity(CAPACITY)
     }
 }
 
-impl Ended {
+impl Remembered {
     fn with_capacity(capacity: usize) -> Self {
         Self { capacity, inner: Mutex::default() }
     }
 
-    /// The answer for a redelivery of `task_id`, if it is known to have ended.
+    /// The answer for a redelivery of `task_id`, if it is known to have remembered.
     pub(super) fn outcome(&self, task_id: &str) -> Option<Outcome> {
         match self.lock().endings.get(task_id)? {
-            Ending::Succeeded => Some(Outcome::Duplicate),
-            Ending::FailedPermanently => Some(Outcome::AlreadyFailed),
+            Final::Succeeded => Some(Outcome::Duplicate),
+            Final::FailedPermanently => Some(Outcome::AlreadyFailed),
         }
     }
 
     /// Remembers `task_id` if `outcome` says it ended for good.
     pub(super) fn remember(&self, task_id: &str, outcome: &Outcome) {
         let ending = match outcome {
-            Outcome::Succeeded | Outcome::Duplicate => Ending::Succeeded,
-            Outcome::AlreadyFailed => Ending::FailedPermanently,
+            Outcome::Succeeded | Outcome::Duplicate => Final::Succeeded,
+            Outcome::AlreadyFailed => Final::FailedPermanently,
             _ => return,
         };
         let mut inner = self.lock();
@@ -81,25 +81,28 @@ mod tests {
 
     #[test]
     fn only_final_endings_are_remembered_and_answered() {
-        let ended = Ended::default();
-        ended.remember("ran", &Outcome::Succeeded);
-        ended.remember("seen-done", &Outcome::Duplicate);
-        ended.remember("doomed", &Outcome::AlreadyFailed);
-        ended.remember("retrying", &Outcome::Failed { message: "x".into(), retry: true });
-        ended.remember("busy", &Outcome::InProgress);
-        assert!(matches!(ended.outcome("ran"), Some(Outcome::Duplicate)));
-        assert!(matches!(ended.outcome("seen-done"), Some(Outcome::Duplicate)));
-        assert!(matches!(ended.outcome("doomed"), Some(Outcome::AlreadyFailed)));
-        assert!(ended.outcome("retrying").is_none() && ended.outcome("busy").is_none());
+        let remembered = Remembered::default();
+        remembered.remember("ran", &Outcome::Succeeded);
+        remembered.remember("seen-done", &Outcome::Duplicate);
+        remembered.remember("doomed", &Outcome::AlreadyFailed);
+        remembered.remember(
+            "retrying",
+            &Outcome::Failed { message: "x".into(), retry: whirligig_registry::Retry::Retryable },
+        );
+        remembered.remember("busy", &Outcome::InProgress);
+        assert!(matches!(remembered.outcome("ran"), Some(Outcome::Duplicate)));
+        assert!(matches!(remembered.outcome("seen-done"), Some(Outcome::Duplicate)));
+        assert!(matches!(remembered.outcome("doomed"), Some(Outcome::AlreadyFailed)));
+        assert!(remembered.outcome("retrying").is_none() && remembered.outcome("busy").is_none());
     }
 
     #[test]
     fn the_oldest_is_forgotten_first() {
-        let ended = Ended::with_capacity(2);
+        let remembered = Remembered::with_capacity(2);
         for task_id in ["a", "b", "a", "c"] {
-            ended.remember(task_id, &Outcome::Succeeded);
+            remembered.remember(task_id, &Outcome::Succeeded);
         }
-        assert!(ended.outcome("a").is_none(), "a was the oldest");
-        assert!(ended.outcome("b").is_some() && ended.outcome("c").is_some());
+        assert!(remembered.outcome("a").is_none(), "a was the oldest");
+        assert!(remembered.outcome("b").is_some() && remembered.outcome("c").is_some());
     }
 }
