@@ -4,7 +4,7 @@
 //! each, fenced by the attempt number. Two implementations: PostgreSQL for
 //! production, memory for dev. Statuses and HTTP are not decided here.
 
-mod batch;
+mod group_commit;
 mod memory;
 mod postgres;
 
@@ -22,7 +22,7 @@ pub use self::memory::MemoryStore;
 #[cfg(feature = "bench")]
 pub(crate) use self::postgres::claim_and_finish;
 pub use self::postgres::migrate;
-pub use self::postgres::{Connector, DbConnection, PgConnection, PostgresStore};
+pub use self::postgres::{ConnectError, Connector, DbConnection, PgConnection, PostgresStore};
 
 /// The error recorded for a last attempt that died while RUNNING.
 pub(crate) const ABANDONED: &str = "abandoned: the last attempt did not finish within its lease";

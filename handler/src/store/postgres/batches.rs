@@ -1,86 +1,18 @@
-//! The claim and finish of a batch (see `store::batch`): the rows as they
-//! wait, the two statements, and the runners that send a batch and answer
-//! each of its calls. One statement per batch; a batch that one row spoiled
-//! goes again row by row.
-//!
-//! Both statements wait at most a second for a row lock (`lock_timeout`): a
-//! row locked elsewhere must not hold up the batch around it for long.
-//!
-//! Both are prepared once per connection, so their plan is made while the
-//! table may still be nearly empty and then kept: nothing here may join the
-//! batch with `task_executions` (the planner would hash a scan of the whole
-//! table). Each row is found through the primary key instead: by the
-//! upsert's conflict, or by a lookup per row that `offset 0` keeps apart.
+//! The claim and finish of a batch (see `store::group_commit`): the rows as
+//! they wait, and the runners that send a batch in one statement and answer
+//! each of its calls. A batch that one row spoiled goes again row by row.
 
-use bb8::PooledConnection;
 use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{Json, ToSql};
 use whirligig_registry::Retry;
 
-use super::{Connector, DbConnection, PgConnection, attempts, classify, storable};
-use crate::store::batch::{Row, Waiting};
+use super::errors::classify;
+use super::pool::{DbConnection, FinishConnection, PgConnection};
+use super::statements::{attempts, storable};
+use crate::store::group_commit::{Row, Waiting};
 use crate::store::{ABANDONED, Claim, ClaimRequest, Ending, Finished, Status, StoreError};
-
-/// Claims a batch of executions (see `batch`): each row as one claim would,
-/// answered by its position `n`. The commit is asynchronous: a claim lost in a
-/// crash only means a redelivery Pub/Sub makes anyway, since nothing is acked
-/// before a finish, and a finish's synchronous commit makes the WAL before it,
-/// this claim included, durable too.
-pub(super) const CLAIMS: &str = r"
-with input as (
-    select *
-    from unnest($1::text[], $2::text[], $3::jsonb[], $4::jsonb[], $5::text[], $6::timestamptz[], $7::float8[],
-                $8::int4[])
-        with ordinality as i(task_id, task_name, args, kwargs, message_id, enqueued_at, lease, max_attempts, n)
-),
-claimed as (
-    insert into task_executions as t
-        (task_id, task_name, status, args, kwargs, attempts, message_id, enqueued_at, started_at)
-    select task_id, task_name, 'RUNNING', args, kwargs, 1, message_id, enqueued_at, now()
-    from input, (select set_config('synchronous_commit', 'off', true), set_config('lock_timeout', '1s', true)) as s
-    on conflict (task_id) do update
-    set status = 'RUNNING', attempts = t.attempts + 1, message_id = excluded.message_id,
-        started_at = now(), finished_at = null, updated_at = now()
-    where exists (
-        select from input as i
-        where i.task_id = excluded.task_id
-          and (i.max_attempts is null or t.attempts < i.max_attempts)
-          and ((t.status in ('READY', 'FAILED') and not t.permanent)
-               or (t.status = 'RUNNING' and t.started_at < now() - make_interval(secs => i.lease))))
-    returning t.task_id, t.attempts
-)
-select i.n, c.task_id is not null as claimed, coalesce(c.attempts, t.attempts) as attempts, t.status,
-       i.max_attempts is not null and t.attempts >= i.max_attempts as exhausted,
-       t.started_at < now() - make_interval(secs => i.lease) as lease_over, t.permanent
-from input as i
-left join claimed as c on c.task_id = i.task_id
-left join lateral (
-    select status, attempts, started_at, permanent
-    from task_executions
-    where task_id = i.task_id and c.task_id is null
-    offset 0
-) as t on true";
-
-/// Finishes a batch of attempts; returns the task ids it recorded. The
-/// commit is synchronous: an ack follows it. An upsert rather than an update
-/// joined with the batch, so the conflict finds each row through the primary
-/// key; rows no claim made are left out, so it inserts nothing (short of a
-/// row deleted between that check and the conflict: it would come back).
-pub(super) const FINISHES: &str = r"
-insert into task_executions as t
-    (task_id, task_name, status, attempts, return_value, error_message, error_traceback, permanent, finished_at)
-select task_id, '', status, attempt, return_value, error_message, error_traceback, permanent, now()
-from unnest($1::text[], $2::int4[], $3::text[], $4::jsonb[], $5::text[], $6::text[], $7::bool[])
-        as i(task_id, attempt, status, return_value, error_message, error_traceback, permanent),
-    (select set_config('lock_timeout', '1s', true)) as s
-where (select true from task_executions where task_id = i.task_id)
-on conflict (task_id) do update
-set status = excluded.status, return_value = excluded.return_value, error_message = excluded.error_message,
-    error_traceback = excluded.error_traceback, permanent = excluded.permanent, finished_at = now(), updated_at = now()
-where t.attempts = excluded.attempts and t.status = 'RUNNING'
-returning t.task_id";
 
 /// A claim as it waits for a batch: owned, since the batch runs on a task of its own.
 #[derive(Debug)]
@@ -124,7 +56,7 @@ impl Row for ClaimRow {
 struct Seen {
     claimed: bool,
     attempts: Option<i32>,
-    status: Option<String>,
+    status: Option<Status>,
     exhausted: bool,
     lease_over: bool,
     permanent: bool,
@@ -179,7 +111,7 @@ async fn claim_rows(
     let limits: Vec<Option<i32>> = rows.iter().map(|row| row.max_attempts).collect();
     let parameters: [&(dyn ToSql + Sync); 8] =
         [&task_ids, &names, &args, &kwargs, &message_ids, &enqueued, &leases, &limits];
-    let mut answers = connection.query(&connection.claims, &parameters).await?;
+    let mut answers = connection.query(&connection.statements.claims, &parameters).await?;
     answers.sort_unstable_by_key(|row| row.get::<_, i64>(0));
     Ok(answers.iter().map(seen).collect())
 }
@@ -188,7 +120,7 @@ fn seen(row: &tokio_postgres::Row) -> Seen {
     Seen {
         claimed: row.get(1),
         attempts: row.get(2),
-        status: row.get(3),
+        status: row.get::<_, Option<&str>>(3).and_then(Status::parse),
         exhausted: row.get::<_, Option<bool>>(4) == Some(true),
         lease_over: row.get::<_, Option<bool>>(5) == Some(true),
         permanent: row.get::<_, Option<bool>>(6) == Some(true),
@@ -202,16 +134,16 @@ fn seen(row: &tokio_postgres::Row) -> Seen {
 async fn settle(connection: &PgConnection, row: &ClaimRow, seen: Seen) -> Result<Claim, StoreError> {
     let count = seen.attempts.unwrap_or(0);
     let exhausted = Claim::Exhausted { attempts: attempts(count) };
-    Ok(match seen.status.as_deref() {
+    Ok(match seen.status {
         _ if seen.claimed => Claim::Claimed { attempt: attempts(count) },
-        Some("SUCCESSFUL") => Claim::AlreadySucceeded,
-        Some("FAILED") if seen.permanent => Claim::AlreadyFailed,
-        Some("RUNNING") if seen.exhausted && seen.lease_over => {
+        Some(Status::Successful) => Claim::AlreadySucceeded,
+        Some(Status::Failed) if seen.permanent => Claim::AlreadyFailed,
+        Some(Status::Running) if seen.exhausted && seen.lease_over => {
             let parameters: [&(dyn ToSql + Sync); 3] = [&row.task_id, &count, &ABANDONED];
-            connection.execute(&connection.abandon, &parameters).await.map_err(classify)?;
+            connection.execute(&connection.statements.abandon, &parameters).await.map_err(classify)?;
             exhausted
         }
-        Some("READY" | "FAILED") if seen.exhausted => exhausted,
+        Some(Status::Ready | Status::Failed) if seen.exhausted => exhausted,
         // No row: a concurrent delivery inserted it after the statement's snapshot.
         _ => Claim::Running,
     })
@@ -258,10 +190,7 @@ impl Row for FinishRow {
 
 /// Finishes a batch and answers each call; a batch that failed for one row
 /// is finished again row by row, as for claims.
-pub(super) async fn finish_batch(
-    connection: PooledConnection<'static, Connector>,
-    batch: Vec<Waiting<FinishRow, Finished>>,
-) {
+pub(super) async fn finish_batch(connection: FinishConnection, batch: Vec<Waiting<FinishRow, Finished>>) {
     match finish_rows(&connection, &batch).await {
         Ok(recorded) => {
             for waiting in batch {
@@ -295,7 +224,7 @@ async fn finish_rows(
     let permanent: Vec<bool> = rows.iter().map(|row| row.permanent).collect();
     let parameters: [&(dyn ToSql + Sync); 7] =
         [&task_ids, &attempts, &statuses, &values, &messages, &tracebacks, &permanent];
-    let recorded = connection.query(&connection.finishes, &parameters).await?;
+    let recorded = connection.query(&connection.statements.finishes, &parameters).await?;
     Ok(recorded.iter().map(|row| row.get(0)).collect())
 }
 

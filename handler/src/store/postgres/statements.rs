@@ -1,0 +1,155 @@
+//! Every statement the store sends, prepared once per connection, and what
+//! their rows mean: the SQL of the batched claim and finish, the abandon, the
+//! skip and the lookup of one execution.
+//!
+//! The batched statements wait at most a second for a row lock
+//! (`lock_timeout`): a row locked elsewhere must not hold up the batch around
+//! it for long. Their plan is made while the table may still be nearly empty
+//! and then kept: nothing here may join the batch with `task_executions` (the
+//! planner would hash a scan of the whole table). Each row is found through
+//! the primary key instead: by the upsert's conflict, or by a lookup per row
+//! that `offset 0` keeps apart.
+
+use serde_json::Value;
+use tokio_postgres::types::Json;
+use tokio_postgres::{Client, Row, Statement};
+
+use crate::store::{Execution, Status, StoreError};
+
+/// Claims a batch of executions (see `batches`): each row as one claim would,
+/// answered by its position `n`. The commit is asynchronous: a claim lost in a
+/// crash only means a redelivery Pub/Sub makes anyway, since nothing is acked
+/// before a finish, and a finish's synchronous commit makes the WAL before it,
+/// this claim included, durable too.
+pub(super) const CLAIMS: &str = r"
+with input as (
+    select *
+    from unnest($1::text[], $2::text[], $3::jsonb[], $4::jsonb[], $5::text[], $6::timestamptz[], $7::float8[],
+                $8::int4[])
+        with ordinality as i(task_id, task_name, args, kwargs, message_id, enqueued_at, lease, max_attempts, n)
+),
+claimed as (
+    insert into task_executions as t
+        (task_id, task_name, status, args, kwargs, attempts, message_id, enqueued_at, started_at)
+    select task_id, task_name, 'RUNNING', args, kwargs, 1, message_id, enqueued_at, now()
+    from input, (select set_config('synchronous_commit', 'off', true), set_config('lock_timeout', '1s', true)) as s
+    on conflict (task_id) do update
+    set status = 'RUNNING', attempts = t.attempts + 1, message_id = excluded.message_id,
+        started_at = now(), finished_at = null, updated_at = now()
+    where exists (
+        select from input as i
+        where i.task_id = excluded.task_id
+          and (i.max_attempts is null or t.attempts < i.max_attempts)
+          and ((t.status in ('READY', 'FAILED') and not t.permanent)
+               or (t.status = 'RUNNING' and t.started_at < now() - make_interval(secs => i.lease))))
+    returning t.task_id, t.attempts
+)
+select i.n, c.task_id is not null as claimed, coalesce(c.attempts, t.attempts) as attempts, t.status,
+       i.max_attempts is not null and t.attempts >= i.max_attempts as exhausted,
+       t.started_at < now() - make_interval(secs => i.lease) as lease_over, t.permanent
+from input as i
+left join claimed as c on c.task_id = i.task_id
+left join lateral (
+    select status, attempts, started_at, permanent
+    from task_executions
+    where task_id = i.task_id and c.task_id is null
+    offset 0
+) as t on true";
+
+/// Finishes a batch of attempts; returns the task ids it recorded. The
+/// commit is synchronous: an ack follows it. An upsert rather than an update
+/// joined with the batch, so the conflict finds each row through the primary
+/// key; rows no claim made are left out, so it inserts nothing (short of a
+/// row deleted between that check and the conflict: it would come back).
+pub(super) const FINISHES: &str = r"
+insert into task_executions as t
+    (task_id, task_name, status, attempts, return_value, error_message, error_traceback, permanent, finished_at)
+select task_id, '', status, attempt, return_value, error_message, error_traceback, permanent, now()
+from unnest($1::text[], $2::int4[], $3::text[], $4::jsonb[], $5::text[], $6::text[], $7::bool[])
+        as i(task_id, attempt, status, return_value, error_message, error_traceback, permanent),
+    (select set_config('lock_timeout', '1s', true)) as s
+where (select true from task_executions where task_id = i.task_id)
+on conflict (task_id) do update
+set status = excluded.status, return_value = excluded.return_value, error_message = excluded.error_message,
+    error_traceback = excluded.error_traceback, permanent = excluded.permanent, finished_at = now(), updated_at = now()
+where t.attempts = excluded.attempts and t.status = 'RUNNING'
+returning t.task_id";
+
+/// Records a last attempt that died while RUNNING, found by a claim.
+const ABANDON: &str = r"
+update task_executions
+set status = 'FAILED', error_message = $3, finished_at = now(), updated_at = now()
+where task_id = $1 and attempts = $2 and status = 'RUNNING'";
+
+/// Records a delivery its kill switch turned away, unless the execution
+/// succeeded, failed for good or is running.
+const SKIP: &str = r"
+insert into task_executions as t
+    (task_id, task_name, status, args, kwargs, message_id, enqueued_at, error_message, finished_at)
+values ($1, $2, 'FAILED', $3, $4, $5, $6, $7, now())
+on conflict (task_id) do update
+set status = 'FAILED', error_message = excluded.error_message, error_traceback = null,
+    finished_at = now(), updated_at = now()
+where t.status in ('READY', 'FAILED') and not t.permanent";
+
+const GET: &str = r"
+select task_id, task_name, status, args, kwargs, return_value, error_message, error_traceback,
+       attempts, permanent, message_id, enqueued_at, started_at, finished_at
+from task_executions
+where task_id = $1";
+
+/// The statements, prepared on one connection.
+#[derive(Debug)]
+pub(super) struct Prepared {
+    pub(super) claims: Statement,
+    pub(super) finishes: Statement,
+    pub(super) abandon: Statement,
+    pub(super) skip: Statement,
+    pub(super) get: Statement,
+}
+
+impl Prepared {
+    /// Prepares every statement; issued together, they share one round trip.
+    pub(super) async fn on(client: &Client) -> Result<Self, tokio_postgres::Error> {
+        let (claims, finishes, abandon, skip, get) = tokio::try_join!(
+            client.prepare(CLAIMS),
+            client.prepare(FINISHES),
+            client.prepare(ABANDON),
+            client.prepare(SKIP),
+            client.prepare(GET),
+        )?;
+        Ok(Self { claims, finishes, abandon, skip, get })
+    }
+}
+
+/// `attempts` is never negative: the column starts at 0 and only grows.
+pub(super) fn attempts(value: i32) -> u32 {
+    u32::try_from(value).unwrap_or(0)
+}
+
+/// PostgreSQL text cannot hold NUL: an error message that has one is still recorded.
+pub(super) fn storable(text: &str) -> String {
+    text.replace('\0', "\\0")
+}
+
+/// A row of [`GET`].
+pub(super) fn execution(row: &Row) -> Result<Execution, StoreError> {
+    let status: &str = row.get(2);
+    let corrupt = |what: &str| StoreError::Database(format!("task_executions row has {what}"));
+    Ok(Execution {
+        task_id: row.get(0),
+        task_name: row.get(1),
+        status: Status::parse(status).ok_or_else(|| corrupt(&format!("an unknown status {status:?}")))?,
+        args: row.get::<_, Json<Value>>(3).0,
+        kwargs: row.get::<_, Json<Value>>(4).0,
+        return_value: row.get::<_, Option<Json<Value>>>(5).map(|json| json.0),
+        error_message: row.get(6),
+        error_traceback: row.get(7),
+        attempts: u32::try_from(row.get::<_, i32>(8)).map_err(|_| corrupt("negative attempts"))?,
+        permanent: row.get(9),
+        message_id: row.get(10),
+        enqueued_at: row.get(11),
+        started_at: row.get(12),
+        finished_at: row.get(13),
+    })
+}
