@@ -254,16 +254,18 @@ pub(crate) fn answer(outcome: &Outcome) -> Answer {
         Outcome::Failed { retry: Retry::Retryable, .. } => {
             Answer::new(Code::INTERNAL_SERVER_ERROR, "task failed; retry")
         }
-        Outcome::Store(StoreError::PoolTimeout(_) | StoreError::Refused(_)) => {
+        Outcome::Store(StoreError::PoolTimeout(_) | StoreError::Refused { .. }) => {
             Answer { retry_after: Some(1), ..Answer::new(Code::TOO_MANY_REQUESTS, "database at capacity; retry") }
         }
-        Outcome::Store(StoreError::Unavailable(_)) => {
+        Outcome::Store(StoreError::Unavailable { .. }) => {
             Answer::new(Code::SERVICE_UNAVAILABLE, "database unavailable; retry")
         }
-        Outcome::Store(StoreError::Rejected(reason)) => {
+        Outcome::Store(StoreError::Rejected { reason, .. }) => {
             Answer::bad_request(format_args!("the database rejected the message: {reason}"))
         }
-        Outcome::Store(StoreError::Database(_)) => Answer::new(Code::INTERNAL_SERVER_ERROR, "database error; retry"),
+        Outcome::Store(StoreError::Database { .. }) => {
+            Answer::new(Code::INTERNAL_SERVER_ERROR, "database error; retry")
+        }
     }
 }
 
@@ -295,10 +297,11 @@ mod tests {
         assert_eq!(status(Outcome::Failed { message: "x".into(), retry: Retry::Permanent }), 400);
         assert_eq!(status(Outcome::Failed { message: "x".into(), retry: Retry::Retryable }), 500);
         assert_eq!(status(Outcome::Store(StoreError::PoolTimeout(std::time::Duration::ZERO))), 429);
-        assert_eq!(status(Outcome::Store(StoreError::Refused("too many clients".into()))), 429);
-        assert_eq!(status(Outcome::Store(StoreError::Unavailable("refused".into()))), 503);
-        assert_eq!(status(Outcome::Store(StoreError::Rejected("\\u0000".into()))), 400);
-        assert_eq!(status(Outcome::Store(StoreError::Database("x".into()))), 500);
+        let (reason, source) = ("x".to_owned(), None);
+        assert_eq!(status(Outcome::Store(StoreError::Refused { reason: reason.clone(), source: None })), 429);
+        assert_eq!(status(Outcome::Store(StoreError::Unavailable { reason: reason.clone(), source: None })), 503);
+        assert_eq!(status(Outcome::Store(StoreError::Rejected { reason: reason.clone(), source: None })), 400);
+        assert_eq!(status(Outcome::Store(StoreError::Database { reason, source })), 500);
         let busy = answer(&Outcome::Store(StoreError::PoolTimeout(std::time::Duration::ZERO)));
         assert_eq!(busy.retry_after, Some(1));
     }

@@ -18,6 +18,7 @@ use std::time::Duration;
 use serde_json::value::RawValue;
 use support::TestDb;
 use tokio::task::JoinHandle;
+use tokio_postgres::error::SqlState;
 use whirligig_handler::store::{
     Claim, ClaimRequest, Ending, ExecutionStore, Finished, MemoryStore, PostgresStore, Status, StoreError, migrate,
 };
@@ -235,7 +236,8 @@ async fn a_value_postgres_cannot_store_is_rejected_not_retried() {
     let mut nul = request("nul", LEASE, None);
     nul.kwargs = raw(r#"{"text": "a\u0000b"}"#);
     let error = store.claim(&nul).await.unwrap_err();
-    assert!(matches!(error, StoreError::Rejected(_)), "{error:?}");
+    let StoreError::Rejected { source: Some(source), .. } = &error else { panic!("{error:?}") };
+    assert_eq!(source.code(), Some(&SqlState::UNTRANSLATABLE_CHARACTER), "the driver's error is kept: {error:?}");
 }
 
 /// Claims, each spawned as a push would be.
@@ -337,7 +339,7 @@ async fn a_row_the_database_rejects_fails_alone_in_its_batch() {
     drop(busy);
     let answers = futures_join(claims.into_iter()).await;
 
-    assert!(matches!(answers[2], Err(StoreError::Rejected(_))), "{answers:?}");
+    assert!(matches!(answers[2], Err(StoreError::Rejected { .. })), "{answers:?}");
     for (n, answer) in answers.iter().enumerate().filter(|(n, _)| *n != 2) {
         assert_eq!(*answer.as_ref().unwrap(), Claim::Claimed { attempt: 1 }, "ok-{n}");
     }
@@ -444,7 +446,11 @@ async fn a_row_locked_elsewhere_fails_alone_in_its_batch() {
     let took = started.elapsed();
     locks.release().await;
 
-    assert!(matches!(&answers[0], Err(StoreError::Database(why)) if why.contains("55P03")), "{answers:?}");
+    let locked = |error: &StoreError| match error {
+        StoreError::Database { source: Some(source), .. } => source.code() == Some(&SqlState::LOCK_NOT_AVAILABLE),
+        _ => false,
+    };
+    assert!(answers[0].as_ref().is_err_and(locked), "{answers:?}");
     for answer in &answers[1..] {
         assert_eq!(*answer.as_ref().unwrap(), Claim::Claimed { attempt: 1 });
     }
@@ -477,7 +483,7 @@ async fn claims_stuck_behind_row_locks_hold_up_their_statement_not_the_store() {
 
     for stuck in [stuck_a, stuck_b] {
         let ended = tokio::time::timeout(Duration::from_secs(10), stuck).await.expect("the lock timeout ended it");
-        assert!(matches!(ended.unwrap(), Err(StoreError::Database(_))));
+        assert!(matches!(ended.unwrap(), Err(StoreError::Database { .. })));
     }
     locks.release().await;
 }

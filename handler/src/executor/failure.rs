@@ -104,7 +104,9 @@ impl Failure {
 /// a task failure: the same delivery should come back later.
 fn store_error_in(error: &TaskError) -> Option<StoreError> {
     error.chain().find_map(|cause| match cause.downcast_ref::<StoreError>()? {
-        busy @ (StoreError::PoolTimeout(_) | StoreError::Refused(_) | StoreError::Unavailable(_)) => Some(busy.clone()),
+        busy @ (StoreError::PoolTimeout(_) | StoreError::Refused { .. } | StoreError::Unavailable { .. }) => {
+            Some(busy.clone())
+        }
         _ => None,
     })
 }

@@ -170,7 +170,7 @@ impl<S: ExecutionStore> Executor<S> {
                 match self.store.finish(task_id, attempt, Ending::Succeeded { return_value: &output }).await {
                     // The task ran; only its result cannot be kept. Running it
                     // again would produce the same value.
-                    Err(StoreError::Rejected(reason)) => Failure::Unstorable(reason),
+                    Err(StoreError::Rejected { reason, .. }) => Failure::Unstorable(reason),
                     finished => return conclude(task_id, attempt, finished, Outcome::Succeeded),
                 }
             }

@@ -209,7 +209,7 @@ impl<T: Row, A: Send + 'static> Drop for Queued<'_, T, A> {
 
 /// The batch that took a call ended without answering it: its task panicked.
 fn lost() -> StoreError {
-    StoreError::Database("the batch that held this call ended without an answer".into())
+    StoreError::database("the batch that held this call ended without an answer")
 }
 
 #[cfg(test)]
@@ -327,6 +327,6 @@ mod tests {
         let queue: Queue<Named, usize> = Queue::default();
         let run = |(): (), batch: Vec<Waiting<Named, usize>>| async move { drop(batch) };
         let answer = queue.submit(Named("a", 1), Duration::from_secs(1), |_| async { Ok(()) }, run).await;
-        assert!(matches!(answer, Err(StoreError::Database(_))), "{answer:?}");
+        assert!(matches!(answer, Err(StoreError::Database { .. })), "{answer:?}");
     }
 }

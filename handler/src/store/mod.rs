@@ -11,6 +11,7 @@ mod postgres;
 use std::fmt;
 use std::future::Future;
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -167,35 +168,70 @@ pub struct Execution {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
-/// Why the store could not answer. Each maps to one HTTP status in `push`.
+/// The driver's error behind a [`StoreError`], shared by every call of a
+/// batch it failed.
+pub type DriverError = Arc<tokio_postgres::Error>;
+
+/// Why the store could not answer: what the caller should do about it, a
+/// line saying why, and the driver's error, when there was one, as the
+/// source. Each maps to one HTTP status in `answer`.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// Every pooled connection stayed busy for `DATABASE_POOL_TIMEOUT_MS`.
     #[error("no database connection free within {0:?} (pool exhausted)")]
     PoolTimeout(Duration),
     /// The server refused a new connection: too many clients or starting up.
-    #[error("the database refused a connection: {0}")]
-    Refused(String),
+    #[error("the database refused a connection: {reason}")]
+    Refused {
+        /// The server's message and SQLSTATE.
+        reason: String,
+        /// The driver's error.
+        #[source]
+        source: Option<DriverError>,
+    },
     /// The server cannot be reached, or the connection broke.
-    #[error("the database is unreachable: {0}")]
-    Unavailable(String),
+    #[error("the database is unreachable: {reason}")]
+    Unavailable {
+        /// What failed, with the operating system's reason.
+        reason: String,
+        /// The driver's error, unless a deadline ran out first.
+        #[source]
+        source: Option<DriverError>,
+    },
     /// The database rejected the data itself (e.g. a `\u0000` in jsonb): retrying cannot help.
-    #[error("the database rejected the data: {0}")]
-    Rejected(String),
+    #[error("the database rejected the data: {reason}")]
+    Rejected {
+        /// The server's message.
+        reason: String,
+        /// The driver's error.
+        #[source]
+        source: Option<DriverError>,
+    },
     /// Any other database error.
-    #[error("database error: {0}")]
-    Database(String),
+    #[error("database error: {reason}")]
+    Database {
+        /// What went wrong.
+        reason: String,
+        /// The driver's error, unless the store itself found the fault.
+        #[source]
+        source: Option<DriverError>,
+    },
 }
 
 impl StoreError {
+    /// A fault the store found itself, with no driver error behind it.
+    pub(crate) fn database(reason: impl Into<String>) -> Self {
+        Self::Database { reason: reason.into(), source: None }
+    }
+
     /// A short name for the kind of failure (a span's `error.type`).
     pub fn kind(&self) -> &'static str {
         match self {
             Self::PoolTimeout(_) => "pool_timeout",
-            Self::Refused(_) => "refused",
-            Self::Unavailable(_) => "unavailable",
-            Self::Rejected(_) => "rejected",
-            Self::Database(_) => "database",
+            Self::Refused { .. } => "refused",
+            Self::Unavailable { .. } => "unavailable",
+            Self::Rejected { .. } => "rejected",
+            Self::Database { .. } => "database",
         }
     }
 }

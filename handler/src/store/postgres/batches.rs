@@ -241,5 +241,5 @@ fn answer_all<T, A>(batch: Vec<Waiting<T, A>>, error: &StoreError) {
 
 /// A statement that did not answer for every row it was given.
 fn unanswered() -> StoreError {
-    StoreError::Database("the database did not answer for every row of a batch".into())
+    StoreError::database("the database did not answer for every row of a batch")
 }

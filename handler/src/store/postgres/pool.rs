@@ -91,7 +91,7 @@ impl ManageConnection for Connector {
 pub(super) fn parse_url(url: &str) -> Result<Config, StoreError> {
     // The URL may hold a password: never repeat it in the error.
     let mut config =
-        Config::from_str(url).map_err(|_| StoreError::Database("DATABASE_URL is not a valid PostgreSQL URL".into()))?;
+        Config::from_str(url).map_err(|_| StoreError::database("DATABASE_URL is not a valid PostgreSQL URL"))?;
     config.connect_timeout(CONNECT_TIMEOUT).tcp_user_timeout(TCP_USER_TIMEOUT);
     Ok(config)
 }
@@ -197,7 +197,8 @@ impl Pool {
             return StoreError::PoolTimeout(self.timeout);
         }
         self.failures.since(start).unwrap_or_else(|| {
-            StoreError::Unavailable(format!("no connection could be opened within {:?}", self.timeout))
+            let reason = format!("no connection could be opened within {:?}", self.timeout);
+            StoreError::Unavailable { reason, source: None }
         })
     }
 

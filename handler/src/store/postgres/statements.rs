@@ -135,7 +135,7 @@ pub(super) fn storable(text: &str) -> String {
 /// A row of [`GET`].
 pub(super) fn execution(row: &Row) -> Result<Execution, StoreError> {
     let status: &str = row.get(2);
-    let corrupt = |what: &str| StoreError::Database(format!("task_executions row has {what}"));
+    let corrupt = |what: &str| StoreError::database(format!("task_executions row has {what}"));
     Ok(Execution {
         task_id: row.get(0),
         task_name: row.get(1),
