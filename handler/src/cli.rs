@@ -16,7 +16,7 @@ use crate::app::App;
 use crate::auth::{AuthSetupError, Clock, PushAuth};
 use crate::config::{AuthConfig, Config, ConfigError, DatabaseConfig, redact};
 use crate::context::Resources;
-use crate::executor::{Delivery, Executor, Outcome};
+use crate::executor::{Delivery, Executor, Outcome, Reply};
 use crate::server::{SHUTDOWN_GRACE, serve, shutdown_signal};
 use crate::store::{ExecutionStore, MemoryStore, PostgresStore, StoreError, migrate};
 use crate::telemetry::{ExportError, Telemetry, TelemetryConfig, TraceExport, propagation};
@@ -226,7 +226,7 @@ async fn run_command(config: &Config, registry: &Registry, job: JobRun) -> Resul
         lease: if shard.is_some_and(|shard| shard.attempt > 0) { Duration::ZERO } else { route.ack_deadline() },
         trace_parent: trace_parent(),
     };
-    let outcome = match &config.database {
+    match &config.database {
         Some(database) => {
             let store = postgres(database).await?;
             let resources = Resources { database: Some(store.clone()) };
@@ -236,7 +236,21 @@ async fn run_command(config: &Config, registry: &Registry, job: JobRun) -> Resul
             warn_in_memory();
             execute_once(Arc::new(MemoryStore::default()), Resources::default(), delivery).await
         }
-    };
+    }
+}
+
+async fn execute_once<S: ExecutionStore>(
+    store: Arc<S>,
+    resources: Resources,
+    delivery: Delivery<'_>,
+) -> Result<ExitCode, Fatal> {
+    let executor = Executor::new(store, Arc::new(resources), tokio_util::sync::CancellationToken::new());
+    executor.execute(delivery, job_exit).await
+}
+
+/// A job's exit: 0 when the task ran (or had already), 2 for arguments that
+/// can never fit, 1 for every other failure.
+fn job_exit(outcome: &Outcome) -> Result<ExitCode, Fatal> {
     match outcome {
         Outcome::Succeeded | Outcome::Duplicate | Outcome::Skipped { .. } => Ok(ExitCode::SUCCESS),
         Outcome::BadArguments(error) => Err(Fatal::Usage(error.to_string())),
@@ -244,9 +258,10 @@ async fn run_command(config: &Config, registry: &Registry, job: JobRun) -> Resul
     }
 }
 
-async fn execute_once<S: ExecutionStore>(store: Arc<S>, resources: Resources, delivery: Delivery<'_>) -> Outcome {
-    let executor = Executor::new(store, Arc::new(resources), tokio_util::sync::CancellationToken::new());
-    executor.execute(delivery).await.report(None)
+impl Reply for Result<ExitCode, Fatal> {
+    fn status(&self) -> Option<u16> {
+        None
+    }
 }
 
 /// The trace a job continues: OpenTelemetry's carrier for a process is the

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use tracing::{Instrument as _, Span};
 use whirligig_registry::{ReceivedMessage, Registry, Retry, Route};
 
-use crate::executor::{Delivery, Executor, Outcome};
+use crate::executor::{Delivery, Executor, Outcome, Reply};
 use crate::store::{ExecutionStore, StoreError};
 use crate::telemetry::propagation;
 
@@ -209,10 +209,13 @@ async fn deliver<S: ExecutionStore>(
         lease: route.ack_deadline(),
         trace_parent: None,
     };
-    let executed = executor.execute(delivery).await;
-    let answer = answer(&executed.outcome);
-    executed.report(Some(answer.status.as_u16()));
-    answer
+    executor.execute(delivery, answer).await
+}
+
+impl Reply for Answer {
+    fn status(&self) -> Option<u16> {
+        Some(self.status.as_u16())
+    }
 }
 
 /// The envelope and its decoded data, or the 400 that says what is wrong.

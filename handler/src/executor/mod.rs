@@ -21,7 +21,7 @@ use whirligig_registry::{ArgumentError, JobShard, RawArguments, Retry, Route, Ta
 
 use self::failure::Failure;
 use self::remembered::Remembered;
-pub(crate) use self::report::Executed;
+pub(crate) use self::report::Reply;
 use crate::context::Resources;
 use crate::store::{Claim, ClaimRequest, Ending, ExecutionStore, Finished, StoreError};
 
@@ -42,7 +42,8 @@ pub(crate) struct Delivery<'a> {
     /// How long another delivery's RUNNING claim holds: the route's ack
     /// deadline, or zero when the caller knows the previous attempt is dead.
     pub(crate) lease: Duration,
-    /// The trace a job continues (a push continues its request's).
+    /// The parent of the delivery's span when it is not the current span:
+    /// the trace a job continues (a push's is its request's span).
     pub(crate) trace_parent: Option<Context>,
 }
 
@@ -89,25 +90,29 @@ impl<S: ExecutionStore> Executor<S> {
         &self.store
     }
 
-    /// Records and runs one delivery in its span; the caller reports what
-    /// it answered through [`Executed::report`].
-    pub(crate) async fn execute(&self, mut delivery: Delivery<'_>) -> Executed {
-        let parent = delivery.trace_parent.take();
-        let span = report::span(&delivery, parent);
+    /// Records and runs one delivery in a span of its own, and returns what
+    /// `respond` makes of its outcome, once the span has recorded both and
+    /// closed with the delivery's log line.
+    pub(crate) async fn execute<R: Reply>(&self, delivery: Delivery<'_>, respond: impl FnOnce(&Outcome) -> R) -> R {
+        let span = report::span(&delivery);
         let started = Instant::now();
-        // A redelivery of an execution that ended here for good needs no round trip.
-        let outcome = match self.remembered.outcome(&delivery.task_id) {
-            Some(outcome) => outcome,
-            None => {
-                let outcome = self.deliver(&delivery, &span).instrument(span.clone()).await;
-                self.remembered.remember(&delivery.task_id, &outcome);
-                outcome
-            }
-        };
-        Executed { outcome, span, started }
+        let outcome = self.outcome(&delivery, &span).instrument(span.clone()).await;
+        let reply = respond(&outcome);
+        report::close(span, &outcome, reply.status(), started);
+        reply
     }
 
-    async fn deliver(&self, delivery: &Delivery<'_>, span: &Span) -> Outcome {
+    async fn outcome(&self, delivery: &Delivery<'_>, span: &Span) -> Outcome {
+        // A redelivery of an execution that ended here for good needs no round trip.
+        if let Some(outcome) = self.remembered.outcome(&delivery.task_id) {
+            return outcome;
+        }
+        let outcome = self.claim_and_run(delivery, span).await;
+        self.remembered.remember(&delivery.task_id, &outcome);
+        outcome
+    }
+
+    async fn claim_and_run(&self, delivery: &Delivery<'_>, span: &Span) -> Outcome {
         let route = delivery.route;
         let request = ClaimRequest {
             task_id: &delivery.task_id,

@@ -1,12 +1,11 @@
 //! What a delivery tells an operator: its span, an OpenTelemetry consumer
 //! span named `{task} process` under the messaging conventions (internal for
 //! a job), and one log line for its outcome inside it. The executor records
-//! the attempt and any failure as it learns them; the caller adds what it
-//! answered and closes the report.
+//! the attempt and any failure as it learns them, then what its caller
+//! answered, and closes the span.
 
 use std::time::Instant;
 
-use opentelemetry::Context;
 use tracing::Span;
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
@@ -15,9 +14,16 @@ use whirligig_registry::Retry;
 use super::{Delivery, Outcome};
 use crate::telemetry::propagation;
 
+/// What a caller makes of an outcome: for a push, the status it answers,
+/// which the delivery's span records.
+pub(crate) trait Reply {
+    /// The HTTP status answered, if the delivery came over HTTP.
+    fn status(&self) -> Option<u16>;
+}
+
 /// The span of `delivery`: a child of the current span (a push's request),
-/// or of `parent` (a job's `TRACEPARENT`) when given.
-pub(super) fn span(delivery: &Delivery<'_>, parent: Option<Context>) -> Span {
+/// or of the delivery's own trace parent (a job's `TRACEPARENT`) when it has one.
+pub(super) fn span(delivery: &Delivery<'_>) -> Span {
     let pushed = delivery.message_id.is_some();
     let span = tracing::info_span!(
         "task",
@@ -42,7 +48,9 @@ pub(super) fn span(delivery: &Delivery<'_>, parent: Option<Context>) -> Span {
         span.set_attribute("messaging.operation.name", "process");
         span.set_attribute("messaging.operation.type", "process");
     }
-    propagation::continue_trace(&span, None, parent);
+    if let Some(parent) = &delivery.trace_parent {
+        propagation::continue_trace(&span, None, Some(parent.clone()));
+    }
     span
 }
 
@@ -57,30 +65,18 @@ pub(super) fn failed(span: &Span, kind: &str, description: &str) {
     span.record("error.type", kind);
 }
 
-/// A delivery that has run, its span still open for what the caller answers.
-#[derive(Debug)]
-pub(crate) struct Executed {
-    pub(crate) outcome: Outcome,
-    pub(super) span: Span,
-    pub(super) started: Instant,
-}
-
-impl Executed {
-    /// Records the outcome and, for a push, the status answered; logs the
-    /// delivery's one line; closes the span.
-    pub(crate) fn report(self, status: Option<u16>) -> Outcome {
-        let Self { outcome, span, started } = self;
-        span.record("whirligig.task.outcome", outcome.label());
-        if let Some(status) = status {
-            span.record("http.response.status_code", status);
-        }
-        if let Outcome::Store(error) = &outcome {
-            failed(&span, error.kind(), &error.to_string());
-        }
-        let duration_ms = (started.elapsed().as_secs_f64() * 1e6).round() / 1e3;
-        span.in_scope(|| log(&outcome, duration_ms));
-        outcome
+/// Records the outcome and, for a push, the status answered; logs the
+/// delivery's one line; closes the span.
+pub(super) fn close(span: Span, outcome: &Outcome, status: Option<u16>, started: Instant) {
+    span.record("whirligig.task.outcome", outcome.label());
+    if let Some(status) = status {
+        span.record("http.response.status_code", status);
     }
+    if let Outcome::Store(error) = outcome {
+        failed(&span, error.kind(), &error.to_string());
+    }
+    let duration_ms = (started.elapsed().as_secs_f64() * 1e6).round() / 1e3;
+    span.in_scope(|| log(outcome, duration_ms));
 }
 
 impl Outcome {
