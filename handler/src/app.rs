@@ -1,24 +1,25 @@
 //! The HTTP application: routes a request to the health checks or the push
-//! endpoint, enforces the body limit, and turns an [`Answer`] into a response.
-//! Separate from serving, so tests can hand it requests without a socket.
+//! endpoint, and runs a push through its one pipeline (token, body limit,
+//! envelope, route, executor, answer, span). Separate from serving, so
+//! tests can hand it requests without a socket.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode, header};
+use http::{Method, Request, Response, header};
 use http_body_util::{BodyExt as _, Full, LengthLimitError, Limited};
 use hyper::body::Body;
-use opentelemetry::Context;
 use tokio_util::sync::CancellationToken;
-use tracing::Span;
+use tracing::{Instrument as _, Span};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-use whirligig_registry::Registry;
+use whirligig_registry::{ReceivedMessage, Registry};
 
-use crate::auth::{AuthError, PushAuth, Rejection};
+use crate::answer::{ALIVE, Answer, READY, Refusal, answer};
+use crate::auth::PushAuth;
 use crate::context::Resources;
 use crate::executor::Executor;
-use crate::push::{Answer, Wrapping, push};
+use crate::push::{Pushed, Wrapping};
 use crate::store::{ExecutionStore, MemoryStore, PostgresStore};
 use crate::telemetry::propagation;
 
@@ -84,38 +85,47 @@ impl<S: ExecutionStore> App<S> {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let answer = match (request.method(), request.uri().path()) {
-            (&Method::GET, "/healthz") => Answer::new(StatusCode::OK, "ok"),
+            (&Method::GET, "/healthz") => ALIVE,
             (&Method::GET, "/readyz") => self.readiness().await,
-            (&Method::POST, path) if PUSH_PATHS.contains(&path) => self.traced_push(request).await,
+            (&Method::POST, path) if PUSH_PATHS.contains(&path) => self.push(request).await,
             (_, path) if PUSH_PATHS.contains(&path) || path == "/healthz" || path == "/readyz" => {
-                Answer::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+                refuse(&Refusal::MethodNotAllowed, None)
             }
-            _ => Answer::new(StatusCode::NOT_FOUND, "not found"),
+            _ => refuse(&Refusal::NotFound, None),
         };
-        respond(answer)
+        answer.into_response()
     }
 
     async fn readiness(&self) -> Answer {
         match self.executor.store().ping().await {
-            Ok(()) => Answer::new(StatusCode::OK, "ready"),
-            Err(error) => {
-                tracing::warn!(%error, "not ready");
-                Answer::new(StatusCode::SERVICE_UNAVAILABLE, "store unreachable")
-            }
+            Ok(()) => READY,
+            Err(error) => refuse(&Refusal::NotReady(error), None),
         }
     }
 
-    /// A push inside an OpenTelemetry server span. The span starts now but
-    /// is entered only once its parent is known, which may be named in the
-    /// body; it ends with the status answered.
-    async fn traced_push<B>(&self, request: Request<B>) -> Answer
+    /// One push from request to answer: its server span, which continues
+    /// the trace the message names, else the caller's (chosen here, once);
+    /// the delivery, or why there is none; and the status, recorded on the
+    /// span before it ends.
+    async fn push<B>(&self, request: Request<B>) -> Answer
     where
         B: Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let span = request_span(request.uri().path());
         let caller = propagation::from_headers(request.headers());
-        let answer = self.push(request, &span, caller).await;
+        let received = self.receive(request).await;
+        let decoded = received.as_ref().map(|(wrapping, body)| Pushed::decode(*wrapping, body));
+        let message_trace = match &decoded {
+            Ok(Ok(pushed)) => pushed.trace_context(),
+            _ => None,
+        };
+        propagation::continue_trace(&span, message_trace, caller);
+        let answer = match decoded {
+            Ok(Ok(pushed)) => self.deliver(&pushed).instrument(span.clone()).await,
+            Ok(Err(error)) => span.in_scope(|| refuse(&Refusal::Envelope(error), None)),
+            Err(refusal) => span.in_scope(|| refuse(refusal, None)),
+        };
         span.set_attribute("http.response.status_code", i64::from(answer.status.as_u16()));
         if answer.status.is_server_error() {
             span.record("otel.status_code", "ERROR");
@@ -123,27 +133,31 @@ impl<S: ExecutionStore> App<S> {
         answer
     }
 
-    async fn push<B>(&self, request: Request<B>, span: &Span, caller: Option<Context>) -> Answer
+    /// How the push is wrapped, and its body. The token is checked first:
+    /// an unauthenticated request costs no body read.
+    async fn receive<B>(&self, request: Request<B>) -> Result<(Wrapping, Bytes), Refusal>
     where
         B: Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        // Authentication comes first: an unauthenticated request costs no body read.
-        let refusal = match self.auth.check(request.headers()).await {
-            Ok(()) if self.draining.load(Ordering::SeqCst) => Refusal::Draining,
-            Ok(()) => match read_push(request).await {
-                Ok((wrapping, body)) => {
-                    return push(&self.registry, &self.executor, (wrapping, &body), span, caller).await;
-                }
-                Err(answer) => Refusal::Body(answer),
-            },
-            Err(AuthError::Forbidden(rejection)) => Refusal::Forbidden(rejection),
-            Err(AuthError::KeysUnavailable) => Refusal::NoKeys,
+        self.auth.check(request.headers()).await?;
+        if self.draining.load(Ordering::SeqCst) {
+            return Err(Refusal::Draining);
+        }
+        let wrapping = Wrapping::of(request.headers()).map_err(Refusal::Envelope)?;
+        Ok((wrapping, read_body(request).await?))
+    }
+
+    /// Runs the pushed task message on its route.
+    async fn deliver(&self, pushed: &Pushed<'_>) -> Answer {
+        let message = match ReceivedMessage::parse(pushed.data()) {
+            Ok(message) => message,
+            Err(error) => return refuse(&Refusal::Message(error), Some(pushed.message_id())),
         };
-        // Refused before the body names a trace: the caller's goes on.
-        propagation::continue_trace(span, None, caller);
-        span.in_scope(|| refusal.log());
-        refusal.answer()
+        match self.registry.get(message.task_name()) {
+            Some(route) => self.executor.execute(pushed.delivery(route, &message), answer).await,
+            None => refuse(&Refusal::UnknownTask(message.task_name().to_owned()), Some(pushed.message_id())),
+        }
     }
 }
 
@@ -169,83 +183,45 @@ fn request_span(path: &str) -> Span {
     span
 }
 
-/// Why a push was answered without being read or run.
-enum Refusal {
-    Forbidden(Rejection),
-    NoKeys,
-    Draining,
-    Body(Answer),
-}
-
-impl Refusal {
-    /// One line saying why, where there is something to say.
-    fn log(&self) {
-        match self {
-            Self::Forbidden(rejection) => {
-                tracing::warn!(failed_check = rejection.check(), detail = ?rejection.detail(), "push rejected");
-            }
-            Self::NoKeys => tracing::warn!("push not verified: the issuer's keys are not available yet"),
-            Self::Draining => {}
-            Self::Body(answer) => {
-                tracing::warn!(status = answer.status.as_u16(), reason = %answer.body, "push refused unread");
-            }
+/// The refusal's answer, after one line saying why where there is something
+/// to say. A task's name is logged, never echoed.
+fn refuse(refusal: &Refusal, message_id: Option<&str>) -> Answer {
+    let answer = refusal.answer();
+    match refusal {
+        Refusal::NotFound | Refusal::MethodNotAllowed | Refusal::Draining => {}
+        Refusal::NotReady(error) => tracing::warn!(%error, "not ready"),
+        Refusal::Forbidden(rejection) => {
+            tracing::warn!(failed_check = rejection.check(), detail = ?rejection.detail(), "push rejected");
+        }
+        Refusal::KeysUnavailable => tracing::warn!("push not verified: the issuer's keys are not available yet"),
+        Refusal::TooLarge | Refusal::Unreadable(_) => {
+            tracing::warn!(status = answer.status.as_u16(), reason = %answer.body, "push refused unread");
+        }
+        Refusal::Envelope(error) => tracing::warn!(%error, "malformed push: refused without running"),
+        Refusal::Message(error) => {
+            tracing::warn!(message_id, %error, "malformed task message: refused without running")
+        }
+        Refusal::UnknownTask(task_name) => {
+            tracing::warn!(message_id, task_name, "unknown task: refused without running");
         }
     }
-
-    fn answer(self) -> Answer {
-        match self {
-            Self::Forbidden(_) => Answer::new(StatusCode::FORBIDDEN, "forbidden"),
-            Self::NoKeys => Answer::new(StatusCode::SERVICE_UNAVAILABLE, "cannot verify tokens yet; retry"),
-            Self::Draining => Answer::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down; retry"),
-            Self::Body(answer) => answer,
-        }
-    }
-}
-
-/// How the push is wrapped, and its body.
-async fn read_push<B>(request: Request<B>) -> Result<(Wrapping, Bytes), Answer>
-where
-    B: Body<Data = Bytes>,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let wrapping = Wrapping::of(request.headers())?;
-    Ok((wrapping, read_body(request).await?))
+    answer
 }
 
 /// The whole body, or 413 past [`MAX_BODY_BYTES`] (before reading, when the
 /// length is declared).
-async fn read_body<B>(request: Request<B>) -> Result<Bytes, Answer>
+async fn read_body<B>(request: Request<B>) -> Result<Bytes, Refusal>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let too_large = || Answer::new(StatusCode::PAYLOAD_TOO_LARGE, format!("body over {MAX_BODY_BYTES} bytes"));
     let declared = request.headers().get(header::CONTENT_LENGTH).and_then(|value| value.to_str().ok()?.parse().ok());
     if declared.is_some_and(|length: usize| length > MAX_BODY_BYTES) {
-        return Err(too_large());
+        return Err(Refusal::TooLarge);
     }
     match Limited::new(request.into_body(), MAX_BODY_BYTES).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.is::<LengthLimitError>() => Err(too_large()),
-        Err(error) => {
-            Err(Answer::new(StatusCode::BAD_REQUEST, format!("bad request: body could not be read: {error}")))
-        }
+        Err(error) if error.is::<LengthLimitError>() => Err(Refusal::TooLarge),
+        Err(error) => Err(Refusal::Unreadable(error.to_string())),
     }
-}
-
-/// The answer for a request whose handling itself failed (it cannot panic:
-/// the executor catches task panics; this is the last line of defence).
-pub(crate) fn internal_error() -> Response<Full<Bytes>> {
-    respond(Answer::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error; retry"))
-}
-
-fn respond(answer: Answer) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(format!("{}\n", answer.body))));
-    *response.status_mut() = answer.status;
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
-    if let Some(seconds) = answer.retry_after {
-        headers.insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
-    }
-    response
 }

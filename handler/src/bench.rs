@@ -3,17 +3,18 @@
 //! token verification. Built only with the `bench` feature; not an API.
 
 use http::HeaderMap;
-use whirligig_registry::Registry;
+use whirligig_registry::{ReceivedMessage, Registry};
 
 use crate::auth::PushAuth;
-use crate::push::{Wrapping, decode, routed};
+use crate::push::{Pushed, Wrapping};
 
 /// Decodes a push body as the endpoint does, parses its payload and finds
 /// its route; the execution id's length, or `None` for a body that fails.
 pub fn decode_push(registry: &Registry, body: &[u8]) -> Option<usize> {
-    let (envelope, data) = decode(Wrapping::Push, body).ok()?;
-    let (message, _) = routed(registry, envelope.message_id(), &data).ok()?;
-    Some(message.execution_id(envelope.message_id()).len())
+    let pushed = Pushed::decode(Wrapping::Push, body).ok()?;
+    let message = ReceivedMessage::parse(pushed.data()).ok()?;
+    registry.get(message.task_name())?;
+    Some(message.execution_id(pushed.message_id()).len())
 }
 
 /// The SQL of the store's claim and finish, as prepared on every connection.

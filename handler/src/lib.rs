@@ -8,6 +8,7 @@
 //! task function from the registry. [`telemetry`] turns the spans along the
 //! way into traces and log lines.
 
+mod answer;
 mod app;
 mod auth;
 #[cfg(feature = "bench")]

@@ -13,7 +13,8 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
-use crate::app::{App, internal_error};
+use crate::answer::INTERNAL_ERROR;
+use crate::app::App;
 use crate::store::ExecutionStore;
 
 /// Cloud Run gives an instance 10 seconds between SIGTERM and SIGKILL; keep
@@ -53,7 +54,7 @@ pub async fn serve<S: ExecutionStore>(
                     // at its push deadline) must not cancel a task between its
                     // claim and its finish, leaving it RUNNING until the lease ends.
                     let handling = tokio::spawn(async move { app.handle(request).await });
-                    async move { Ok::<_, Infallible>(handling.await.unwrap_or_else(|_| internal_error())) }
+                    async move { Ok::<_, Infallible>(handling.await.unwrap_or_else(|_| INTERNAL_ERROR.into_response())) }
                 });
                 let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
                 tokio::spawn(async move {
