@@ -17,6 +17,7 @@ use whirligig_registry::{ReceivedMessage, Registry};
 
 use crate::answer::{ALIVE, Answer, READY, Refusal, answer};
 use crate::auth::PushAuth;
+use crate::config::KillSwitches;
 use crate::context::Resources;
 use crate::executor::Executor;
 use crate::push::{Pushed, Wrapping};
@@ -61,6 +62,13 @@ impl<S: ExecutionStore> App<S> {
         let shutdown = CancellationToken::new();
         let executor = Executor::new(store, Arc::new(resources), shutdown.clone());
         Self { registry, executor, auth, shutdown, draining: AtomicBool::new(false) }
+    }
+
+    /// Turns away, as skipped, the pushes of routes these switches turn off
+    /// (none are, by default).
+    #[must_use]
+    pub fn with_kill_switches(self, kill_switches: KillSwitches) -> Self {
+        Self { executor: self.executor.with_kill_switches(kill_switches), ..self }
     }
 
     /// Starts the background work the app needs (fetching the issuer's keys).

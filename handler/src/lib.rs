@@ -20,7 +20,6 @@ mod context;
 pub mod demo;
 mod executor;
 mod push;
-mod routes;
 pub mod server;
 pub mod store;
 pub mod telemetry;
@@ -31,7 +30,7 @@ use whirligig_registry::Registry;
 
 pub use crate::app::{App, MAX_BODY_BYTES};
 pub use crate::auth::{AuthSetupError, Clock, OidcSettings, PushAuth};
-pub use crate::config::{AuthConfig, Config, ConfigError, DatabaseConfig};
+pub use crate::config::{AuthConfig, Config, ConfigError, DatabaseConfig, JobConfig, KillSwitches, Problem};
 pub use crate::context::TaskContextExt;
 
 /// The whole command line for a service's own binary:

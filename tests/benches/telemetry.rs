@@ -82,9 +82,9 @@ fn bench(c: &mut Criterion) {
     let unexported = TelemetryConfig { logs: LogFormat::Json, ..TelemetryConfig::default() };
     let local = telemetry::provider(&unexported).unwrap().unwrap();
     let logs = || CloudLogging::new(std::io::sink, Some("bench".to_owned()));
-    let off = Dispatch::new(telemetry::subscriber(logs(), None));
-    let for_logs = Dispatch::new(telemetry::subscriber(logs(), Some(telemetry::tracer(&local))));
-    let exporting = Dispatch::new(telemetry::subscriber(logs(), Some(telemetry::tracer(&provider))));
+    let off = Dispatch::new(telemetry::subscriber(logs(), None, "info"));
+    let for_logs = Dispatch::new(telemetry::subscriber(logs(), Some(telemetry::tracer(&local)), "info"));
+    let exporting = Dispatch::new(telemetry::subscriber(logs(), Some(telemetry::tracer(&provider)), "info"));
 
     let registry = Arc::new(whirligig_handler::demo::registry().unwrap());
     let ids = AtomicU64::new(0);

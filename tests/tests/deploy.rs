@@ -209,7 +209,7 @@ async fn the_service_is_deployed_as_the_configuration_and_the_routes_expect() {
 
     // The environment loads, outside dev, with Cloud Run checking the tokens.
     let vars = environment(&deploy);
-    let config = Config::from_lookup(&|name| vars.get(name).cloned()).unwrap();
+    let config = Config::from_lookup(&registry, &|name| vars.get(name).cloned()).unwrap();
     assert!(!config.is_dev());
     let AuthConfig::CloudRunIam(settings) = &config.auth else { panic!("{:?}", config.auth) };
     assert_eq!(settings.audience, vars["CLOUD_RUN_SERVICE_URL"]);
@@ -218,12 +218,12 @@ async fn the_service_is_deployed_as_the_configuration_and_the_routes_expect() {
     // The startup probe asks a path the app answers.
     let probe = deploy.flag("--startup-probe").unwrap();
     let path = probe.split(',').find_map(|part| part.strip_prefix("httpGet.path=")).unwrap();
+    let job = environment(&step("job"));
+    let job_config = Config::from_lookup(&registry, &|name| job.get(name).cloned());
+    assert!(job_config.is_ok(), "the job's environment does not load: {job_config:?}");
     let app = App::in_memory(Arc::new(registry), PushAuth::none());
     let request = http::Request::get(path).body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap();
     assert_eq!(app.handle(request).await.status(), 200, "the probe's {path}");
-
-    let job = environment(&step("job"));
-    assert!(Config::from_lookup(&|name| job.get(name).cloned()).is_ok(), "the job's environment does not load");
 }
 
 #[test]

@@ -244,6 +244,14 @@ async fn run_exits_0_on_success_1_on_failure_and_2_on_bad_usage() {
     assert_exit(&output, 2, "run sleep with arguments that do not fit");
     assert_eq!(support::row(&db, "job-misfit").await.expect("row job-misfit").0, "FAILED");
 
+    let mut bad_index = env.clone();
+    bad_index.push(("CLOUD_RUN_TASK_INDEX", "three"));
+    let output = run_app(&["run", "noop", "--task-id", "job-bad-index"], &bad_index).await;
+    assert_exit(&output, 2, "run with a CLOUD_RUN_TASK_INDEX that is not a number");
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("CLOUD_RUN_TASK_INDEX=\"three\" is not a valid value"), "{stderr}");
+    assert!(support::row(&db, "job-bad-index").await.is_none(), "a configuration error runs nothing");
+
     let mut job_env = env.clone();
     job_env.extend([("CLOUD_RUN_EXECUTION", "exec-abc"), ("CLOUD_RUN_TASK_INDEX", "3")]);
     let output = run_app(&["run", "noop"], &job_env).await;

@@ -79,6 +79,7 @@ impl Traced {
         let subscriber = telemetry::subscriber(
             CloudLogging::new(logs.clone(), Some("proj".to_owned())),
             Some(provider.tracer("whirligig-tests")),
+            "info",
         );
         let guard = tracing::subscriber::set_default(subscriber);
         Traced { spans, logs, _provider: provider, _guard: guard }
@@ -455,6 +456,7 @@ async fn without_an_exporter_json_lines_still_name_cloud_runs_trace() {
     let subscriber = telemetry::subscriber(
         CloudLogging::new(logs.clone(), config.project_id.clone()),
         Some(telemetry::tracer(&provider)),
+        "info",
     );
     let _guard = tracing::subscriber::set_default(subscriber);
     let server = memory_server().await;
@@ -472,7 +474,7 @@ async fn without_an_exporter_json_lines_still_name_cloud_runs_trace() {
 #[tokio::test]
 async fn text_log_lines_are_compact_and_leave_out_exporter_settings() {
     let lines = Lines::default();
-    let subscriber = telemetry::subscriber(telemetry::text_logs_to(lines.clone(), false), None);
+    let subscriber = telemetry::subscriber(telemetry::text_logs_to(lines.clone(), false), None, "info");
     let _guard = tracing::subscriber::set_default(subscriber);
     let server = memory_server().await;
     assert_eq!(server.push(task("plain", "echo", json!({}))).await.status, 200);

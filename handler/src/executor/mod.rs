@@ -22,6 +22,7 @@ use whirligig_registry::{ArgumentError, JobShard, RawArguments, Retry, Route, Ta
 use self::failure::Failure;
 use self::remembered::Remembered;
 pub(crate) use self::report::Reply;
+use crate::config::KillSwitches;
 use crate::context::Resources;
 use crate::store::{Claim, ClaimRequest, Ending, ExecutionStore, Finished, StoreError};
 
@@ -78,12 +79,19 @@ pub(crate) struct Executor<S> {
     store: Arc<S>,
     resources: Arc<Resources>,
     shutdown: CancellationToken,
+    kill_switches: KillSwitches,
     remembered: Remembered,
 }
 
 impl<S: ExecutionStore> Executor<S> {
     pub(crate) fn new(store: Arc<S>, resources: Arc<Resources>, shutdown: CancellationToken) -> Self {
-        Self { store, resources, shutdown, remembered: Remembered::default() }
+        let kill_switches = KillSwitches::default();
+        Self { store, resources, shutdown, kill_switches, remembered: Remembered::default() }
+    }
+
+    /// Turns away the deliveries of routes these switches turn off.
+    pub(crate) fn with_kill_switches(self, kill_switches: KillSwitches) -> Self {
+        Self { kill_switches, ..self }
     }
 
     pub(crate) fn store(&self) -> &S {
@@ -124,7 +132,7 @@ impl<S: ExecutionStore> Executor<S> {
             lease: delivery.lease,
             max_attempts: route.max_attempts(),
         };
-        if let Some(variable) = disabled_by(route) {
+        if let Some(variable) = self.kill_switches.disabled_by(route) {
             let reason = format!("skipped: kill switch {variable} is off");
             return match self.store.skip(&request, &reason).await {
                 Ok(()) => Outcome::Skipped { variable: variable.to_owned() },
@@ -201,13 +209,6 @@ fn conclude(task_id: &str, attempt: u32, finished: Result<Finished, StoreError>,
         }
         Err(error) => Outcome::Store(error),
     }
-}
-
-/// The kill switch variable of a route that it currently disables.
-fn disabled_by(route: &Route) -> Option<&str> {
-    let variable = route.kill_switch()?;
-    let value = std::env::var(variable).ok();
-    (!route.is_enabled_by(value.as_deref())).then_some(variable)
 }
 
 /// Starts the task and waits for it within the route's timeout. A panic,

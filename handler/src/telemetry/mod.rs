@@ -92,6 +92,10 @@ pub struct TelemetryConfig {
     pub sampling: Sampling,
     /// How log lines look.
     pub logs: LogFormat,
+    /// Which log lines are written (`RUST_LOG`, default `info`).
+    pub log_filter: String,
+    /// Colour for a person at a terminal, unless `NO_COLOR` is set.
+    pub color: bool,
     /// The project whose Cloud Trace a log line's trace id refers to.
     pub project_id: Option<String>,
     /// `service.name`.
@@ -109,6 +113,8 @@ impl Default for TelemetryConfig {
             traces: TraceExport::None,
             sampling: Sampling::ParentBased(ParentlessSampling::AlwaysOn),
             logs: LogFormat::Text,
+            log_filter: "info".to_owned(),
+            color: true,
             project_id: None,
             service_name: "whirligig".to_owned(),
             resource: Vec::new(),
@@ -130,12 +136,16 @@ impl Telemetry {
     pub(crate) fn install(config: &TelemetryConfig) -> Result<Self, ExportError> {
         let provider = provider(config)?;
         let tracer = provider.as_ref().map(tracer);
+        let filter = &config.log_filter;
         let installed = match config.logs {
             LogFormat::Json => {
                 let logs = CloudLogging::new(std::io::stdout, config.project_id.clone());
-                tracing::subscriber::set_global_default(subscriber(logs, tracer))
+                tracing::subscriber::set_global_default(subscriber(logs, tracer, filter))
             }
-            LogFormat::Text => tracing::subscriber::set_global_default(subscriber(text_logs(), tracer)),
+            LogFormat::Text => {
+                let logs = text_logs_to(std::io::stderr, config.color && std::io::stderr().is_terminal());
+                tracing::subscriber::set_global_default(subscriber(logs, tracer, filter))
+            }
         };
         match installed {
             Ok(()) => std::panic::set_hook(Box::new(|info| tracing::error!(%info, "panic"))),
@@ -165,14 +175,15 @@ impl Telemetry {
 }
 
 /// The subscriber every process and test uses: `logs` for log lines,
-/// filtered by `RUST_LOG` (default `info`), and, given a tracer, spans at
-/// `info` and above bridged to OpenTelemetry whatever `RUST_LOG` says, with
-/// warnings and errors as their events.
-pub fn subscriber<L>(logs: L, tracer: Option<SdkTracer>) -> impl Subscriber + Send + Sync
+/// filtered by `filter` (`RUST_LOG`'s syntax; one that does not parse means
+/// `info`), and, given a tracer, spans at `info` and above bridged to
+/// OpenTelemetry whatever the filter says, with warnings and errors as their
+/// events.
+pub fn subscriber<L>(logs: L, tracer: Option<SdkTracer>, filter: &str) -> impl Subscriber + Send + Sync
 where
     L: tracing_subscriber::Layer<Registry> + Send + Sync,
 {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let traces = tracer.map(|tracer| {
         tracing_opentelemetry::layer()
             .with_tracer(tracer)
@@ -194,17 +205,9 @@ where
     Registry::default().with(logs.with_filter(filter)).with(traces)
 }
 
-/// Compact lines on stderr; colour only for a person at a terminal (Cloud
-/// Logging would keep the escape codes). `otel.*` fields steer the exporter
-/// and are left out.
-fn text_logs<S>() -> impl tracing_subscriber::Layer<S> + Send + Sync
-where
-    S: Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
-{
-    text_logs_to(std::io::stderr, std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
-}
-
-/// [`text_logs`] to any writer.
+/// Compact lines to `writer`, in colour if `ansi` (only for a person at a
+/// terminal: Cloud Logging would keep the escape codes). `otel.*` fields
+/// steer the exporter and are left out.
 pub fn text_logs_to<S, W>(writer: W, ansi: bool) -> impl tracing_subscriber::Layer<S> + Send + Sync
 where
     S: Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,

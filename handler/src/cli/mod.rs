@@ -1,25 +1,25 @@
-//! The command line: `serve` (the default), `run` (Cloud Run job mode),
-//! `routes` and `migrate`. Each command loads the configuration, picks the
-//! store, and reports failure as one line on stderr with an exit code.
+//! The command line: `serve` (the default), `run` (Cloud Run job mode,
+//! [`job`]), `routes` ([`routes`]) and `migrate`. Each command loads the
+//! configuration, picks the store, and reports failure as one line on stderr
+//! with an exit code: 0 done, 1 the work failed, 2 usage or configuration.
+
+mod job;
+mod routes;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use serde_json::value::RawValue;
 use tokio::net::TcpListener;
-use whirligig_registry::{JobShard, RawArguments, Registry, RegistryError};
+use whirligig_registry::{Registry, RegistryError};
 
 use crate::app::App;
 use crate::auth::{AuthSetupError, Clock, PushAuth};
 use crate::config::{AuthConfig, Config, ConfigError, DatabaseConfig, redact};
-use crate::context::Resources;
-use crate::executor::{Delivery, Executor, Outcome, Reply};
 use crate::server::{SHUTDOWN_GRACE, serve, shutdown_signal};
-use crate::store::{ExecutionStore, MemoryStore, PostgresStore, StoreError, migrate};
-use crate::telemetry::{ExportError, Telemetry, TelemetryConfig, TraceExport, propagation};
+use crate::store::{ExecutionStore, PostgresStore, StoreError, migrate};
+use crate::telemetry::{ExportError, Telemetry, TelemetryConfig, TraceExport};
 
 /// Background tasks for Google Cloud Run.
 #[derive(Debug, Parser)]
@@ -55,7 +55,7 @@ enum Command {
 
 /// What stops a command; each says what to fix in one line.
 #[derive(Debug, thiserror::Error)]
-enum Fatal {
+pub(super) enum Fatal {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
@@ -93,7 +93,7 @@ pub(crate) async fn run(registry: Registry) -> ExitCode {
         }
     };
     let command = cli.command.unwrap_or(Command::Serve);
-    let config = match Config::from_env() {
+    let config = match Config::from_env(&registry) {
         Ok(config) => config,
         Err(error) => return fail(error.into()),
     };
@@ -126,11 +126,11 @@ async fn execute(command: Command, config: &Config, registry: Registry) -> Resul
     match command {
         Command::Serve => serve_command(config, registry).await,
         Command::Run { name, args, kwargs, task_id } => {
-            let job = JobRun { name, args, kwargs, task_id };
-            run_command(config, &registry, job).await
+            let job = job::JobRun { name, args, kwargs, task_id };
+            job::run(config, &registry, job).await
         }
         Command::Routes => {
-            print!("{}", crate::routes::table(&registry, &config.naming));
+            print!("{}", routes::table(&registry, &config.naming));
             Ok(ExitCode::SUCCESS)
         }
         Command::Migrate => {
@@ -143,13 +143,13 @@ async fn execute(command: Command, config: &Config, registry: Registry) -> Resul
 }
 
 /// The PostgreSQL store, its migrations applied.
-async fn postgres(database: &DatabaseConfig) -> Result<PostgresStore, Fatal> {
+pub(super) async fn postgres(database: &DatabaseConfig) -> Result<PostgresStore, Fatal> {
     let applied = migrate(&database.url).await?;
     tracing::info!(database = %redact(&database.url), applied = applied.len(), "migrations up to date");
     Ok(PostgresStore::new(&database.url, database.pool_size, database.pool_timeout)?)
 }
 
-fn warn_in_memory() {
+pub(super) fn warn_in_memory() {
     tracing::warn!("DATABASE_URL is not set: executions are kept in memory and NOT persisted (dev only)");
 }
 
@@ -188,116 +188,11 @@ fn push_auth(config: &Config) -> Result<PushAuth, Fatal> {
 }
 
 async fn serve_app<S: ExecutionStore>(config: &Config, app: App<S>) -> Result<ExitCode, Fatal> {
+    let app = app.with_kill_switches(config.kill_switches.clone());
     let address = SocketAddr::from((Ipv4Addr::UNSPECIFIED, config.port));
     let listener = TcpListener::bind(address).await.map_err(|error| Fatal::Listen(address, error))?;
     tracing::info!(%address, environment = config.naming.environment(), "serving");
     serve(listener, Arc::new(app), shutdown_signal(), SHUTDOWN_GRACE).await;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
-}
-
-/// `whirligig run`'s arguments.
-struct JobRun {
-    name: String,
-    args: Option<String>,
-    kwargs: Option<String>,
-    task_id: Option<String>,
-}
-
-/// Checks the task and its arguments before touching the database, so a
-/// usage error is exit 2 whatever state the database is in.
-async fn run_command(config: &Config, registry: &Registry, job: JobRun) -> Result<ExitCode, Fatal> {
-    let route = registry.get(&job.name).ok_or_else(|| Fatal::Usage(format!("unknown task {:?}", job.name)))?;
-    let args = raw_json("--args (TASK_ARGS)", given(job.args.as_deref()).unwrap_or("[]"))?;
-    let kwargs = raw_json("--kwargs (TASK_KWARGS)", given(job.kwargs.as_deref()).unwrap_or("{}"))?;
-    let arguments = RawArguments::new(args, kwargs).map_err(|error| Fatal::Usage(error.to_string()))?;
-    let shard = job_shard();
-    let delivery = Delivery {
-        route,
-        task_id: job.task_id.unwrap_or_else(|| default_task_id(shard)),
-        arguments,
-        message_id: None,
-        subscription: None,
-        delivery_attempt: None,
-        publish_time: None,
-        enqueued_at: None,
-        job: shard,
-        // A retried job attempt means the previous one is dead: take over at once.
-        lease: if shard.is_some_and(|shard| shard.attempt > 0) { Duration::ZERO } else { route.ack_deadline() },
-        trace_parent: trace_parent(),
-    };
-    match &config.database {
-        Some(database) => {
-            let store = postgres(database).await?;
-            let resources = Resources { database: Some(store.clone()) };
-            execute_once(Arc::new(store), resources, delivery).await
-        }
-        None => {
-            warn_in_memory();
-            execute_once(Arc::new(MemoryStore::default()), Resources::default(), delivery).await
-        }
-    }
-}
-
-async fn execute_once<S: ExecutionStore>(
-    store: Arc<S>,
-    resources: Resources,
-    delivery: Delivery<'_>,
-) -> Result<ExitCode, Fatal> {
-    let executor = Executor::new(store, Arc::new(resources), tokio_util::sync::CancellationToken::new());
-    executor.execute(delivery, job_exit).await
-}
-
-/// A job's exit: 0 when the task ran (or had already), 2 for arguments that
-/// can never fit, 1 for every other failure.
-fn job_exit(outcome: &Outcome) -> Result<ExitCode, Fatal> {
-    match outcome {
-        Outcome::Succeeded | Outcome::Duplicate | Outcome::Skipped { .. } => Ok(ExitCode::SUCCESS),
-        Outcome::BadArguments(error) => Err(Fatal::Usage(error.to_string())),
-        _ => Ok(ExitCode::FAILURE),
-    }
-}
-
-impl Reply for Result<ExitCode, Fatal> {
-    fn status(&self) -> Option<u16> {
-        None
-    }
-}
-
-/// The trace a job continues: OpenTelemetry's carrier for a process is the
-/// `TRACEPARENT` variable (with `TRACESTATE`).
-fn trace_parent() -> Option<opentelemetry::Context> {
-    let traceparent = std::env::var("TRACEPARENT").ok()?;
-    propagation::from_traceparent(&traceparent, std::env::var("TRACESTATE").ok().as_deref())
-}
-
-/// Empty counts as unset, as for every other variable.
-fn given(text: Option<&str>) -> Option<&str> {
-    text.filter(|text| !text.trim().is_empty())
-}
-
-fn raw_json<'a>(flag: &str, text: &'a str) -> Result<&'a RawValue, Fatal> {
-    serde_json::from_str(text).map_err(|error| Fatal::Usage(format!("{flag} is not JSON: {error}")))
-}
-
-fn env_number(name: &str) -> Option<u32> {
-    std::env::var(name).ok()?.parse().ok()
-}
-
-/// `CLOUD_RUN_TASK_INDEX` of `CLOUD_RUN_TASK_COUNT`, try `CLOUD_RUN_TASK_ATTEMPT`, when run as a job.
-fn job_shard() -> Option<JobShard> {
-    Some(JobShard {
-        index: env_number("CLOUD_RUN_TASK_INDEX")?,
-        count: env_number("CLOUD_RUN_TASK_COUNT").unwrap_or(1),
-        attempt: env_number("CLOUD_RUN_TASK_ATTEMPT").unwrap_or(0),
-    })
-}
-
-/// `{execution}-{index}`, so a retried job attempt is recognised; a fresh
-/// UUID outside Cloud Run.
-fn default_task_id(shard: Option<JobShard>) -> String {
-    match std::env::var("CLOUD_RUN_EXECUTION") {
-        Ok(execution) if !execution.is_empty() => format!("{execution}-{}", shard.map_or(0, |shard| shard.index)),
-        _ => uuid::Uuid::new_v4().to_string(),
-    }
 }
