@@ -3,25 +3,45 @@
 //! serves the Pub/Sub push endpoint, runs a task as a job, lists routes or
 //! migrates the database.
 //!
-//! Requests flow one way: [`server`] (sockets) → `app` (routing, body limit, auth)
-//! → `push` (envelope, status) → `executor` (store, timeout, panics) → the
-//! task function from the registry. [`telemetry`] turns the spans along the
-//! way into traces and log lines.
+//! A push flows one way, each step in its own module:
+//!
+//! ```text
+//! server ──▶ app ──────▶ auth ──▶ push ─────▶ executor ──────────▶ task function
+//! sockets    pipeline    token    envelope    claim, run, finish    (registry)
+//!                                             in the store
+//!     ◀────── answer: a refusal's status, or the outcome's ◀──────
+//! ```
+//!
+//! A job (`whirligig run`) enters at the executor. [`telemetry`] turns the
+//! spans along the way into traces and log lines.
 
+// Every status the endpoint answers: refusals and outcomes, on one screen.
 mod answer;
+// The HTTP application: routing, health checks, and the push pipeline.
 mod app;
+// Push token verification: OIDC against the issuer's cached keys.
 mod auth;
+// Entry points for the micro-benchmarks (feature `bench`); not an API.
 #[cfg(feature = "bench")]
 #[doc(hidden)]
 pub mod bench;
+// The command line: serve, run (job mode), routes, migrate.
 mod cli;
+// Every environment variable, read once and checked together.
 mod config;
+// What a task reaches through its context: the store's pool.
 mod context;
+// The demo app's tasks: examples and load-test diagnostics.
 pub mod demo;
+// Claim, run (timeout, panics caught), finish: the one place a task runs.
 mod executor;
+// The Pub/Sub push envelope and Eventarc's CloudEvents, decoded.
 mod push;
+// The accept loop: HTTP/1.1 and h2c, graceful shutdown.
 pub mod server;
+// Where executions live: PostgreSQL (group commit) or memory.
 pub mod store;
+// Traces over OTLP and log lines for Cloud Logging.
 pub mod telemetry;
 
 use std::process::ExitCode;
