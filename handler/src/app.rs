@@ -71,6 +71,11 @@ impl<S: ExecutionStore> App<S> {
         Self { executor: self.executor.with_kill_switches(kill_switches), ..self }
     }
 
+    /// Where the app records executions: what a result lookup reads.
+    pub fn store(&self) -> &S {
+        self.executor.store()
+    }
+
     /// Starts the background work the app needs (fetching the issuer's keys).
     /// [`serve`](crate::server::serve) calls it; an app driven through
     /// [`handle`](Self::handle) alone must call it once, or every verified

@@ -1,7 +1,8 @@
 //! Push authentication against a real OIDC issuer on loopback with real RSA
 //! keys: a valid Pub/Sub token runs the task; every kind of bad token is
 //! answered 403 with the task not run and nothing written; keys rotate, expire
-//! with their max-age, and may be late to arrive.
+//! with their max-age, and may be late to arrive. Pushes go through
+//! `App::handle` on the in-memory store: the issuer is the real part here.
 
 // Helpers here are test code too: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
@@ -16,19 +17,19 @@ use hmac::{Hmac, Mac as _};
 use serde_json::json;
 use sha2::Sha256;
 use support::issuer::{Issuer, Key, encode};
-use support::{TestDb, TestServer, post_as, row, task};
-use whirligig_handler::store::PostgresStore;
+use support::{TestApp, push_request, task};
+use whirligig_handler::store::MemoryStore;
 use whirligig_handler::{App, Clock, PushAuth};
 use whirligig_registry::{Registry, TaskContext, TaskError, TaskRoute};
 
-/// A server that counts runs of its one task, `count`.
+/// An app that counts runs of its one task, `count`.
 struct Guarded {
-    server: TestServer<PostgresStore>,
+    app: TestApp<MemoryStore>,
     runs: Arc<AtomicU32>,
 }
 
 impl Guarded {
-    async fn start(db: &TestDb, auth: PushAuth) -> Guarded {
+    fn start(auth: PushAuth) -> Guarded {
         let runs = Arc::new(AtomicU32::new(0));
         let counter = Arc::clone(&runs);
         let count = move |_: TaskContext| {
@@ -36,13 +37,18 @@ impl Guarded {
             async move { Ok::<_, TaskError>(counter.fetch_add(1, Ordering::SeqCst) + 1) }
         };
         let registry = Registry::builder().route(TaskRoute::new("count", count)).build().unwrap();
-        let store = db.store(4, Duration::from_millis(250));
-        let server = TestServer::start(App::postgres(Arc::new(registry), store, auth)).await;
-        Guarded { server, runs }
+        let app = TestApp::new(App::in_memory(Arc::new(registry), auth));
+        Guarded { app, runs }
     }
 
     async fn push(&self, authorization: Option<&str>, task_id: &str) -> u16 {
-        post_as(self.server.addr, "/tasks/pubsub/", authorization, task(task_id, "count", json!({}))).await.status
+        let request = push_request("/tasks/pubsub/", authorization, task(task_id, "count", json!({})));
+        self.app.request(request).await.status
+    }
+
+    /// Whether anything was recorded for `task_id`.
+    async fn recorded(&self, task_id: &str) -> bool {
+        self.app.row(task_id).await.is_some()
     }
 
     async fn push_bearer(&self, token: &str, task_id: &str) -> u16 {
@@ -54,29 +60,27 @@ impl Guarded {
     }
 }
 
-async fn oidc(issuer: &Issuer, clock: Clock) -> PushAuth {
+fn oidc(issuer: &Issuer, clock: Clock) -> PushAuth {
     PushAuth::oidc(&issuer.settings(), clock).unwrap()
 }
 
 #[tokio::test]
 async fn a_valid_pubsub_token_runs_the_task() {
-    let db = TestDb::new().await;
     let key = Key::generated(0);
     let issuer = Issuer::start(&key).await;
-    let guarded = Guarded::start(&db, oidc(&issuer, Clock::system()).await).await;
+    let guarded = Guarded::start(oidc(&issuer, Clock::system()));
     assert_eq!(guarded.push_bearer(&issuer.token(&key), "valid").await, 200);
     assert_eq!(guarded.runs(), 1);
-    assert_eq!(row(&db, "valid").await.unwrap().0, "SUCCESSFUL");
+    assert_eq!(guarded.app.row("valid").await.unwrap().status, whirligig_handler::store::Status::Successful);
     assert_eq!(guarded.push(Some(&format!("bearer {}", issuer.token(&key))), "lower").await, 200, "scheme case");
 }
 
 #[tokio::test]
 async fn every_bad_token_is_refused_before_anything_happens() {
-    let db = TestDb::new().await;
     let key = Key::generated(0);
     let stranger = Key::generated(1);
     let issuer = Issuer::start(&key).await;
-    let guarded = Guarded::start(&db, oidc(&issuer, Clock::system()).await).await;
+    let guarded = Guarded::start(oidc(&issuer, Clock::system()));
     let now = chrono::Utc::now().timestamp();
 
     let valid = issuer.token(&key);
@@ -124,10 +128,10 @@ async fn every_bad_token_is_refused_before_anything_happens() {
     ];
     for (case, authorization) in &cases {
         assert_eq!(guarded.push(authorization.as_deref(), case).await, 403, "{case}");
-        assert!(row(&db, case).await.is_none(), "{case}: nothing recorded");
+        assert!(!guarded.recorded(case).await, "{case}: nothing recorded");
     }
     // Refused before the body is read: a body that would be a 400 is a 403.
-    let garbage = post_as(guarded.server.addr, "/tasks/pubsub/", Some("Bearer x.y.z"), "not even json").await;
+    let garbage = guarded.app.request(push_request("/tasks/pubsub/", Some("Bearer x.y.z"), "not even json")).await;
     assert_eq!(garbage.status, 403);
     assert_eq!(guarded.runs(), 0);
     assert_eq!(guarded.push_bearer(&valid, "still-valid").await, 200, "the good token still works");
@@ -155,17 +159,16 @@ fn split(token: &str) -> (&str, &str, &str) {
 
 #[tokio::test]
 async fn a_burst_of_unknown_kids_refetches_the_keys_once() {
-    let db = TestDb::new().await;
     let key = Key::generated(0);
     let issuer = Issuer::start(&key).await;
-    let guarded = Arc::new(Guarded::start(&db, oidc(&issuer, Clock::system()).await).await);
+    let guarded = Arc::new(Guarded::start(oidc(&issuer, Clock::system())));
     assert_eq!(guarded.push_bearer(&issuer.token(&key), "warm").await, 200);
     assert_eq!(issuer.fetches(), 1);
 
     let unknown = issuer.token(&Key::generated(1).with_kid("nobody-knows-me"));
     assert_eq!(burst(&guarded, &unknown, "unknown").await, [403; 50]);
     assert_eq!(issuer.fetches(), 2, "one refetch for the whole burst");
-    assert!(row(&db, "unknown-0").await.is_none() && row(&db, "unknown-49").await.is_none());
+    assert!(!guarded.recorded("unknown-0").await && !guarded.recorded("unknown-49").await);
     assert_eq!(guarded.push_bearer(&unknown, "unknown-again").await, 403);
     assert_eq!(issuer.fetches(), 2, "and none again within the minute");
     assert_eq!(guarded.runs(), 1);
@@ -173,10 +176,9 @@ async fn a_burst_of_unknown_kids_refetches_the_keys_once() {
 
 #[tokio::test]
 async fn a_rotated_key_verifies_after_one_refetch() {
-    let db = TestDb::new().await;
     let (old, new) = (Key::generated(0), Key::generated(2));
     let issuer = Issuer::start(&old).await;
-    let guarded = Guarded::start(&db, oidc(&issuer, Clock::system()).await).await;
+    let guarded = Guarded::start(oidc(&issuer, Clock::system()));
     assert_eq!(guarded.push_bearer(&issuer.token(&old), "before").await, 200);
     issuer.set_keys(&[&new]);
     assert_eq!(guarded.push_bearer(&issuer.token(&new), "after").await, 200);
@@ -185,10 +187,9 @@ async fn a_rotated_key_verifies_after_one_refetch() {
 
 #[tokio::test]
 async fn a_burst_of_tokens_with_a_rotated_key_shares_one_refetch() {
-    let db = TestDb::new().await;
     let (old, new) = (Key::generated(0), Key::generated(2));
     let issuer = Issuer::start(&old).await;
-    let guarded = Arc::new(Guarded::start(&db, oidc(&issuer, Clock::system()).await).await);
+    let guarded = Arc::new(Guarded::start(oidc(&issuer, Clock::system())));
     assert_eq!(guarded.push_bearer(&issuer.token(&old), "before").await, 200);
     issuer.set_keys(&[&old, &new]);
     let token = issuer.token(&new);
@@ -198,10 +199,9 @@ async fn a_burst_of_tokens_with_a_rotated_key_shares_one_refetch() {
 
 #[tokio::test]
 async fn a_failed_or_empty_refetch_keeps_the_cached_keys() {
-    let db = TestDb::new().await;
     let key = Key::generated(0);
     let issuer = Issuer::start(&key).await;
-    let guarded = Guarded::start(&db, oidc(&issuer, Clock::system()).await).await;
+    let guarded = Guarded::start(oidc(&issuer, Clock::system()));
     assert_eq!(guarded.push_bearer(&issuer.token(&key), "cached").await, 200);
 
     issuer.set_failing(true);
@@ -213,10 +213,9 @@ async fn a_failed_or_empty_refetch_keeps_the_cached_keys() {
 
 #[tokio::test]
 async fn an_empty_key_set_does_not_replace_good_keys() {
-    let db = TestDb::new().await;
     let key = Key::generated(0);
     let issuer = Issuer::start(&key).await;
-    let guarded = Guarded::start(&db, oidc(&issuer, Clock::system()).await).await;
+    let guarded = Guarded::start(oidc(&issuer, Clock::system()));
     assert_eq!(guarded.push_bearer(&issuer.token(&key), "cached").await, 200);
     issuer.set_keys(&[]);
     let unknown = issuer.token(&Key::generated(1).with_kid("new-kid"));
@@ -227,12 +226,11 @@ async fn an_empty_key_set_does_not_replace_good_keys() {
 
 #[tokio::test]
 async fn expired_keys_serve_while_a_failing_issuer_is_asked_at_most_every_30_s() {
-    let db = TestDb::new().await;
     let key = Key::generated(0);
     let issuer = Issuer::start(&key).await;
     issuer.set_max_age(300);
     let clock = Clock::adjustable();
-    let guarded = Guarded::start(&db, oidc(&issuer, clock.clone()).await).await;
+    let guarded = Guarded::start(oidc(&issuer, clock.clone()));
     assert_eq!(guarded.push_bearer(&issuer.token(&key), "first").await, 200);
 
     issuer.set_failing(true);
@@ -247,18 +245,17 @@ async fn expired_keys_serve_while_a_failing_issuer_is_asked_at_most_every_30_s()
         };
         assert_eq!(status, if n % 2 == 0 { 200 } else { 403 }, "push {n}");
     }
-    wait_until(|| issuer.fetches() == 2).await;
+    issuer.fetched(2).await;
     assert_eq!(issuer.fetches(), 2, "one refresh attempt for 40 pushes");
 }
 
 #[tokio::test]
 async fn keys_are_kept_for_their_max_age_then_refreshed() {
-    let db = TestDb::new().await;
     let key = Key::generated(0);
     let issuer = Issuer::start(&key).await;
     issuer.set_max_age(600);
     let clock = Clock::adjustable();
-    let guarded = Guarded::start(&db, oidc(&issuer, clock.clone()).await).await;
+    let guarded = Guarded::start(oidc(&issuer, clock.clone()));
     assert_eq!(guarded.push_bearer(&issuer.token(&key), "first").await, 200);
     assert_eq!(issuer.fetches(), 1);
 
@@ -271,18 +268,17 @@ async fn keys_are_kept_for_their_max_age_then_refreshed() {
     let later = chrono::Utc::now().timestamp() + 610;
     let token = issuer.token_with(&key, json!({"iat": later, "exp": later + 3600}));
     assert_eq!(guarded.push_bearer(&token, "stale").await, 200, "stale keys still serve while refreshing");
-    wait_until(|| issuer.fetches() == 2).await;
+    issuer.fetched(2).await;
 }
 
 /// A token is verified once and then remembered, but never past the instant
 /// its `exp` (with the minute of skew) or its `iat` (an hour old) would refuse it.
 #[tokio::test]
 async fn a_remembered_token_is_refused_once_its_time_is_up() {
-    let db = TestDb::new().await;
     let key = Key::generated(0);
     let issuer = Issuer::start(&key).await;
     let clock = Clock::adjustable();
-    let guarded = Guarded::start(&db, oidc(&issuer, clock.clone()).await).await;
+    let guarded = Guarded::start(oidc(&issuer, clock.clone()));
     let now = chrono::Utc::now().timestamp();
     let short = issuer.token_with(&key, json!({"exp": now + 100}));
     let old = issuer.token_with(&key, json!({"iat": now - 3550, "exp": now + 3600}));
@@ -303,10 +299,9 @@ async fn a_remembered_token_is_refused_once_its_time_is_up() {
 /// is gone from the issuer's set, it is refused.
 #[tokio::test]
 async fn a_remembered_token_is_refused_once_its_key_is_gone() {
-    let db = TestDb::new().await;
     let (old, new) = (Key::generated(0), Key::generated(2));
     let issuer = Issuer::start(&old).await;
-    let guarded = Guarded::start(&db, oidc(&issuer, Clock::system()).await).await;
+    let guarded = Guarded::start(oidc(&issuer, Clock::system()));
     let token = issuer.token(&old);
     assert_eq!(guarded.push_bearer(&token, "before").await, 200);
     assert_eq!(guarded.push_bearer(&token, "again").await, 200);
@@ -320,7 +315,6 @@ async fn a_remembered_token_is_refused_once_its_key_is_gone() {
 
 #[tokio::test]
 async fn an_issuer_down_at_start_means_503_until_its_keys_arrive() {
-    let db = TestDb::new().await;
     let key = Key::generated(0);
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let settings = whirligig_handler::OidcSettings {
@@ -329,29 +323,23 @@ async fn an_issuer_down_at_start_means_503_until_its_keys_arrive() {
         audience: support::issuer::AUDIENCE.into(),
         service_account: support::issuer::SERVICE_ACCOUNT.into(),
     };
-    let guarded = Guarded::start(&db, PushAuth::oidc(&settings, Clock::system()).unwrap()).await;
+    let guarded = Guarded::start(PushAuth::oidc(&settings, Clock::system()).unwrap());
     let early = Issuer::start(&key).await.token_with(&key, json!({"iss": format!("http://{port}")}));
     assert_eq!(guarded.push_bearer(&early, "too-early").await, 503);
-    assert!(row(&db, "too-early").await.is_none());
+    assert!(!guarded.recorded("too-early").await);
 
     let issuer = Issuer::start_on(port, &key).await;
-    let token = issuer.token(&key);
-    for attempt in 0.. {
-        match guarded.push_bearer(&token, &format!("late-{attempt}")).await {
-            200 => break,
-            503 if attempt < 20 => tokio::time::sleep(Duration::from_millis(250)).await,
-            status => panic!("answered {status} after the issuer came up"),
-        }
-    }
+    // The cache's next try, after its backoff, finds the issuer up.
+    issuer.fetched(1).await;
+    assert_eq!(guarded.push_bearer(&issuer.token(&key), "late").await, 200, "a push waits for keys on their way");
     assert_eq!(guarded.runs(), 1);
 }
 
 #[tokio::test]
 async fn cloud_run_iam_mode_checks_the_claims_of_stripped_tokens() {
-    let db = TestDb::new().await;
     let key = Key::generated(0);
     let issuer = Issuer::start(&key).await;
-    let guarded = Guarded::start(&db, PushAuth::cloud_run_iam(&issuer.settings(), Clock::system()).unwrap()).await;
+    let guarded = Guarded::start(PushAuth::cloud_run_iam(&issuer.settings(), Clock::system()).unwrap());
     let signed = issuer.token(&key);
     let (header, claims, _) = split(&signed);
     let stripped = format!("{header}.{claims}.SIGNATURE_REMOVED_BY_GOOGLE");
@@ -363,21 +351,10 @@ async fn cloud_run_iam_mode_checks_the_claims_of_stripped_tokens() {
         .header("x-serverless-authorization", "Bearer some-invokers-own-token")
         .body(http_body_util::Full::new(bytes::Bytes::from(task("sidestep", "count", json!({})))))
         .unwrap();
-    assert_eq!(support::request(guarded.server.addr, sidestep).await.status, 403);
+    assert_eq!(guarded.app.request(sidestep).await.status, 403);
     let wrong = issuer.token_with(&key, json!({"aud": "https://other"}));
     let (header, claims, _) = split(&wrong);
     assert_eq!(guarded.push_bearer(&format!("{header}.{claims}.SIGNATURE_REMOVED_BY_GOOGLE"), "wrong-aud").await, 403);
     assert_eq!(issuer.fetches(), 0, "no keys needed");
     assert_eq!(guarded.runs(), 1);
-}
-
-/// Polls a condition the test cannot await (a refresh runs in the background).
-async fn wait_until(condition: impl Fn() -> bool) {
-    for _ in 0..200 {
-        if condition() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("condition never held");
 }

@@ -13,9 +13,10 @@ use serde_json::json;
 use tokio::process::{Child, Command};
 use tokio::time::{sleep, timeout};
 
+use support::TestDb;
 use support::issuer::{self, Issuer, Key};
 use support::otlp::{Receiver, hex};
-use support::{TestDb, wait_for_status};
+use whirligig_handler::store::Status;
 
 /// The demo app, built by Cargo for this package.
 const APP: &str = env!("CARGO_BIN_EXE_whirligig-test-app");
@@ -203,7 +204,7 @@ async fn sigterm_lets_the_task_in_flight_finish_and_exits_zero() {
     let body = support::task("in-flight", "sleep", json!({"ms": 1500}));
     let in_flight =
         tokio::spawn(async move { support::post_as(addr, "/tasks/pubsub/", Some(&authorization), body).await });
-    wait_for_status(&db, "in-flight", "RUNNING").await;
+    db.wait_for("in-flight", Status::Running).await;
 
     server.terminate();
     let reply = timeout(WAIT, in_flight).await.expect("the in-flight push is answered").expect("the push task");
@@ -212,9 +213,9 @@ async fn sigterm_lets_the_task_in_flight_finish_and_exits_zero() {
     assert_eq!(status.code(), Some(0), "log:\n{}", server.log());
     assert!(server.log().contains("SIGTERM received"), "{}", server.log());
 
-    let (status, attempts, error, value) = support::row(&db, "in-flight").await.expect("the row");
-    assert_eq!((status.as_str(), attempts, error), ("SUCCESSFUL", 1, None));
-    assert_eq!(value, Some(json!(1500)));
+    let row = db.row("in-flight").await.expect("the row");
+    assert_eq!((row.status, row.attempts, row.error_message), (Status::Successful, 1, None));
+    assert_eq!(row.return_value, Some(json!(1500)));
 }
 
 #[tokio::test]
@@ -224,13 +225,13 @@ async fn run_exits_0_on_success_1_on_failure_and_2_on_bad_usage() {
 
     let output = run_app(&["run", "noop", "--task-id", "job-ok"], &env).await;
     assert_exit(&output, 0, "run noop");
-    assert_eq!(support::row(&db, "job-ok").await.expect("row job-ok").0, "SUCCESSFUL");
+    assert_eq!(db.row("job-ok").await.expect("row job-ok").status, Status::Successful);
 
     let output = run_app(&["run", "fail", "--task-id", "job-fail"], &env).await;
     assert_exit(&output, 1, "run fail");
-    let (status, _, error, _) = support::row(&db, "job-fail").await.expect("row job-fail");
-    assert_eq!(status, "FAILED");
-    assert!(error.is_some_and(|error| error.contains("always fails")));
+    let row = db.row("job-fail").await.expect("row job-fail");
+    assert_eq!(row.status, Status::Failed);
+    assert!(row.error_message.is_some_and(|error| error.contains("always fails")));
 
     let output = run_app(&["run", "nosuch"], &env).await;
     assert_exit(&output, 2, "run nosuch");
@@ -242,7 +243,7 @@ async fn run_exits_0_on_success_1_on_failure_and_2_on_bad_usage() {
 
     let output = run_app(&["run", "sleep", "--kwargs", r#"{"ms": "x"}"#, "--task-id", "job-misfit"], &env).await;
     assert_exit(&output, 2, "run sleep with arguments that do not fit");
-    assert_eq!(support::row(&db, "job-misfit").await.expect("row job-misfit").0, "FAILED");
+    assert_eq!(db.row("job-misfit").await.expect("row job-misfit").status, Status::Failed);
 
     let mut bad_index = env.clone();
     bad_index.push(("CLOUD_RUN_TASK_INDEX", "three"));
@@ -250,13 +251,13 @@ async fn run_exits_0_on_success_1_on_failure_and_2_on_bad_usage() {
     assert_exit(&output, 2, "run with a CLOUD_RUN_TASK_INDEX that is not a number");
     let stderr = text(&output.stderr);
     assert!(stderr.contains("CLOUD_RUN_TASK_INDEX=\"three\" is not a valid value"), "{stderr}");
-    assert!(support::row(&db, "job-bad-index").await.is_none(), "a configuration error runs nothing");
+    assert!(db.row("job-bad-index").await.is_none(), "a configuration error runs nothing");
 
     let mut job_env = env.clone();
     job_env.extend([("CLOUD_RUN_EXECUTION", "exec-abc"), ("CLOUD_RUN_TASK_INDEX", "3")]);
     let output = run_app(&["run", "noop"], &job_env).await;
     assert_exit(&output, 0, "run noop as Cloud Run job task 3");
-    assert_eq!(support::row(&db, "exec-abc-3").await.expect("row exec-abc-3").0, "SUCCESSFUL");
+    assert_eq!(db.row("exec-abc-3").await.expect("row exec-abc-3").status, Status::Successful);
 }
 
 /// `env` without `TASK_KWARGS`, for a task that takes none.
@@ -273,18 +274,18 @@ async fn a_job_takes_its_arguments_from_task_args_and_task_kwargs_and_knows_its_
 
     let output = run_app(&["run", "echo"], &env).await;
     assert_exit(&output, 0, "run echo with TASK_KWARGS");
-    let (.., value) = support::row(&db, "exec-env-2").await.expect("the job's row");
-    assert_eq!(value, Some(json!({"from": "the job's overrides"})));
+    let row = db.row("exec-env-2").await.expect("the job's row");
+    assert_eq!(row.return_value, Some(json!({"from": "the job's overrides"})));
 
     // A flag on the command line wins over the variable.
     let flagged = ["run", "echo", "--kwargs", r#"{"from": "the flag"}"#, "--task-id", "flagged"];
     assert_exit(&run_app(&flagged, &env).await, 0, "run echo --kwargs");
-    assert_eq!(support::row(&db, "flagged").await.expect("row flagged").3, Some(json!({"from": "the flag"})));
+    assert_eq!(db.row("flagged").await.expect("row flagged").return_value, Some(json!({"from": "the flag"})));
 
     let output = run_app(&["run", "shard", "--task-id", "sharded"], &sharded_env_with(&env)).await;
     assert_exit(&output, 0, "run shard");
-    let (.., value) = support::row(&db, "sharded").await.expect("the shard's row");
-    assert_eq!(value, Some(json!({"index": 2, "count": 5, "attempt": 0})));
+    let row = db.row("sharded").await.expect("the shard's row");
+    assert_eq!(row.return_value, Some(json!({"index": 2, "count": 5, "attempt": 0})));
 
     // Empty is unset, as for every variable.
     env.push(("TASK_ARGS", ""));
@@ -298,7 +299,7 @@ async fn a_job_takes_its_arguments_from_task_args_and_task_kwargs_and_knows_its_
     let output = run_app(&["run", "noop", "--task-id", "never"], &env).await;
     assert_exit(&output, 2, "run with TASK_ARGS that is not JSON");
     assert!(text(&output.stderr).contains("TASK_ARGS"), "{}", text(&output.stderr));
-    assert!(support::row(&db, "never").await.is_none(), "a usage error touches nothing");
+    assert!(db.row("never").await.is_none(), "a usage error touches nothing");
 }
 
 #[tokio::test]
@@ -325,8 +326,8 @@ async fn a_retried_job_attempt_takes_over_from_the_dead_one() {
     env.push(("CLOUD_RUN_TASK_ATTEMPT", "1"));
     let output = run_app(&["run", "noop"], &env).await;
     assert_exit(&output, 0, "Cloud Run's retry");
-    let (status, attempts, ..) = support::row(&db, "exec-dead-0").await.expect("the job's row");
-    assert_eq!((status.as_str(), attempts), ("SUCCESSFUL", 2));
+    let row = db.row("exec-dead-0").await.expect("the job's row");
+    assert_eq!((row.status, row.attempts), (Status::Successful, 2));
 }
 
 #[tokio::test]
@@ -342,7 +343,7 @@ async fn a_busy_pool_is_answered_429_and_the_log_names_the_cause() {
             (authorization.clone(), support::task("holder", "sleep", json!({"ms": 1500, "hold_db": true})));
         tokio::spawn(async move { support::post_as(addr, "/tasks/pubsub/", Some(&authorization), body).await })
     };
-    wait_for_status(&db, "holder", "RUNNING").await;
+    db.wait_for("holder", Status::Running).await;
     // The holder's claim connection has just gone back to the pool for its task to take.
     sleep(Duration::from_millis(100)).await;
     let busy = server.push_as(&authorization, support::task("busy", "noop", json!({}))).await;
@@ -361,7 +362,7 @@ async fn unauthenticated_pushes_to_a_production_server_are_refused() {
     let server = Server::start(&verified.env()).await;
     let reply = server.push(support::task("anonymous", "noop", json!({}))).await;
     assert_eq!((reply.status, reply.body.as_str()), (403, "forbidden"));
-    assert!(support::row(&db, "anonymous").await.is_none());
+    assert!(db.row("anonymous").await.is_none());
     let line = server.logged("push rejected");
     assert_eq!(line["failed_check"], "authorization header present", "{line}");
 }
@@ -375,13 +376,13 @@ async fn an_eventarc_trigger_at_the_root_is_verified_like_a_push() {
 
     let anonymous = support::cloud_event_binary("/", payload, "ev-1");
     assert_eq!(support::request(server.addr, anonymous).await.status, 403);
-    assert!(support::row(&db, "evented").await.is_none());
+    assert!(db.row("evented").await.is_none());
 
     let mut signed = support::cloud_event_binary("/", payload, "ev-1");
     signed.headers_mut().insert("authorization", verified.authorization().parse().expect("a header value"));
     let reply = support::request(server.addr, signed).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
-    assert_eq!(support::row(&db, "evented").await.expect("the row").0, "SUCCESSFUL");
+    assert_eq!(db.row("evented").await.expect("the row").status, Status::Successful);
 }
 
 #[tokio::test]
@@ -429,9 +430,9 @@ async fn the_kill_switch_records_a_skip_and_acknowledges() {
     let authorization = verified.authorization();
     let reply = off.push_as(&authorization, support::envelope(payload, "1001")).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
-    let (status, attempts, error, _) = support::row(&db, "scheduled-heartbeat-1001").await.expect("the skipped row");
-    assert_eq!((status.as_str(), attempts), ("FAILED", 0), "skipped, never claimed");
-    let error = error.expect("an error message");
+    let row = db.row("scheduled-heartbeat-1001").await.expect("the skipped row");
+    assert_eq!((row.status, row.attempts), (Status::Failed, 0), "skipped, never claimed");
+    let error = row.error_message.expect("an error message");
     assert!(error.contains("kill switch") && error.contains("ENABLE_HEARTBEAT"), "{error}");
     let line = off.logged("kill switch off");
     assert_eq!(line["whirligig.task.id"], "scheduled-heartbeat-1001", "{line}");
@@ -439,8 +440,8 @@ async fn the_kill_switch_records_a_skip_and_acknowledges() {
 
     let reply = on.push_as(&authorization, support::envelope(payload, "1002")).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
-    let (status, attempts, ..) = support::row(&db, "scheduled-heartbeat-1002").await.expect("the run row");
-    assert_eq!((status.as_str(), attempts), ("SUCCESSFUL", 1));
+    let row = db.row("scheduled-heartbeat-1002").await.expect("the run row");
+    assert_eq!((row.status, row.attempts), (Status::Successful, 1));
 }
 
 #[tokio::test]
@@ -483,7 +484,7 @@ async fn migrate_twice_applies_once_then_nothing() {
     let second = run_app(&["migrate"], &env).await;
     assert_exit(&second, 0, "second migrate");
     assert!(text(&second.stdout).starts_with("0 migration(s) applied"), "{}", text(&second.stdout));
-    assert!(support::row(&db, "none").await.is_none(), "task_executions exists again");
+    assert!(db.row("none").await.is_none(), "task_executions exists again");
 }
 
 #[tokio::test]

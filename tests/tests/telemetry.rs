@@ -340,14 +340,20 @@ async fn pushes_refused_before_the_body_is_read_continue_the_callers_trace() {
 async fn a_store_call_that_fails_is_an_error_span_under_the_task() {
     let traced = Traced::install();
     let db = TestDb::new().await;
-    let server = postgres_server(&db, registry(), 1).await;
-    // The holder's task keeps the only pooled connection while it sleeps.
-    let holder = server.push_in_background(task("holder", "sleep", json!({"ms": 1000, "hold_db": true})));
-    support::wait_for_status(&db, "holder", "RUNNING").await;
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let gate = support::Gate::default();
+    let registry = Registry::builder()
+        .route(TaskRoute::new("echo", demo::echo))
+        .route(TaskRoute::new("held", gate.task(true)))
+        .build()
+        .unwrap();
+    let server = postgres_server(&db, registry, 1).await;
+    // The holder's task keeps the only pooled connection until released.
+    let holder = server.push_in_background(task("holder", "held", json!({})));
+    gate.started().await;
 
     let busy = server.push(task("busy", "echo", json!({}))).await;
     assert_eq!(busy.status, 429, "{}", busy.body);
+    gate.release();
     assert_eq!(holder.await.unwrap().status, 200);
     let spans = traced.spans();
     let is_busy = |span: &&SpanData| attribute(span, "whirligig.task.id").is_some_and(|id| id.as_str() == "busy");

@@ -5,8 +5,9 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -21,6 +22,7 @@ use rsa::{RsaPrivateKey, RsaPublicKey};
 use serde_json::{Value, json};
 use sha2::Sha256;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 pub const SERVICE_ACCOUNT: &str = "pubsub-invoker@test-project.iam.gserviceaccount.com";
 pub const AUDIENCE: &str = "https://whirligig-test.a.run.app";
@@ -90,7 +92,8 @@ struct State {
     keys: Mutex<Vec<Key>>,
     max_age: AtomicU64,
     failing: AtomicBool,
-    fetches: AtomicU32,
+    /// Key set requests so far, answered or not: a count tests can wait on.
+    fetches: watch::Sender<u32>,
 }
 
 /// A running issuer; dropping it does not stop the server, the test's runtime does.
@@ -119,7 +122,7 @@ impl Issuer {
             keys: Mutex::new(vec![key.clone()]),
             max_age: AtomicU64::new(3600),
             failing: AtomicBool::new(false),
-            fetches: AtomicU32::new(0),
+            fetches: watch::Sender::new(0),
         });
         let issuer = Issuer { addr, state: Arc::clone(&state) };
         let served = issuer.clone();
@@ -142,11 +145,11 @@ impl Issuer {
         let (status, cache, body) = match path {
             "/.well-known/openid-configuration" => (200, None, self.discovery()),
             "/keys" if self.state.failing.load(Ordering::SeqCst) => {
-                self.state.fetches.fetch_add(1, Ordering::SeqCst);
+                self.state.fetches.send_modify(|count| *count += 1);
                 (500, None, json!({"error": "down"}))
             }
             "/keys" => {
-                self.state.fetches.fetch_add(1, Ordering::SeqCst);
+                self.state.fetches.send_modify(|count| *count += 1);
                 let keys: Vec<Value> = self.state.keys.lock().expect("the key list").iter().map(Key::jwk).collect();
                 let max_age = self.state.max_age.load(Ordering::SeqCst);
                 (200, Some(format!("public, max-age={max_age}, must-revalidate, no-transform")), json!({"keys": keys}))
@@ -180,7 +183,15 @@ impl Issuer {
 
     /// How many times the key set was asked for, answered or not.
     pub fn fetches(&self) -> u32 {
-        self.state.fetches.load(Ordering::SeqCst)
+        *self.state.fetches.borrow()
+    }
+
+    /// Waits, at most 10 s, until the key set has been asked for `count` times:
+    /// refreshes run in the background, with nothing else to await.
+    pub async fn fetched(&self, count: u32) {
+        let mut fetches = self.state.fetches.subscribe();
+        let waited = tokio::time::timeout(Duration::from_secs(10), fetches.wait_for(|&fetches| fetches >= count)).await;
+        assert!(waited.is_ok(), "the keys were fetched {} times, not {count}", self.fetches());
     }
 
     /// Replaces the key set (a rotation; an empty list serves `{"keys": []}`).

@@ -1,6 +1,7 @@
 //! Shared helpers for the black-box suites: a fresh PostgreSQL schema per
-//! test, an in-process server on an ephemeral port, an HTTP client, push
-//! envelope builders, and the spawned test app.
+//! test, an app driven without a socket and one served on an ephemeral port,
+//! an HTTP client, push envelope builders, a task that holds where a test
+//! wants it, and the spawned test app.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -16,12 +17,12 @@ use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinHandle;
 use tokio_postgres::NoTls;
-use whirligig_handler::store::{ExecutionStore, PostgresStore, migrate};
-use whirligig_handler::{App, PushAuth};
-use whirligig_registry::Registry;
+use whirligig_handler::store::{Execution, ExecutionStore, MemoryStore, PostgresStore, Status, migrate};
+use whirligig_handler::{App, PushAuth, TaskContextExt as _};
+use whirligig_registry::{Registry, TaskContext, TaskError};
 
 /// The server every suite talks to; override with WHIRLIGIG_TEST_DATABASE_URL.
 pub fn admin_url() -> String {
@@ -33,6 +34,8 @@ pub fn admin_url() -> String {
 pub struct TestDb {
     pub schema: String,
     pub url: String,
+    /// A store of its own for reading rows back, made at the first read.
+    reader: std::sync::OnceLock<PostgresStore>,
 }
 
 impl TestDb {
@@ -44,7 +47,7 @@ impl TestDb {
         let separator = if admin_url().contains('?') { '&' } else { '?' };
         let url = format!("{}{separator}options=-c%20search_path%3D{schema}", admin_url());
         migrate(&url).await.expect("migrations apply to a fresh schema");
-        Self { schema, url }
+        Self { schema, url, reader: std::sync::OnceLock::new() }
     }
 
     /// A store on this schema.
@@ -52,9 +55,27 @@ impl TestDb {
         PostgresStore::new(&self.url, pool_size, pool_timeout).expect("valid url")
     }
 
-    /// A plain client on this schema, for looking at rows.
+    /// A plain client on this schema, for SQL of a test's own.
     pub async fn client(&self) -> tokio_postgres::Client {
         connect(&self.url).await
+    }
+
+    /// The execution recorded under `task_id`, read as a result lookup reads it.
+    pub async fn row(&self, task_id: &str) -> Option<Execution> {
+        let reader = self.reader.get_or_init(|| self.store(1, Duration::from_secs(5)));
+        reader.get(task_id).await.expect("read task_executions")
+    }
+
+    /// Waits until `task_id`'s row has `status`, for a change made in another
+    /// process or a detached task: there is nothing to await but the row (5 s at most).
+    pub async fn wait_for(&self, task_id: &str, status: Status) {
+        for _ in 0..200 {
+            if self.row(task_id).await.is_some_and(|row| row.status == status) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("{task_id} never became {status}: {:?}", self.row(task_id).await);
     }
 }
 
@@ -81,6 +102,49 @@ pub async fn connect(url: &str) -> tokio_postgres::Client {
     let (client, connection) = tokio_postgres::connect(url, NoTls).await.expect("PostgreSQL on 127.0.0.1:5432");
     tokio::spawn(connection);
     client
+}
+
+/// An app driven through [`App::handle`]: no socket, no server.
+pub struct TestApp<S> {
+    pub app: Arc<App<S>>,
+}
+
+impl TestApp<MemoryStore> {
+    /// `registry` on the in-memory store, every push let through.
+    pub fn in_memory(registry: Registry) -> Self {
+        Self::new(App::in_memory(Arc::new(registry), PushAuth::none()))
+    }
+}
+
+impl<S: ExecutionStore> TestApp<S> {
+    /// Drives `app`, its background work started.
+    pub fn new(app: App<S>) -> Self {
+        app.start();
+        Self { app: Arc::new(app) }
+    }
+
+    pub async fn request(&self, request: http::Request<Full<Bytes>>) -> Reply {
+        Reply::of(self.app.handle(request).await).await
+    }
+
+    pub async fn push(&self, body: impl Into<Bytes>) -> Reply {
+        self.request(push_request("/tasks/pubsub/", None, body)).await
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.request(get_request(path)).await
+    }
+
+    /// Pushes on a task of its own, for a delivery that should stay in flight.
+    pub fn push_in_background(&self, body: impl Into<Bytes>) -> JoinHandle<Reply> {
+        let (app, request) = (Arc::clone(&self.app), push_request("/tasks/pubsub/", None, body));
+        tokio::spawn(async move { Reply::of(app.handle(request).await).await })
+    }
+
+    /// The execution recorded under `task_id`.
+    pub async fn row(&self, task_id: &str) -> Option<Execution> {
+        self.app.store().get(task_id).await.expect("the store answers")
+    }
 }
 
 /// An app served on 127.0.0.1:0 until dropped.
@@ -127,6 +191,11 @@ impl<S: ExecutionStore> TestServer<S> {
     pub fn push_in_background(&self, body: impl Into<Bytes>) -> JoinHandle<Reply> {
         tokio::spawn(post(self.addr, "/tasks/pubsub/", body.into()))
     }
+
+    /// The execution recorded under `task_id`.
+    pub async fn row(&self, task_id: &str) -> Option<Execution> {
+        self.app.store().get(task_id).await.expect("the store answers")
+    }
 }
 
 /// An app on a fresh schema's store with the given registry.
@@ -143,16 +212,27 @@ pub struct Reply {
     pub retry_after: Option<String>,
 }
 
+impl Reply {
+    /// The response, its body read whole.
+    pub async fn of<B>(response: http::Response<B>) -> Reply
+    where
+        B: hyper::body::Body,
+        B::Error: std::fmt::Debug,
+    {
+        let status = response.status().as_u16();
+        let retry_after = response.headers().get("retry-after").map(|v| v.to_str().unwrap_or_default().to_owned());
+        let body = response.into_body().collect().await.expect("the body").to_bytes();
+        Reply { status, body: String::from_utf8_lossy(&body).trim_end().to_owned(), retry_after }
+    }
+}
+
+/// Sends `request` to `addr` over a connection of its own.
 pub async fn request(addr: SocketAddr, request: http::Request<Full<Bytes>>) -> Reply {
     let stream = TcpStream::connect(addr).await.expect("connect to the test server");
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("HTTP/1.1 handshake");
     tokio::spawn(connection);
-    let response = sender.send_request(request).await.expect("a response");
-    let status = response.status().as_u16();
-    let retry_after = response.headers().get("retry-after").map(|v| v.to_str().unwrap_or_default().to_owned());
-    let body = response.into_body().collect().await.expect("the body").to_bytes();
-    Reply { status, body: String::from_utf8_lossy(&body).trim_end().to_owned(), retry_after }
+    Reply::of(sender.send_request(request).await.expect("a response")).await
 }
 
 pub async fn post(addr: SocketAddr, path: &str, body: impl Into<Bytes>) -> Reply {
@@ -161,21 +241,24 @@ pub async fn post(addr: SocketAddr, path: &str, body: impl Into<Bytes>) -> Reply
 
 /// A POST with `Authorization: {authorization}` when given.
 pub async fn post_as(addr: SocketAddr, path: &str, authorization: Option<&str>, body: impl Into<Bytes>) -> Reply {
+    request(addr, push_request(path, authorization, body)).await
+}
+
+/// A push to `path` as Pub/Sub posts it, with `Authorization: {authorization}` when given.
+pub fn push_request(path: &str, authorization: Option<&str>, body: impl Into<Bytes>) -> http::Request<Full<Bytes>> {
     let mut request = http::Request::post(path).header("host", "localhost").header("content-type", "application/json");
     if let Some(authorization) = authorization {
         request = request.header("authorization", authorization);
     }
-    request_to(addr, request.body(Full::new(body.into())).expect("a request")).await
+    request.body(Full::new(body.into())).expect("a request")
 }
 
-async fn request_to(addr: SocketAddr, request: http::Request<Full<Bytes>>) -> Reply {
-    self::request(addr, request).await
+pub fn get_request(path: &str) -> http::Request<Full<Bytes>> {
+    http::Request::get(path).header("host", "localhost").body(Full::new(Bytes::new())).expect("a request")
 }
 
 pub async fn get(addr: SocketAddr, path: &str) -> Reply {
-    let request =
-        http::Request::get(path).header("host", "localhost").body(Full::new(Bytes::new())).expect("a request");
-    request_to(addr, request).await
+    request(addr, get_request(path)).await
 }
 
 /// A push envelope around `payload`, as Pub/Sub posts it.
@@ -213,7 +296,7 @@ pub fn cloud_event_binary(path: &str, payload: &str, message_id: &str) -> http::
 }
 
 /// Eventarc's data for a Pub/Sub message: the push envelope without `deliveryAttempt`.
-fn message_published(payload: &str, message_id: &str) -> serde_json::Value {
+pub fn message_published(payload: &str, message_id: &str) -> serde_json::Value {
     let mut data: serde_json::Value = serde_json::from_str(&envelope(payload, message_id)).expect("JSON");
     data.as_object_mut().expect("an object").remove("deliveryAttempt");
     data
@@ -251,27 +334,41 @@ pub fn task_with_attributes(task_id: &str, task_name: &str, attributes: serde_js
     body.to_string()
 }
 
-/// The row for `task_id`: (status, attempts, error_message, return_value).
-pub async fn row(db: &TestDb, task_id: &str) -> Option<(String, i32, Option<String>, Option<serde_json::Value>)> {
-    let client = db.client().await;
-    let row = client
-        .query_opt(
-            "select status, attempts, error_message, return_value from task_executions where task_id = $1",
-            &[&task_id],
-        )
-        .await
-        .expect("query task_executions")?;
-    Some((row.get(0), row.get(1), row.get(2), row.get(3)))
+/// A task that stops where a test wants it: it says when it has started
+/// (holding a pooled connection first, if asked) and returns once released.
+/// Both signals keep until they are awaited, so neither side can miss one.
+#[derive(Clone, Default)]
+pub struct Gate {
+    started: Arc<Notify>,
+    release: Arc<Notify>,
 }
 
-/// Waits until `task_id`'s row has `status`: the row changes in another task
-/// or process, so there is nothing to await but the row itself (5 s at most).
-pub async fn wait_for_status(db: &TestDb, task_id: &str, status: &str) {
-    for _ in 0..200 {
-        if row(db, task_id).await.is_some_and(|row| row.0 == status) {
-            return;
+impl Gate {
+    /// The task function; with `hold_db`, it keeps a pooled connection
+    /// from before it says it started until it is released.
+    pub fn task(&self, hold_db: bool) -> impl Fn(TaskContext) -> GateRun + Clone + Send + Sync + 'static {
+        let gate = self.clone();
+        move |ctx: TaskContext| {
+            let gate = gate.clone();
+            Box::pin(async move {
+                let _held = if hold_db { Some(ctx.database().await?) } else { None };
+                gate.started.notify_one();
+                gate.release.notified().await;
+                Ok("released")
+            })
         }
-        tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    panic!("{task_id} never became {status}: {:?}", row(db, task_id).await);
+
+    /// Waits, at most 5 s, until the task has started.
+    pub async fn started(&self) {
+        tokio::time::timeout(Duration::from_secs(5), self.started.notified()).await.expect("the gated task started");
+    }
+
+    /// Lets the task return.
+    pub fn release(&self) {
+        self.release.notify_one();
+    }
 }
+
+/// What a gated task's run is.
+pub type GateRun = std::pin::Pin<Box<dyn std::future::Future<Output = Result<&'static str, TaskError>> + Send>>;
