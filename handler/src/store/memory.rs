@@ -52,7 +52,7 @@ fn new_row(request: &ClaimRequest<'_>, status: Status, attempts: u32) -> Executi
 fn claim_row(row: &mut Execution, request: &ClaimRequest<'_>) -> Claim {
     let now = Utc::now();
     let lease = chrono::TimeDelta::from_std(request.lease).unwrap_or(chrono::TimeDelta::MAX);
-    let lease_over = row.started_at.is_none_or(|started| now - started > lease);
+    let lease_over = row.started_at.is_none_or(|started| now - started >= lease);
     let exhausted = request.max_attempts.is_some_and(|max| row.attempts >= max.get());
     match row.status {
         Status::Successful => Claim::AlreadySucceeded,

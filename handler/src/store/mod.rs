@@ -43,7 +43,7 @@ pub struct ClaimRequest<'a> {
     pub message_id: Option<&'a str>,
     /// When the message says it was enqueued.
     pub enqueued_at: Option<DateTime<Utc>>,
-    /// How long a RUNNING claim holds before another delivery may take over.
+    /// How long a RUNNING claim holds before another delivery may take over; zero: at once.
     pub lease: Duration,
     /// The route's attempt limit.
     pub max_attempts: Option<NonZeroU32>,

@@ -41,12 +41,12 @@ claimed as (
         where i.task_id = excluded.task_id
           and (i.max_attempts is null or t.attempts < i.max_attempts)
           and ((t.status in ('READY', 'FAILED') and not t.permanent)
-               or (t.status = 'RUNNING' and t.started_at < now() - make_interval(secs => i.lease))))
+               or (t.status = 'RUNNING' and t.started_at <= now() - make_interval(secs => i.lease))))
     returning t.task_id, t.attempts
 )
 select i.n, c.task_id is not null as claimed, coalesce(c.attempts, t.attempts) as attempts, t.status,
        i.max_attempts is not null and t.attempts >= i.max_attempts as exhausted,
-       t.started_at < now() - make_interval(secs => i.lease) as lease_over, t.permanent
+       t.started_at <= now() - make_interval(secs => i.lease) as lease_over, t.permanent
 from input as i
 left join claimed as c on c.task_id = i.task_id
 left join lateral (
