@@ -111,7 +111,8 @@ async fn a_failed_task_is_retried_to_success_and_its_error_cleared() {
     assert_eq!(succeeded.return_value, Some(json!(2)));
 }
 
-#[tokio::test]
+// Time is paused: the stuck task's timeout passes without waiting for it.
+#[tokio::test(start_paused = true)]
 async fn failures_answer_500_to_retry_or_400_to_stop() {
     let app = memory_app(&Runs::default());
 
