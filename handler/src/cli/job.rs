@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
-use whirligig_registry::{RawArguments, Registry};
+use whirligig_registry::{RawArguments, Registry, Route};
 
 use super::{Fatal, postgres, warn_in_memory};
 use crate::config::{Config, JobConfig};
@@ -32,25 +32,7 @@ pub(super) async fn run(config: &Config, registry: &Registry, job: JobRun) -> Re
     let args = raw_json("--args (TASK_ARGS)", given(job.args.as_deref()).unwrap_or("[]"))?;
     let kwargs = raw_json("--kwargs (TASK_KWARGS)", given(job.kwargs.as_deref()).unwrap_or("{}"))?;
     let arguments = RawArguments::new(args, kwargs).map_err(|error| Fatal::Usage(error.to_string()))?;
-    let shard = config.job.shard;
-    let delivery = Delivery {
-        route,
-        task_id: job.task_id.unwrap_or_else(|| default_task_id(&config.job)),
-        arguments,
-        message_id: None,
-        subscription: None,
-        delivery_attempt: None,
-        publish_time: None,
-        enqueued_at: None,
-        job: shard,
-        // A retried job attempt means the previous one is dead: take over at once.
-        lease: if shard.is_some_and(|shard| shard.attempt > 0) { Duration::ZERO } else { route.ack_deadline() },
-        trace_parent: config
-            .job
-            .traceparent
-            .as_ref()
-            .and_then(|(parent, state)| propagation::from_traceparent(parent, state.as_deref())),
-    };
+    let delivery = delivery(&config.job, route, arguments, job.task_id);
     match &config.database {
         Some(database) => {
             let store = postgres(database).await?;
@@ -61,6 +43,31 @@ pub(super) async fn run(config: &Config, registry: &Registry, job: JobRun) -> Re
             warn_in_memory();
             execute_once(config, Arc::new(MemoryStore::default()), Resources::default(), delivery).await
         }
+    }
+}
+
+/// The job's delivery: its id, shard and trace from what Cloud Run set.
+fn delivery<'a>(
+    job: &JobConfig,
+    route: &'a Route,
+    arguments: RawArguments<'a>,
+    task_id: Option<String>,
+) -> Delivery<'a> {
+    let trace_parent =
+        job.traceparent.as_ref().and_then(|(parent, state)| propagation::from_traceparent(parent, state.as_deref()));
+    Delivery {
+        route,
+        task_id: task_id.unwrap_or_else(|| default_task_id(job)),
+        arguments,
+        message_id: None,
+        subscription: None,
+        delivery_attempt: None,
+        publish_time: None,
+        enqueued_at: None,
+        job: job.shard,
+        // A retried job attempt means the previous one is dead: take over at once.
+        lease: if job.shard.is_some_and(|shard| shard.attempt > 0) { Duration::ZERO } else { route.ack_deadline() },
+        trace_parent,
     }
 }
 

@@ -121,38 +121,21 @@ impl<S: ExecutionStore> Executor<S> {
     }
 
     async fn claim_and_run(&self, delivery: &Delivery<'_>, span: &Span) -> Outcome {
-        let route = delivery.route;
-        let request = ClaimRequest {
-            task_id: &delivery.task_id,
-            task_name: route.name(),
-            args: delivery.arguments.args(),
-            kwargs: delivery.arguments.kwargs(),
-            message_id: delivery.message_id,
-            enqueued_at: delivery.enqueued_at,
-            lease: delivery.lease,
-            max_attempts: route.max_attempts(),
-        };
-        if let Some(variable) = self.kill_switches.disabled_by(route) {
+        let request = delivery.claim_request();
+        if let Some(variable) = self.kill_switches.disabled_by(delivery.route) {
             let reason = format!("skipped: kill switch {variable} is off");
             return match self.store.skip(&request, &reason).await {
                 Ok(()) => Outcome::Skipped { variable: variable.to_owned() },
                 Err(error) => Outcome::Store(error),
             };
         }
-        let attempt = match self.store.claim(&request).await {
-            Ok(Claim::Claimed { attempt }) => {
-                report::attempt(span, attempt);
-                attempt
-            }
-            Ok(Claim::AlreadySucceeded) => return Outcome::Duplicate,
-            Ok(Claim::AlreadyFailed) => return Outcome::AlreadyFailed,
-            Ok(Claim::Running) => return Outcome::InProgress,
-            Ok(Claim::Exhausted { attempts }) => return Outcome::Exhausted { attempts },
-            Err(error) => return Outcome::Store(error),
+        let attempt = match claimed(self.store.claim(&request).await) {
+            Ok(attempt) => attempt,
+            Err(outcome) => return outcome,
         };
-        let ctx = self.context(delivery, attempt);
-        let result = run(route, ctx, &delivery.arguments).await;
-        self.record(&delivery.task_id, attempt, route, result, span).await
+        report::attempt(span, attempt);
+        let result = run(delivery.route, self.context(delivery, attempt), &delivery.arguments).await;
+        self.record(&delivery.task_id, attempt, delivery.route, result, span).await
     }
 
     fn context(&self, delivery: &Delivery<'_>, attempt: u32) -> TaskContext {
@@ -195,6 +178,33 @@ impl<S: ExecutionStore> Executor<S> {
         let finished = self.store.finish(task_id, attempt, ending).await;
         let last_attempt = route.max_attempts().is_some_and(|max| attempt >= max.get());
         conclude(task_id, attempt, finished, failure.outcome(message, last_attempt))
+    }
+}
+
+impl Delivery<'_> {
+    fn claim_request(&self) -> ClaimRequest<'_> {
+        ClaimRequest {
+            task_id: &self.task_id,
+            task_name: self.route.name(),
+            args: self.arguments.args(),
+            kwargs: self.arguments.kwargs(),
+            message_id: self.message_id,
+            enqueued_at: self.enqueued_at,
+            lease: self.lease,
+            max_attempts: self.route.max_attempts(),
+        }
+    }
+}
+
+/// The attempt a claim took, or the outcome of a delivery that took none.
+fn claimed(claim: Result<Claim, StoreError>) -> Result<u32, Outcome> {
+    match claim {
+        Ok(Claim::Claimed { attempt }) => Ok(attempt),
+        Ok(Claim::AlreadySucceeded) => Err(Outcome::Duplicate),
+        Ok(Claim::AlreadyFailed) => Err(Outcome::AlreadyFailed),
+        Ok(Claim::Running) => Err(Outcome::InProgress),
+        Ok(Claim::Exhausted { attempts }) => Err(Outcome::Exhausted { attempts }),
+        Err(error) => Err(Outcome::Store(error)),
     }
 }
 
