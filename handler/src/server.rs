@@ -11,7 +11,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::answer::INTERNAL_ERROR;
 use crate::app::App;
@@ -35,34 +35,15 @@ pub async fn serve<S: ExecutionStore>(
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let stream = match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(error) => {
-                        // Out of file descriptors and the like: the listener is fine,
-                        // but retrying at once would spin.
-                        tracing::warn!(%error, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let app = Arc::clone(&app);
-                let service = service_fn(move |request| {
-                    let app = Arc::clone(&app);
-                    // Detached from the connection: a client that goes away (Pub/Sub
-                    // at its push deadline) must not cancel a task between its
-                    // claim and its finish, leaving it RUNNING until the lease ends.
-                    let handling = tokio::spawn(async move { app.handle(request).await });
-                    async move { Ok::<_, Infallible>(handling.await.unwrap_or_else(|_| INTERNAL_ERROR.into_response())) }
-                });
-                let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
-                tokio::spawn(async move {
-                    if let Err(error) = connection.await {
-                        tracing::debug!(%error, "connection ended with an error");
-                    }
-                });
-            }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => connection(stream, &app, &builder, &graceful),
+                Err(error) => {
+                    // Out of file descriptors and the like: the listener is fine,
+                    // but retrying at once would spin.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
             () = &mut shutdown => break,
         }
     }
@@ -72,6 +53,31 @@ pub async fn serve<S: ExecutionStore>(
     if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
         tracing::warn!(?grace, "grace period over with requests still in flight");
     }
+}
+
+/// Serves one connection on a task of its own, watched for the drain.
+fn connection<S: ExecutionStore>(
+    stream: TcpStream,
+    app: &Arc<App<S>>,
+    builder: &auto::Builder<TokioExecutor>,
+    graceful: &GracefulShutdown,
+) {
+    let _ = stream.set_nodelay(true);
+    let app = Arc::clone(app);
+    let service = service_fn(move |request| {
+        let app = Arc::clone(&app);
+        // Detached from the connection: a client that goes away (Pub/Sub
+        // at its push deadline) must not cancel a task between its claim
+        // and its finish, leaving it RUNNING until the lease ends.
+        let handling = tokio::spawn(async move { app.handle(request).await });
+        async move { Ok::<_, Infallible>(handling.await.unwrap_or_else(|_| INTERNAL_ERROR.into_response())) }
+    });
+    let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, "connection ended with an error");
+        }
+    });
 }
 
 /// Completes on SIGTERM (Cloud Run's stop signal) or SIGINT (Ctrl-C).
