@@ -174,8 +174,7 @@ impl<'a> Reader<'a> {
         value
     }
 
-    fn naming(&mut self) -> Naming {
-        let environment = self.text("TASKS_ENVIRONMENT").unwrap_or_else(|| DEFAULT_ENVIRONMENT.to_owned());
+    fn naming(&mut self, environment: String) -> Naming {
         let namespace = self.text("TASKS_NAMESPACE").unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned());
         Naming::new(environment, namespace).unwrap_or_else(|error| {
             self.problems.push(Problem::Naming(error));
@@ -204,10 +203,10 @@ impl Config {
     /// Loads the configuration from `lookup` (the environment, or a test's map).
     pub fn from_lookup(registry: &Registry, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let mut reader = Reader::new(lookup);
-        let naming = reader.naming();
-        // A name the naming refused still decides which rules apply.
         let environment = reader.text("TASKS_ENVIRONMENT").unwrap_or_else(|| DEFAULT_ENVIRONMENT.to_owned());
+        // An environment the naming refuses still decides which rules apply.
         let dev = environment == DEV;
+        let naming = reader.naming(environment.clone());
         let port = reader.number("PORT", 8080_u16, |_| true);
         let database = reader.database();
         let service_url = reader.text("CLOUD_RUN_SERVICE_URL");
