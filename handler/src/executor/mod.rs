@@ -104,20 +104,19 @@ impl<S: ExecutionStore> Executor<S> {
     pub(crate) async fn execute<R: Reply>(&self, delivery: Delivery<'_>, respond: impl FnOnce(&Outcome) -> R) -> R {
         let span = report::span(&delivery);
         let started = Instant::now();
-        let outcome = self.outcome(&delivery, &span).instrument(span.clone()).await;
+        // A redelivery of an execution that ended here for good needs no
+        // round trip, and nothing runs in the span but its log line.
+        let outcome = match self.remembered.outcome(&delivery.task_id) {
+            Some(outcome) => outcome,
+            None => {
+                let outcome = self.claim_and_run(&delivery, &span).instrument(span.clone()).await;
+                self.remembered.remember(&delivery.task_id, &outcome);
+                outcome
+            }
+        };
         let reply = respond(&outcome);
         report::close(span, &outcome, reply.status(), started);
         reply
-    }
-
-    async fn outcome(&self, delivery: &Delivery<'_>, span: &Span) -> Outcome {
-        // A redelivery of an execution that ended here for good needs no round trip.
-        if let Some(outcome) = self.remembered.outcome(&delivery.task_id) {
-            return outcome;
-        }
-        let outcome = self.claim_and_run(delivery, span).await;
-        self.remembered.remember(&delivery.task_id, &outcome);
-        outcome
     }
 
     async fn claim_and_run(&self, delivery: &Delivery<'_>, span: &Span) -> Outcome {
