@@ -2,7 +2,7 @@
 //! and finishes wait in a queue each and go out together ([`batches`], one
 //! round trip for many rows); the rest is one prepared statement on a pooled
 //! connection ([`pool`]). The SQL is in [`statements`], the sorting of driver
-//! errors in [`errors`], the schema's migrations in [`migrate`].
+//! errors in [`errors`], the schema's migrations in [`migrate`](mod@migrate).
 
 mod batches;
 mod errors;
