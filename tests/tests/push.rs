@@ -463,6 +463,9 @@ async fn a_client_that_hangs_up_does_not_cancel_the_task() {
     let client = tokio::spawn(support::post(server.addr, "/tasks/pubsub/", body));
     gate.started().await;
     client.abort();
+    // Stopping waits for the connection to end: hyper has seen the hang-up
+    // and dropped whatever it was polling for that request.
+    server.stop().await;
     gate.release();
     // Finished by a task of its own, detached from the connection: only its row tells.
     db.wait_for("hung-up", Status::Successful).await;
