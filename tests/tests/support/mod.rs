@@ -5,6 +5,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod emulator;
+pub mod google;
 pub mod issuer;
 pub mod otlp;
 

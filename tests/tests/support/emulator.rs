@@ -1,0 +1,1 @@
+//! The Pub/Sub emulator, started by scripts/test.sh: a REST client for tests.

@@ -1,0 +1,1 @@
+//! Loopback stubs of Google APIs that have no emulator.
