@@ -29,6 +29,7 @@
 //! # Ok::<(), whirligig_registry::RegistryError>(())
 //! ```
 
+mod call;
 mod context;
 mod error;
 mod message;
@@ -41,6 +42,7 @@ mod task;
 
 pub use chrono_tz::Tz;
 
+pub use crate::call::{CallArguments, IntoArgument, IntoCall, Task};
 pub use crate::context::{JobShard, TaskContext};
 pub use crate::error::{ArgumentError, ArgumentPart, ResultExt, Retry, TaskError};
 pub use crate::message::{MessageError, ReceivedMessage, TaskMessage, scheduled_task_id};
@@ -55,7 +57,8 @@ pub use crate::route::{
 };
 pub use crate::schedule::{Schedule, ScheduleError, parse_timezone};
 pub use crate::task::{
-    Args, ArgumentShapeError, FromArguments, IntoTaskResult, Kwargs, RawArguments, TaskFn, TaskFuture, TaskOutput,
+    Args, ArgumentShapeError, FromArguments, IntoTaskResult, Kwargs, Parameters, RawArguments, TaskFn, TaskFuture,
+    TaskOutput,
 };
 
 /// A [`TaskRoute`] named after a task function, with its path derived from the

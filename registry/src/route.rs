@@ -17,7 +17,7 @@ use crate::naming::{
     NameError, NameKind, Naming, check_identifier, check_path, check_pubsub_name, check_scheduler_job_id,
 };
 use crate::schedule::{Schedule, ScheduleError, parse_timezone};
-use crate::task::{DynTask, Erased, RawArguments, TaskFn, TaskFuture};
+use crate::task::{DynTask, Erased, Parameters, RawArguments, TaskFn, TaskFuture};
 
 /// The reference's default ack deadline, in seconds.
 pub const DEFAULT_ACK_DEADLINE: u32 = 300;
@@ -61,7 +61,7 @@ impl TaskRoute {
     /// A route for `task` under `name`, with the reference's defaults. The path
     /// defaults to the name; [`task_route!`](crate::task_route) derives it from
     /// the function's module path instead.
-    pub fn new<M: 'static>(name: impl Into<String>, task: impl TaskFn<M>) -> Self {
+    pub fn new<M: Parameters>(name: impl Into<String>, task: impl TaskFn<M>) -> Self {
         let name = name.into();
         let route = Route {
             path: name.clone(),
@@ -82,7 +82,7 @@ impl TaskRoute {
     /// What [`task_route!`](crate::task_route) expands to: the route named after
     /// the last segment of `written`, with the path it resolves to from `module_path`.
     #[doc(hidden)]
-    pub fn at_module_path<M: 'static>(module_path: &str, written: &str, task: impl TaskFn<M>) -> Self {
+    pub fn at_module_path<M: Parameters>(module_path: &str, written: &str, task: impl TaskFn<M>) -> Self {
         let (name, path) = resolve_function_path(module_path, written);
         Self::new(name, task).path(path)
     }
@@ -287,6 +287,13 @@ impl Route {
         self.task.call(ctx, arguments)
     }
 
+    /// Whether the arguments fit the task's parameter types, decided exactly
+    /// as [`Route::call`] decides it, without starting the task: what an
+    /// enqueue checks before publishing.
+    pub fn check_arguments(&self, arguments: &RawArguments<'_>) -> Result<(), ArgumentError> {
+        self.task.check(arguments)
+    }
+
     /// The name, path and kill switch variable, each against its rule.
     fn identifier_problems(&self) -> impl Iterator<Item = RouteError> {
         let kill_switch = self.kill_switch.as_deref().map(|variable| check_identifier(NameKind::KillSwitch, variable));
@@ -432,6 +439,21 @@ mod tests {
     use super::*;
 
     async fn noop(_: TaskContext) {}
+
+    #[test]
+    fn arguments_are_checked_as_a_call_would_take_them_without_running_the_task() {
+        async fn add(_: TaskContext, crate::Args((a, b)): crate::Args<(i64, i64)>) -> Result<i64, crate::TaskError> {
+            panic!("checking arguments ran the task with {a} and {b}")
+        }
+        let route = TaskRoute::new("add", add).into_route().unwrap();
+        let raw = |json: &'static str| -> &'static serde_json::value::RawValue { serde_json::from_str(json).unwrap() };
+        let check = |args, kwargs| route.check_arguments(&RawArguments::new(raw(args), raw(kwargs)).unwrap());
+        assert_eq!(check("[1, 2]", "{}"), Ok(()));
+        let wrong = check(r#"[1, "two"]"#, "{}").unwrap_err();
+        let called = route.call(TaskContext::new("t"), &RawArguments::new(raw(r#"[1, "two"]"#), raw("{}")).unwrap());
+        assert_eq!(Some(wrong), called.err(), "the same error as the executor's call");
+        assert!(check("[1, 2]", r#"{"x": 1}"#).unwrap_err().to_string().starts_with("kwargs do not fit"));
+    }
 
     fn route() -> TaskRoute {
         TaskRoute::new("send_welcome_email", noop)

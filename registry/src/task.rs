@@ -158,9 +158,18 @@ impl<T: Serialize, E: Into<TaskError>> IntoTaskResult for Result<T, E> {
     }
 }
 
+/// The parameters of a task function after its context, as a tuple of
+/// extractors: what [`TaskFn`]'s `M` is, and what a typed
+/// [`Task`](crate::Task) carries.
+pub trait Parameters: Sized + 'static {
+    /// Builds every parameter, or says which part of the arguments does not
+    /// fit. `args` or `kwargs` that no parameter reads must be empty.
+    fn extract(arguments: &RawArguments<'_>) -> Result<Self, ArgumentError>;
+}
+
 /// An async function usable as a task: `async fn(TaskContext, E1, E2, ..)`
-/// where each `E` is a [`FromArguments`] extractor. `M` only tells the
-/// implementations for different numbers of parameters apart.
+/// where each `E` is a [`FromArguments`] extractor. `M` is the tuple of
+/// extractor types, `(E1, E2, ..)`.
 pub trait TaskFn<M>: Send + Sync + 'static {
     /// Extracts the parameters, then starts the task. Arguments that do not
     /// fit are reported before any future exists.
@@ -169,22 +178,28 @@ pub trait TaskFn<M>: Send + Sync + 'static {
 
 macro_rules! impl_task_fn {
     ($($extractor:ident),*) => {
-        impl<F, Fut, $($extractor,)*> TaskFn<($($extractor,)*)> for F
-        where
-            F: Fn(TaskContext, $($extractor,)*) -> Fut + Send + Sync + 'static,
-            Fut: Future + Send + 'static,
-            Fut::Output: IntoTaskResult,
-            $($extractor: FromArguments,)*
-        {
-            #[allow(non_snake_case)]
-            fn call(&self, ctx: TaskContext, arguments: &RawArguments<'_>) -> Result<TaskFuture, ArgumentError> {
+        impl<$($extractor: FromArguments + 'static,)*> Parameters for ($($extractor,)*) {
+            fn extract(arguments: &RawArguments<'_>) -> Result<Self, ArgumentError> {
                 if !(false $(|| $extractor::READS_ARGS)*) {
                     arguments.ensure_unused(ArgumentPart::Args)?;
                 }
                 if !(false $(|| $extractor::READS_KWARGS)*) {
                     arguments.ensure_unused(ArgumentPart::Kwargs)?;
                 }
-                $(let $extractor = $extractor::from_arguments(arguments)?;)*
+                Ok(($($extractor::from_arguments(arguments)?,)*))
+            }
+        }
+
+        impl<F, Fut, $($extractor,)*> TaskFn<($($extractor,)*)> for F
+        where
+            F: Fn(TaskContext, $($extractor,)*) -> Fut + Send + Sync + 'static,
+            Fut: Future + Send + 'static,
+            Fut::Output: IntoTaskResult,
+            $($extractor: FromArguments + 'static,)*
+        {
+            #[allow(non_snake_case)]
+            fn call(&self, ctx: TaskContext, arguments: &RawArguments<'_>) -> Result<TaskFuture, ArgumentError> {
+                let ($($extractor,)*) = <($($extractor,)*)>::extract(arguments)?;
                 let running = self(ctx, $($extractor,)*);
                 Ok(Box::pin(async move { running.await.into_task_result() }))
             }
@@ -200,6 +215,9 @@ impl_task_fn!(E1, E2, E3);
 /// A task function with its parameter types erased: what the registry stores.
 pub(crate) trait DynTask: Send + Sync + 'static {
     fn call(&self, ctx: TaskContext, arguments: &RawArguments<'_>) -> Result<TaskFuture, ArgumentError>;
+
+    /// Checks the arguments exactly as [`DynTask::call`] does, without starting anything.
+    fn check(&self, arguments: &RawArguments<'_>) -> Result<(), ArgumentError>;
 }
 
 /// Adapts a [`TaskFn`] to [`DynTask`]; the marker keeps `M` without owning one.
@@ -214,9 +232,13 @@ impl<F, M> Erased<F, M> {
     }
 }
 
-impl<F: TaskFn<M>, M: 'static> DynTask for Erased<F, M> {
+impl<F: TaskFn<M>, M: Parameters> DynTask for Erased<F, M> {
     fn call(&self, ctx: TaskContext, arguments: &RawArguments<'_>) -> Result<TaskFuture, ArgumentError> {
         self.function.call(ctx, arguments)
+    }
+
+    fn check(&self, arguments: &RawArguments<'_>) -> Result<(), ArgumentError> {
+        M::extract(arguments).map(drop)
     }
 }
 
