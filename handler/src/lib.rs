@@ -35,12 +35,18 @@ mod context;
 pub mod demo;
 // Claim, run (timeout, panics caught), finish: the one place a task runs.
 mod executor;
+// Google's APIs: credentials, error bodies, retries, and the Pub/Sub publisher.
+mod google;
+// Concurrent calls sharing one round trip: the store's statements, the publisher's requests.
+mod group_commit;
 // The Pub/Sub push envelope and Eventarc's CloudEvents, decoded.
 mod push;
 // The accept loop: HTTP/1.1 and h2c, graceful shutdown.
 pub mod server;
 // Where executions live: PostgreSQL (group commit) or memory.
 pub mod store;
+// Enqueueing from the caller's side, and reading results back.
+mod tasks;
 // Traces over OTLP and log lines for Cloud Logging.
 pub mod telemetry;
 
@@ -50,8 +56,14 @@ use whirligig_registry::Registry;
 
 pub use crate::app::{App, MAX_BODY_BYTES};
 pub use crate::auth::{AuthSetupError, Clock, OidcSettings, PushAuth};
-pub use crate::config::{AuthConfig, Config, ConfigError, DatabaseConfig, JobConfig, KillSwitches, Problem};
+pub use crate::config::{
+    AuthConfig, Backend, Config, ConfigError, DatabaseConfig, EnqueueConfig, JobConfig, KillSwitches, Problem,
+};
 pub use crate::context::TaskContextExt;
+pub use crate::google::credentials::CredentialSource;
+pub use crate::google::pubsub::{MAX_MESSAGE_BYTES, PublishError};
+pub use crate::google::{ApiError, Code};
+pub use crate::tasks::{EnqueueError, Queued, Tasks};
 
 /// The whole command line for a service's own binary:
 /// `whirligig_handler::main(registry).await` from `#[tokio::main] async fn main`.

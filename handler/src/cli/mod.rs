@@ -1,14 +1,17 @@
 //! The command line: `serve` (the default), `run` (Cloud Run job mode,
-//! [`job`]), `routes` ([`routes`]) and `migrate`. Each command loads the
+//! [`job`]), `enqueue` and `result` ([`enqueue`]), `routes` ([`routes`]) and
+//! `migrate`. Each command loads the
 //! configuration, picks the store, and reports failure as one line on stderr
 //! with an exit code: 0 done, 1 the work failed, 2 usage or configuration.
 
+mod enqueue;
 mod job;
 mod routes;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
@@ -47,6 +50,31 @@ enum Command {
         #[arg(long)]
         task_id: Option<String>,
     },
+    /// Enqueue a task: publish it to its topic (or, with TASKS_BACKEND=immediate, run it here).
+    Enqueue {
+        /// The task's name.
+        name: String,
+        /// Positional arguments, a JSON list.
+        #[arg(long)]
+        args: Option<String>,
+        /// Keyword arguments, a JSON object.
+        #[arg(long)]
+        kwargs: Option<String>,
+        /// The task id (default: a new UUID); enqueueing one id twice runs it once.
+        #[arg(long)]
+        task_id: Option<String>,
+        /// Publish what Cloud Scheduler publishes for the task: trigger a cron task by hand.
+        #[arg(long)]
+        scheduled: bool,
+        /// Follow the execution until it ends (needs DATABASE_URL), at most SECONDS (default 60).
+        #[arg(long, value_name = "SECONDS", num_args = 0..=1, require_equals = true, default_missing_value = "60")]
+        wait: Option<u64>,
+    },
+    /// Print the execution recorded under TASK_ID as JSON.
+    Result {
+        /// The execution id `enqueue` printed.
+        task_id: String,
+    },
     /// List the routes and their resource names.
     Routes,
     /// Apply the database migrations.
@@ -70,12 +98,14 @@ pub(super) enum Fatal {
     Telemetry(#[from] ExportError),
     #[error("{0}")]
     Usage(String),
+    #[error("{0}")]
+    Failed(String),
 }
 
 impl Fatal {
     fn exit_code(&self) -> ExitCode {
         match self {
-            Self::Store(_) | Self::Listen(..) => ExitCode::FAILURE,
+            Self::Store(_) | Self::Listen(..) | Self::Failed(_) => ExitCode::FAILURE,
             Self::Config(_) | Self::Registry(_) | Self::Usage(_) | Self::Auth(_) | Self::Telemetry(_) => {
                 ExitCode::from(2)
             }
@@ -116,8 +146,10 @@ fn fail(error: Fatal) -> ExitCode {
 /// Traces for the commands that run tasks; `routes` and `migrate` only log.
 fn telemetry_for(command: &Command, config: &Config) -> TelemetryConfig {
     match command {
-        Command::Serve | Command::Run { .. } => config.telemetry.clone(),
-        Command::Routes | Command::Migrate => TelemetryConfig { traces: TraceExport::None, ..config.telemetry.clone() },
+        Command::Serve | Command::Run { .. } | Command::Enqueue { .. } => config.telemetry.clone(),
+        Command::Result { .. } | Command::Routes | Command::Migrate => {
+            TelemetryConfig { traces: TraceExport::None, ..config.telemetry.clone() }
+        }
     }
 }
 
@@ -129,6 +161,12 @@ async fn execute(command: Command, config: &Config, registry: Registry) -> Resul
             let job = job::JobRun { name, args, kwargs, task_id };
             job::run(config, &registry, job).await
         }
+        Command::Enqueue { name, args, kwargs, task_id, scheduled, wait } => {
+            let wait = wait.map(Duration::from_secs);
+            let run = enqueue::EnqueueRun { name, args, kwargs, task_id, scheduled, wait };
+            enqueue::enqueue(config, registry, run).await
+        }
+        Command::Result { task_id } => enqueue::result(config, registry, &task_id).await,
         Command::Routes => {
             print!("{}", routes::table(&registry, &config.naming));
             Ok(ExitCode::SUCCESS)

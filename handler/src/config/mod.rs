@@ -4,6 +4,7 @@
 //! a job (its shard and trace). Secrets (the password in DATABASE_URL) never
 //! reach a log line.
 
+mod enqueue;
 mod job;
 mod problem;
 mod redact;
@@ -15,6 +16,8 @@ use std::time::Duration;
 
 use whirligig_registry::{DEFAULT_ENVIRONMENT, DEFAULT_NAMESPACE, Naming, Registry};
 
+pub(crate) use self::enqueue::EMULATOR_PROJECT;
+pub use self::enqueue::{Backend, EnqueueConfig};
 pub use self::job::JobConfig;
 pub use self::problem::{ConfigError, Problem};
 pub(crate) use self::redact::redact;
@@ -53,6 +56,8 @@ pub struct Config {
     pub job: JobConfig,
     /// `OTEL_*`, `LOG_FORMAT` and `RUST_LOG`, with what Cloud Run says about the instance.
     pub telemetry: TelemetryConfig,
+    /// `TASKS_BACKEND`, and how publishing reaches Pub/Sub.
+    pub enqueue: EnqueueConfig,
 }
 
 /// How push requests are authenticated.
@@ -215,6 +220,7 @@ impl Config {
         let project_id = reader.text("GCP_PROJECT_ID");
         let job = reader.job();
         let telemetry = reader.telemetry(dev, project_id.as_deref(), &job);
+        let enqueue = reader.enqueue(dev);
         let config = Self {
             naming,
             project_id,
@@ -227,6 +233,7 @@ impl Config {
             kill_switches: KillSwitches::read(registry, &reader),
             job,
             telemetry,
+            enqueue,
         };
         if !dev {
             let missing = config.missing_outside_dev();
@@ -251,6 +258,13 @@ impl Config {
     /// True in the `dev` environment.
     pub fn is_dev(&self) -> bool {
         self.naming.environment() == DEV
+    }
+
+    /// The project topics live in: `GCP_PROJECT_ID`, or any name the
+    /// emulator takes in dev.
+    pub fn pubsub_project(&self) -> Option<&str> {
+        let emulated = self.is_dev() && self.enqueue.emulator;
+        self.project_id.as_deref().or(emulated.then_some(EMULATOR_PROJECT))
     }
 }
 

@@ -10,7 +10,10 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 use whirligig_registry::Retry;
 
-use super::{ABANDONED, Claim, ClaimRequest, Ending, Execution, ExecutionStore, Finished, Status, StoreError};
+use super::{
+    ABANDONED, Claim, ClaimRequest, Ending, Enqueued, Execution, ExecutionStore, Finished, NOT_PUBLISHED, ReadyRequest,
+    Status, StoreError,
+};
 
 /// Executions in a map; for `TASKS_ENVIRONMENT=dev` without `DATABASE_URL`.
 #[derive(Debug, Default)]
@@ -117,6 +120,37 @@ impl ExecutionStore for MemoryStore {
             row.status = Status::Failed;
             row.error_message = Some(reason.to_owned());
             row.error_traceback = None;
+            row.finished_at = Some(Utc::now());
+        }
+        Ok(())
+    }
+
+    async fn enqueue(&self, request: &ReadyRequest<'_>) -> Result<Enqueued, StoreError> {
+        let mut rows = self.rows();
+        if let Some(row) = rows.get(request.task_id)
+            && !(row.status == Status::Failed && row.attempts == 0)
+        {
+            return Ok(Enqueued::Known(row.status));
+        }
+        let claim = ClaimRequest {
+            task_id: request.task_id,
+            task_name: request.task_name,
+            args: request.args,
+            kwargs: request.kwargs,
+            message_id: None,
+            enqueued_at: Some(request.enqueued_at),
+            lease: std::time::Duration::ZERO,
+            max_attempts: None,
+        };
+        rows.insert(request.task_id.to_owned(), new_row(&claim, Status::Ready, 0));
+        Ok(Enqueued::Ready)
+    }
+
+    async fn not_published(&self, task_id: &str, reason: &str) -> Result<(), StoreError> {
+        let mut rows = self.rows();
+        if let Some(row) = rows.get_mut(task_id).filter(|row| row.status == Status::Ready && row.attempts == 0) {
+            row.status = Status::Failed;
+            row.error_message = Some(format!("{NOT_PUBLISHED}{reason}"));
             row.finished_at = Some(Utc::now());
         }
         Ok(())

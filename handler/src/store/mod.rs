@@ -4,7 +4,6 @@
 //! each, fenced by the attempt number. Two implementations: PostgreSQL for
 //! production, memory for dev. Statuses and HTTP are not decided here.
 
-mod group_commit;
 mod memory;
 mod postgres;
 
@@ -24,6 +23,9 @@ pub use self::memory::MemoryStore;
 pub(crate) use self::postgres::claim_and_finish;
 pub use self::postgres::migrate;
 pub use self::postgres::{ConnectError, Connector, DbConnection, PgConnection, PostgresStore};
+
+/// The start of the error recorded for an enqueued call that was not published.
+pub const NOT_PUBLISHED: &str = "not published: ";
 
 /// The error recorded for a last attempt that died while RUNNING.
 pub(crate) const ABANDONED: &str = "abandoned: the last attempt did not finish within its lease";
@@ -47,6 +49,32 @@ pub struct ClaimRequest<'a> {
     pub lease: Duration,
     /// The route's attempt limit.
     pub max_attempts: Option<NonZeroU32>,
+}
+
+/// An enqueued call, recorded READY before it is published.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadyRequest<'a> {
+    /// The execution id: the message's task id.
+    pub task_id: &'a str,
+    /// The route's task name.
+    pub task_name: &'a str,
+    /// The positional arguments.
+    pub args: &'a RawValue,
+    /// The keyword arguments.
+    pub kwargs: &'a RawValue,
+    /// The message's `enqueued_at`.
+    pub enqueued_at: DateTime<Utc>,
+}
+
+/// What an enqueue found under its task id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    /// The call is recorded READY: new, or an earlier enqueue of it that was never published.
+    Ready,
+    /// The task id is already known (READY, RUNNING, SUCCESSFUL or FAILED by
+    /// a run): nothing changed. Publishing again is safe; a delivery of a
+    /// task that already succeeded does not run it again.
+    Known(Status),
 }
 
 /// The answer to a claim.
@@ -101,7 +129,8 @@ pub enum Finished {
 }
 
 /// An execution's lifecycle state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "UPPERCASE")]
 pub enum Status {
     /// Enqueued, not yet run.
     Ready,
@@ -136,7 +165,7 @@ impl fmt::Display for Status {
 }
 
 /// One execution as stored: what result retrieval returns.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Execution {
     /// The execution id.
     pub task_id: String,
@@ -218,6 +247,16 @@ pub enum StoreError {
     },
 }
 
+impl crate::group_commit::QueueError for StoreError {
+    fn no_turn(wait: Duration) -> Self {
+        Self::PoolTimeout(wait)
+    }
+
+    fn lost() -> Self {
+        Self::database("the batch that held this call ended without an answer")
+    }
+}
+
 impl StoreError {
     /// A fault the store found itself, with no driver error behind it.
     pub(crate) fn database(reason: impl Into<String>) -> Self {
@@ -255,6 +294,16 @@ pub trait ExecutionStore: Send + Sync + 'static {
     /// Records a delivery that was acknowledged without running (kill switch),
     /// unless the task already succeeded or is running.
     fn skip(&self, request: &ClaimRequest<'_>, reason: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Records an enqueued call READY, before it is published, unless its
+    /// task id is already known. An earlier enqueue that was never published
+    /// (FAILED, no attempt made) becomes READY again.
+    fn enqueue(&self, request: &ReadyRequest<'_>) -> impl Future<Output = Result<Enqueued, StoreError>> + Send;
+
+    /// Records that a READY call could not be published: FAILED with
+    /// `not published: {reason}`, and no attempt made, so enqueueing it again
+    /// retries. A row a delivery has claimed meanwhile is left alone.
+    fn not_published(&self, task_id: &str, reason: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// The execution recorded under `task_id`.
     fn get(&self, task_id: &str) -> impl Future<Output = Result<Option<Execution>, StoreError>> + Send;

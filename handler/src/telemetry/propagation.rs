@@ -53,6 +53,23 @@ pub(crate) fn continue_trace(span: &Span, message: Option<Context>, caller: Opti
     );
 }
 
+/// The W3C `traceparent` and `tracestate` that continue `span`'s trace in a
+/// message: the span's own context, or, without an OpenTelemetry layer to
+/// give spans one, the context the caller attached (a CLI's `TRACEPARENT`),
+/// so the trace still runs through.
+pub(crate) fn to_attributes(span: &Span) -> Vec<(&'static str, String)> {
+    let mut context = span.context();
+    if !context.span().span_context().is_valid() {
+        context = Context::current();
+    }
+    let mut carrier = std::collections::HashMap::new();
+    TraceContextPropagator::new().inject_context(&context, &mut carrier);
+    ["traceparent", "tracestate"]
+        .into_iter()
+        .filter_map(|name| carrier.remove(name).filter(|value| !value.is_empty()).map(|value| (name, value)))
+        .collect()
+}
+
 fn remote(context: Context) -> Option<Context> {
     context.span().span_context().is_valid().then_some(context)
 }
@@ -110,6 +127,20 @@ mod tests {
         assert_eq!(parent.span_id().to_string(), "00f067aa0ba902b7");
         assert!(parent.is_sampled() && parent.is_remote());
         assert_eq!(parent.trace_state().header(), "congo=t61rcWkgMzE");
+    }
+
+    #[test]
+    fn an_attached_context_is_what_a_span_without_a_layer_passes_on() {
+        assert!(to_attributes(&Span::none()).is_empty(), "no trace, no attributes");
+        let parent = from_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", Some("k=v")).unwrap();
+        let _attached = parent.attach();
+        assert_eq!(
+            to_attributes(&Span::none()),
+            [
+                ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned()),
+                ("tracestate", "k=v".to_owned())
+            ]
+        );
     }
 
     #[test]

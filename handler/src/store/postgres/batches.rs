@@ -1,4 +1,4 @@
-//! The claim and finish of a batch (see `store::group_commit`): the rows as
+//! The claim and finish of a batch (see `group_commit`): the rows as
 //! they wait, and the runners that send a batch in one statement and answer
 //! each of its calls. A batch that one row spoiled goes again row by row.
 
@@ -11,7 +11,7 @@ use whirligig_registry::Retry;
 use super::errors::classify;
 use super::pool::{DbConnection, FinishConnection, PgConnection};
 use super::statements::{attempts, storable};
-use crate::store::group_commit::{Row, Waiting};
+use crate::group_commit::{Row, Waiting};
 use crate::store::{ABANDONED, Claim, ClaimRequest, Ending, Finished, Status, StoreError};
 
 /// A claim as it waits for a batch: owned, since the batch runs on a task of its own.
@@ -65,7 +65,7 @@ struct Seen {
 /// Claims a batch and answers each call. A batch that failed for one row
 /// (see [`one_row_may_be_at_fault`]) is claimed again row by row, so only
 /// that row fails.
-pub(super) async fn claim_batch(connection: DbConnection, batch: Vec<Waiting<ClaimRow, Claim>>) {
+pub(super) async fn claim_batch(connection: DbConnection, batch: Vec<Waiting<ClaimRow, Claim, StoreError>>) {
     match claim_rows(&connection, &batch).await {
         Ok(seen) if seen.len() == batch.len() => {
             for (waiting, seen) in batch.into_iter().zip(seen) {
@@ -98,7 +98,7 @@ fn one_row_may_be_at_fault(error: &tokio_postgres::Error) -> bool {
 /// The rows as the claim statement saw them, in the batch's order.
 async fn claim_rows(
     connection: &PgConnection,
-    batch: &[Waiting<ClaimRow, Claim>],
+    batch: &[Waiting<ClaimRow, Claim, StoreError>],
 ) -> Result<Vec<Seen>, tokio_postgres::Error> {
     let rows: Vec<&ClaimRow> = batch.iter().map(|waiting| &waiting.row).collect();
     let task_ids: Vec<&str> = rows.iter().map(|row| row.task_id.as_str()).collect();
@@ -190,7 +190,7 @@ impl Row for FinishRow {
 
 /// Finishes a batch and answers each call; a batch that failed for one row
 /// is finished again row by row, as for claims.
-pub(super) async fn finish_batch(connection: FinishConnection, batch: Vec<Waiting<FinishRow, Finished>>) {
+pub(super) async fn finish_batch(connection: FinishConnection, batch: Vec<Waiting<FinishRow, Finished, StoreError>>) {
     match finish_rows(&connection, &batch).await {
         Ok(recorded) => {
             for waiting in batch {
@@ -212,7 +212,7 @@ pub(super) async fn finish_batch(connection: FinishConnection, batch: Vec<Waitin
 /// The task ids whose finish the statement recorded.
 async fn finish_rows(
     connection: &PgConnection,
-    batch: &[Waiting<FinishRow, Finished>],
+    batch: &[Waiting<FinishRow, Finished, StoreError>],
 ) -> Result<Vec<String>, tokio_postgres::Error> {
     let rows: Vec<&FinishRow> = batch.iter().map(|waiting| &waiting.row).collect();
     let task_ids: Vec<&str> = rows.iter().map(|row| row.task_id.as_str()).collect();
@@ -233,7 +233,7 @@ fn finished(recorded: &[String], row: &FinishRow) -> Finished {
     if recorded.contains(&row.task_id) { Finished::Recorded } else { Finished::Fenced }
 }
 
-fn answer_all<T, A>(batch: Vec<Waiting<T, A>>, error: &StoreError) {
+fn answer_all<T, A>(batch: Vec<Waiting<T, A, StoreError>>, error: &StoreError) {
     for waiting in batch {
         waiting.answer(Err(error.clone()));
     }

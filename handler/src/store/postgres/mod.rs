@@ -26,8 +26,11 @@ pub use self::migrate::migrate;
 pub use self::pool::{ConnectError, Connector, DbConnection, PgConnection};
 use self::pool::{FINISH_WAIT, Pool, parse_url};
 use self::statements::execution;
-use super::group_commit::Queue;
-use super::{Claim, ClaimRequest, Ending, Execution, ExecutionStore, Finished, StoreError};
+use super::{
+    Claim, ClaimRequest, Ending, Enqueued, Execution, ExecutionStore, Finished, NOT_PUBLISHED, ReadyRequest, Status,
+    StoreError,
+};
+use crate::group_commit::{Limits, Queue};
 
 /// The claim and finish statements, for the database's ceiling in benchmarks.
 #[cfg(feature = "bench")]
@@ -44,10 +47,21 @@ pub struct PostgresStore {
 }
 
 /// Claims and finishes waiting to share a statement (see `group_commit`).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Batches {
-    claims: Queue<ClaimRow, Claim>,
-    finishes: Queue<FinishRow, Finished>,
+    claims: Queue<ClaimRow, Claim, StoreError>,
+    finishes: Queue<FinishRow, Finished, StoreError>,
+}
+
+/// One statement carries at most 64 rows and 1 MiB of arguments and results.
+/// Two statements of a kind in flight rather than one, so that a statement
+/// stuck behind a row lock does not stop every claim.
+const LIMITS: Limits = Limits { rows: 64, bytes: 1 << 20, in_flight: 2 };
+
+impl Default for Batches {
+    fn default() -> Self {
+        Self { claims: Queue::new(LIMITS), finishes: Queue::new(LIMITS) }
+    }
 }
 
 /// The server and database, as the spans of store calls name them.
@@ -100,6 +114,14 @@ impl ExecutionStore for PostgresStore {
 
     async fn skip(&self, request: &ClaimRequest<'_>, reason: &str) -> Result<(), StoreError> {
         traced(self.span("INSERT"), self.skip_row(request, reason)).await
+    }
+
+    async fn enqueue(&self, request: &ReadyRequest<'_>) -> Result<Enqueued, StoreError> {
+        traced(self.span("INSERT"), self.enqueue_row(request)).await
+    }
+
+    async fn not_published(&self, task_id: &str, reason: &str) -> Result<(), StoreError> {
+        traced(self.span("UPDATE"), self.not_published_row(task_id, reason)).await
     }
 
     async fn get(&self, task_id: &str) -> Result<Option<Execution>, StoreError> {
@@ -162,6 +184,26 @@ impl PostgresStore {
         let parameters: [&(dyn ToSql + Sync); 7] =
             [task_id, task_name, &Json(args), &Json(kwargs), message_id, enqueued_at, &reason];
         connection.execute(&connection.statements.skip, &parameters).await.map_err(classify)?;
+        Ok(())
+    }
+
+    async fn enqueue_row(&self, request: &ReadyRequest<'_>) -> Result<Enqueued, StoreError> {
+        let connection = self.connection().await?;
+        let ReadyRequest { task_id, task_name, args, kwargs, enqueued_at } = request;
+        let parameters: [&(dyn ToSql + Sync); 5] = [task_id, task_name, &Json(args), &Json(kwargs), enqueued_at];
+        let row = connection.query_one(&connection.statements.enqueue, &parameters).await.map_err(classify)?;
+        if row.get::<_, bool>(0) {
+            return Ok(Enqueued::Ready);
+        }
+        let status: Option<&str> = row.get(1);
+        let status = status.and_then(Status::parse);
+        status.map(Enqueued::Known).ok_or_else(|| StoreError::database("task_executions row has an unknown status"))
+    }
+
+    async fn not_published_row(&self, task_id: &str, reason: &str) -> Result<(), StoreError> {
+        let connection = self.connection().await?;
+        let message = statements::storable(&format!("{NOT_PUBLISHED}{reason}"));
+        connection.execute(&connection.statements.not_published, &[&task_id, &message]).await.map_err(classify)?;
         Ok(())
     }
 

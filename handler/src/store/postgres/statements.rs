@@ -1,6 +1,6 @@
 //! Every statement the store sends, prepared once per connection, and what
 //! their rows mean: the SQL of the batched claim and finish, the abandon, the
-//! skip and the lookup of one execution.
+//! skip, the enqueue and the lookup of one execution.
 //!
 //! The batched statements wait at most a second for a row lock
 //! (`lock_timeout`): a row locked elsewhere must not hold up the batch around
@@ -92,6 +92,27 @@ set status = 'FAILED', error_message = excluded.error_message, error_traceback =
     finished_at = now(), updated_at = now()
 where t.status in ('READY', 'FAILED') and not t.permanent";
 
+/// Records an enqueued call READY, unless its task id is known; an earlier
+/// enqueue that was never published (FAILED with no attempt) is made READY
+/// again. Returns the status found when nothing changed.
+const ENQUEUE: &str = r"
+with ready as (
+    insert into task_executions as t (task_id, task_name, status, args, kwargs, enqueued_at)
+    values ($1, $2, 'READY', $3, $4, $5)
+    on conflict (task_id) do update
+    set status = 'READY', task_name = excluded.task_name, args = excluded.args, kwargs = excluded.kwargs,
+        enqueued_at = excluded.enqueued_at, error_message = null, finished_at = null, updated_at = now()
+    where t.status = 'FAILED' and t.attempts = 0
+    returning t.task_id
+)
+select exists (select from ready) as ready, (select status from task_executions where task_id = $1) as status";
+
+/// Records that a READY call could not be published, unless a delivery claimed it meanwhile.
+const NOT_PUBLISHED: &str = r"
+update task_executions
+set status = 'FAILED', error_message = $2, finished_at = now(), updated_at = now()
+where task_id = $1 and status = 'READY' and attempts = 0";
+
 const GET: &str = r"
 select task_id, task_name, status, args, kwargs, return_value, error_message, error_traceback,
        attempts, permanent, message_id, enqueued_at, started_at, finished_at
@@ -105,20 +126,24 @@ pub(super) struct Prepared {
     pub(super) finishes: Statement,
     pub(super) abandon: Statement,
     pub(super) skip: Statement,
+    pub(super) enqueue: Statement,
+    pub(super) not_published: Statement,
     pub(super) get: Statement,
 }
 
 impl Prepared {
     /// Prepares every statement; issued together, they share one round trip.
     pub(super) async fn on(client: &Client) -> Result<Self, tokio_postgres::Error> {
-        let (claims, finishes, abandon, skip, get) = tokio::try_join!(
+        let (claims, finishes, abandon, skip, enqueue, not_published, get) = tokio::try_join!(
             client.prepare(CLAIMS),
             client.prepare(FINISHES),
             client.prepare(ABANDON),
             client.prepare(SKIP),
+            client.prepare(ENQUEUE),
+            client.prepare(NOT_PUBLISHED),
             client.prepare(GET),
         )?;
-        Ok(Self { claims, finishes, abandon, skip, get })
+        Ok(Self { claims, finishes, abandon, skip, enqueue, not_published, get })
     }
 }
 

@@ -1,0 +1,325 @@
+//! The caller's side: [`Tasks`] enqueues calls of registered tasks and reads
+//! their executions back. Arguments are checked against the task's types
+//! before anything is written; with a database the call is recorded READY,
+//! then published (or, with the immediate backend, run at once through the
+//! executor). Nothing here knows Pub/Sub's wire format.
+//!
+//! A typed enqueue takes the task's own extractors, so arguments of the
+//! wrong type do not compile:
+//!
+//! ```compile_fail
+//! # use serde::{Deserialize, Serialize};
+//! # use whirligig_registry::{Kwargs, Task, TaskContext, task};
+//! #[derive(Serialize, Deserialize)]
+//! struct Welcome { to: String }
+//! async fn send_welcome_email(_ctx: TaskContext, Kwargs(_w): Kwargs<Welcome>) {}
+//! const SEND_WELCOME_EMAIL: Task<(Kwargs<Welcome>,)> = task!(send_welcome_email);
+//!
+//! async fn handler(tasks: whirligig_handler::Tasks) {
+//!     // A String where the task takes Kwargs<Welcome>: does not compile.
+//!     tasks.enqueue(&SEND_WELCOME_EMAIL, "a@b.c".to_owned()).await;
+//! }
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::SubsecRound as _;
+use serde_json::value::{RawValue, to_raw_value};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+use tracing::field::Empty;
+use whirligig_registry::{
+    ArgumentError, CallArguments, IntoCall, Naming, RawArguments, Registry, Route, Task, TaskMessage,
+};
+
+use crate::config::{Backend, Config};
+use crate::context::Resources;
+use crate::executor::{Delivery, Executor, Outcome, Reply};
+use crate::google::credentials::CredentialSource;
+use crate::google::pubsub::{PublishError, Publisher};
+use crate::google::{CallError, Credentials, Endpoint};
+use crate::store::{Enqueued, Execution, ExecutionStore, MemoryStore, PostgresStore, ReadyRequest, StoreError};
+use crate::telemetry::propagation;
+
+/// Enqueues tasks and reads their results; cheap to clone, safe to share
+/// across a web server's requests.
+#[derive(Debug, Clone)]
+pub struct Tasks {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    registry: Arc<Registry>,
+    naming: Naming,
+    backend: Sending,
+}
+
+/// Where calls go, and where their executions are read.
+#[derive(Debug)]
+enum Sending {
+    PubSub { publisher: Publisher, store: Option<PostgresStore> },
+    ImmediatePostgres(Executor<PostgresStore>),
+    ImmediateMemory(Executor<MemoryStore>),
+}
+
+/// A call that was enqueued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Queued {
+    task_id: String,
+    message_id: Option<String>,
+}
+
+impl Queued {
+    /// The execution id its result is read under.
+    pub fn task_id(&self) -> &str {
+        &self.task_id
+    }
+
+    /// Pub/Sub's message id; none with the immediate backend.
+    pub fn message_id(&self) -> Option<&str> {
+        self.message_id.as_deref()
+    }
+}
+
+/// Why a call was not enqueued, or a result not read.
+#[derive(Debug, thiserror::Error)]
+pub enum EnqueueError {
+    /// No route has this name.
+    #[error("unknown task {0:?}")]
+    UnknownTask(String),
+    /// The arguments can never fit the task's types: nothing was published.
+    #[error(transparent)]
+    Arguments(#[from] ArgumentError),
+    /// Pub/Sub did not take the message; with a database, the execution says
+    /// `not published` and enqueueing the same task id again retries.
+    #[error("not published: {0}")]
+    Publish(#[from] PublishError),
+    /// The store could not record the call or read the result.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Results are kept by the store of the process that runs the tasks.
+    #[error("results need DATABASE_URL: executions are recorded in the database of the service that runs them")]
+    NoResults,
+    /// What the configuration names cannot be used.
+    #[error("cannot enqueue: {0}")]
+    Setup(String),
+}
+
+impl Tasks {
+    /// The handle for `registry` under `config`: the backend `TASKS_BACKEND`
+    /// chooses, PostgreSQL when `DATABASE_URL` is set (migrated already: the
+    /// service does that), memory otherwise (immediate backend only).
+    pub async fn from_config(registry: Arc<Registry>, config: &Config) -> Result<Self, EnqueueError> {
+        let store = match &config.database {
+            Some(database) => Some(PostgresStore::new(&database.url, database.pool_size, database.pool_timeout)?),
+            None => None,
+        };
+        let backend = match (config.enqueue.backend, store) {
+            (Backend::PubSub, store) => Sending::PubSub { publisher: publisher(&registry, config).await?, store },
+            (Backend::Immediate, Some(store)) => {
+                let resources = Resources { database: Some(store.clone()) };
+                Sending::ImmediatePostgres(executor(config, store, resources))
+            }
+            (Backend::Immediate, None) => {
+                Sending::ImmediateMemory(executor(config, MemoryStore::default(), Resources::default()))
+            }
+        };
+        Ok(Self { inner: Arc::new(Inner { registry, naming: config.naming.clone(), backend }) })
+    }
+
+    /// Enqueues a call of `task` with its own argument types, under a new
+    /// UUID v4 task id.
+    pub async fn enqueue<M>(&self, task: &Task<M>, arguments: impl IntoCall<M>) -> Result<Queued, EnqueueError> {
+        self.enqueue_json(task.name(), arguments.into_call()?, None).await
+    }
+
+    /// Enqueues under a task id of the caller's: enqueueing the same id twice
+    /// (a retried web request) records and runs it once.
+    pub async fn enqueue_with_id<M>(
+        &self,
+        task_id: impl Into<String>,
+        task: &Task<M>,
+        arguments: impl IntoCall<M>,
+    ) -> Result<Queued, EnqueueError> {
+        self.enqueue_json(task.name(), arguments.into_call()?, Some(task_id.into())).await
+    }
+
+    /// Enqueues a call given as JSON (the CLI, payloads built elsewhere): the
+    /// arguments are checked against the task's types exactly as the executor
+    /// checks them, and refused here when they can never fit.
+    pub async fn enqueue_json(
+        &self,
+        task_name: &str,
+        call: CallArguments,
+        task_id: Option<String>,
+    ) -> Result<Queued, EnqueueError> {
+        let route = self.route(task_name)?;
+        let mut message = TaskMessage::new(route.name(), call.args, call.kwargs);
+        if let Some(task_id) = task_id {
+            message.task_id = task_id;
+        }
+        let span = enqueue_span(route, &message.task_id);
+        self.send(route, message).instrument(span).await
+    }
+
+    /// Publishes what Cloud Scheduler publishes for `task_name`, to trigger a
+    /// cron task by hand. Its execution is `scheduled-{name}-{message id}`.
+    pub async fn enqueue_scheduled(&self, task_name: &str) -> Result<Queued, EnqueueError> {
+        let route = self.route(task_name)?;
+        let message = TaskMessage::scheduled(route.name());
+        let span = enqueue_span(route, &message.task_id);
+        self.send(route, message).instrument(span).await
+    }
+
+    /// The execution recorded under `task_id`, if any.
+    pub async fn result(&self, task_id: &str) -> Result<Option<Execution>, EnqueueError> {
+        let execution = match &self.inner.backend {
+            Sending::PubSub { store: Some(store), .. } => store.get(task_id).await?,
+            Sending::PubSub { store: None, .. } => return Err(EnqueueError::NoResults),
+            Sending::ImmediatePostgres(executor) => executor.store().get(task_id).await?,
+            Sending::ImmediateMemory(executor) => executor.store().get(task_id).await?,
+        };
+        Ok(execution)
+    }
+
+    fn route(&self, task_name: &str) -> Result<&Route, EnqueueError> {
+        self.inner.registry.get(task_name).ok_or_else(|| EnqueueError::UnknownTask(task_name.to_owned()))
+    }
+
+    async fn send(&self, route: &Route, message: TaskMessage) -> Result<Queued, EnqueueError> {
+        let (args, kwargs) = raw_arguments(&message)?;
+        let arguments = RawArguments::new(&args, &kwargs).map_err(|error| EnqueueError::Setup(error.to_string()))?;
+        route.check_arguments(&arguments)?;
+        match &self.inner.backend {
+            Sending::PubSub { publisher, store } => {
+                self.publish(route, &message, store.as_ref(), publisher, &args, &kwargs).await
+            }
+            Sending::ImmediatePostgres(executor) => Ok(run_now(executor, route, &message, arguments).await),
+            Sending::ImmediateMemory(executor) => Ok(run_now(executor, route, &message, arguments).await),
+        }
+    }
+
+    /// READY in the store, then published; a publish that failed for good is
+    /// recorded as such.
+    async fn publish(
+        &self,
+        route: &Route,
+        message: &TaskMessage,
+        store: Option<&PostgresStore>,
+        publisher: &Publisher,
+        args: &RawValue,
+        kwargs: &RawValue,
+    ) -> Result<Queued, EnqueueError> {
+        let scheduled = message.enqueued_at.is_none();
+        if let (Some(store), Some(enqueued_at)) = (store, message.enqueued_at) {
+            let request =
+                ReadyRequest { task_id: &message.task_id, task_name: route.name(), args, kwargs, enqueued_at };
+            if let Enqueued::Known(status) = store.enqueue(&request).await? {
+                tracing::debug!(%status, "the task id is known already: published again, run at most once");
+            }
+        }
+        let topic = route.topic_name(&self.inner.naming);
+        let attributes = propagation::to_attributes(&tracing::Span::current());
+        match publisher.publish(&topic, &message.task_id, message.to_json(), attributes).await {
+            Ok(message_id) => {
+                tracing::Span::current().record("messaging.message.id", message_id.as_str());
+                let task_id =
+                    if scheduled { format!("{}-{message_id}", message.task_id) } else { message.task_id.clone() };
+                Ok(Queued { task_id, message_id: Some(message_id) })
+            }
+            Err(error) => {
+                if let (Some(store), false) = (store, scheduled)
+                    && let Err(unrecorded) = store.not_published(&message.task_id, &error.to_string()).await
+                {
+                    tracing::warn!(%unrecorded, "the failed publish could not be recorded; the row stays READY");
+                }
+                Err(error.into())
+            }
+        }
+    }
+}
+
+/// The message's arguments as the raw JSON the check and the store take.
+fn raw_arguments(message: &TaskMessage) -> Result<(Box<RawValue>, Box<RawValue>), EnqueueError> {
+    let raw =
+        |value: Result<Box<RawValue>, serde_json::Error>| value.map_err(|error| EnqueueError::Setup(error.to_string()));
+    Ok((raw(to_raw_value(&message.args))?, raw(to_raw_value(&message.kwargs))?))
+}
+
+fn enqueue_span(route: &Route, task_id: &str) -> tracing::Span {
+    tracing::info_span!(
+        "enqueue",
+        otel.name = format_args!("publish {}", route.name()),
+        otel.kind = "producer",
+        messaging.system = "gcp_pubsub",
+        messaging.operation.type = "send",
+        messaging.destination.name = route.path(),
+        messaging.message.id = Empty,
+        task.name = route.name(),
+        task.id = task_id,
+    )
+}
+
+/// Runs the call here and now (the immediate backend); its outcome is in the store.
+async fn run_now<S: ExecutionStore>(
+    executor: &Executor<S>,
+    route: &Route,
+    message: &TaskMessage,
+    arguments: RawArguments<'_>,
+) -> Queued {
+    let scheduled = message.enqueued_at.is_none();
+    let task_id =
+        if scheduled { format!("{}-{}", message.task_id, uuid::Uuid::new_v4()) } else { message.task_id.clone() };
+    let delivery = Delivery {
+        route,
+        task_id: task_id.clone(),
+        arguments,
+        message_id: None,
+        subscription: None,
+        delivery_attempt: None,
+        publish_time: None,
+        enqueued_at: message.enqueued_at.map(|at| at.trunc_subsecs(6)),
+        job: None,
+        lease: route.ack_deadline(),
+        trace_parent: None,
+    };
+    executor.execute(delivery, |_: &Outcome| Ran).await;
+    Queued { task_id, message_id: None }
+}
+
+/// A delivery run by the immediate backend answers nobody.
+struct Ran;
+
+impl Reply for Ran {
+    fn status(&self) -> Option<u16> {
+        None
+    }
+}
+
+fn executor<S: ExecutionStore>(config: &Config, store: S, resources: Resources) -> Executor<S> {
+    Executor::new(Arc::new(store), Arc::new(resources), CancellationToken::new())
+        .with_kill_switches(config.kill_switches.clone())
+}
+
+async fn publisher(registry: &Registry, config: &Config) -> Result<Publisher, EnqueueError> {
+    let project = config
+        .pubsub_project()
+        .ok_or_else(|| EnqueueError::Setup("TASKS_BACKEND=pubsub needs GCP_PROJECT_ID".to_owned()))?;
+    let client = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|error| EnqueueError::Setup(format!("an HTTP client: {error}")))?;
+    let credentials = Credentials::new(&config.enqueue.credentials, &client).await.map_err(setup)?;
+    if let CredentialSource::Metadata(host) = &config.enqueue.credentials {
+        tracing::debug!(host, "credentials from the metadata server");
+    }
+    let endpoint = Endpoint { base_url: config.enqueue.pubsub_url.clone(), credentials };
+    let topics = registry.routes().map(|route| route.topic_name(&config.naming));
+    Ok(Publisher::new(client, endpoint, project.to_owned(), topics, config.enqueue.publish_timeout))
+}
+
+fn setup(error: CallError) -> EnqueueError {
+    EnqueueError::Setup(error.to_string())
+}
