@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use whirligig_registry::{Kwargs, Registry, RegistryError, TaskContext, TaskError, task_route};
+use whirligig_registry::{Kwargs, Registry, RegistryError, Task, TaskContext, TaskError, task, task_route};
 
 use crate::context::TaskContextExt as _;
 
@@ -22,7 +22,7 @@ pub async fn echo(
 }
 
 /// `sleep`'s arguments.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Sleep {
     /// How long to sleep, in milliseconds.
     pub ms: u64,
@@ -44,7 +44,7 @@ pub async fn fail(_ctx: TaskContext) -> Result<(), TaskError> {
 }
 
 /// `flaky`'s arguments.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Flaky {
     /// The attempt that succeeds.
     pub succeed_on: u32,
@@ -80,6 +80,15 @@ pub async fn shard(ctx: TaskContext) -> Result<Value, TaskError> {
 pub async fn heartbeat(ctx: TaskContext) {
     tracing::info!(task_id = ctx.task_id(), "heartbeat");
 }
+
+/// The tasks by value, for typed enqueues: `tasks.enqueue(&demo::FLAKY, Kwargs(Flaky { succeed_on: 2 }))`.
+pub const NOOP: Task<()> = task!(noop);
+/// `echo`, typed.
+pub const ECHO: Task<(Kwargs<Map<String, Value>>,)> = task!(echo);
+/// `sleep`, typed.
+pub const SLEEP: Task<(Kwargs<Sleep>,)> = task!(sleep);
+/// `flaky`, typed.
+pub const FLAKY: Task<(Kwargs<Flaky>,)> = task!(flaky);
 
 /// The demo app's registry.
 pub fn registry() -> Result<Registry, RegistryError> {

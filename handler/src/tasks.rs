@@ -7,7 +7,7 @@
 //! A typed enqueue takes the task's own extractors, so arguments of the
 //! wrong type do not compile:
 //!
-//! ```compile_fail
+//! ```compile_fail,E0277
 //! # use serde::{Deserialize, Serialize};
 //! # use whirligig_registry::{Kwargs, Task, TaskContext, task};
 //! #[derive(Serialize, Deserialize)]

@@ -4,42 +4,19 @@
 
 mod support;
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
-use std::path::PathBuf;
-use std::process::{ExitStatus, Output, Stdio};
 use std::time::Duration;
 
 use serde_json::json;
-use tokio::process::{Child, Command};
 use tokio::time::{sleep, timeout};
 
 use support::TestDb;
 use support::issuer::{self, Issuer, Key};
 use support::otlp::{Receiver, hex};
+use support::process::{Server, WAIT, assert_exit, free_port, run_app, text};
 use whirligig_handler::store::Status;
-
-/// The demo app, built by Cargo for this package.
-const APP: &str = env!("CARGO_BIN_EXE_whirligig-test-app");
-
-/// The longest any process may take to start, answer or exit.
-const WAIT: Duration = Duration::from_secs(10);
 
 /// A database that refuses every connection.
 const UNREACHABLE_DATABASE: &str = "postgres://postgres@127.0.0.1:1/postgres";
-
-/// The test app with nothing from the developer's environment but `PATH`.
-fn app(env: &[(&str, &str)]) -> Command {
-    let mut command = Command::new(APP);
-    command
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    command
-}
 
 /// A production-like server's environment: tokens verified against `issuer`.
 struct Verified {
@@ -81,116 +58,6 @@ fn prod(database_url: &str) -> Vec<(&'static str, &str)> {
         ("TASKS_SERVICE_ACCOUNT", "tasks@whirligig-test.iam.gserviceaccount.com"),
         ("DATABASE_URL", database_url),
     ]
-}
-
-/// Runs the test app to the end with `args`, within [`WAIT`].
-async fn run_app(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let output = app(env).args(args).output();
-    timeout(WAIT, output).await.unwrap_or_else(|_| panic!("{args:?} did not exit within {WAIT:?}")).expect("spawn")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// Asserts the exit code, showing stderr when it is not the expected one.
-fn assert_exit(output: &Output, code: i32, what: &str) {
-    assert_eq!(output.status.code(), Some(code), "{what}: stderr:\n{}", text(&output.stderr));
-}
-
-/// A port nothing listens on right now.
-fn free_port() -> u16 {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind an ephemeral port");
-    listener.local_addr().expect("bound address").port()
-}
-
-/// `whirligig serve` in a child process, killed when dropped. Its stdout and
-/// stderr go to one file, so a chatty child can never block on a full pipe.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-    log: PathBuf,
-}
-
-impl Server {
-    /// Spawns `serve` on a free port and waits until `/healthz` answers.
-    async fn start(env: &[(&str, &str)]) -> Self {
-        let port = free_port();
-        let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("process-{}.log", uuid::Uuid::new_v4()));
-        let file = std::fs::File::create(&log).expect("create the log file");
-        let child = app(env)
-            .arg("serve")
-            .env("PORT", port.to_string())
-            .stdout(file.try_clone().expect("share the log file"))
-            .stderr(file)
-            .spawn()
-            .expect("spawn the test app");
-        let mut server = Self { child, addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)), log };
-        server.wait_ready().await;
-        server
-    }
-
-    /// Polls until the port accepts connections: process start cannot be awaited otherwise.
-    async fn wait_ready(&mut self) {
-        for _ in 0..400 {
-            if let Some(status) = self.child.try_wait().expect("child status") {
-                panic!("serve exited before it was ready ({status}); log:\n{}", self.log());
-            }
-            if tokio::net::TcpStream::connect(self.addr).await.is_ok() {
-                let health = support::get(self.addr, "/healthz").await;
-                assert_eq!(health.status, 200, "{}", health.body);
-                return;
-            }
-            sleep(Duration::from_millis(25)).await;
-        }
-        panic!("serve did not listen on {} within 10 s; log:\n{}", self.addr, self.log());
-    }
-
-    /// Everything the server wrote so far.
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// The JSON log lines (production format), parsed.
-    fn json_log(&self) -> Vec<serde_json::Value> {
-        self.log().lines().filter_map(|line| serde_json::from_str(line).ok()).collect()
-    }
-
-    /// The first JSON log line with this message, or a panic showing the log.
-    fn logged(&self, message: &str) -> serde_json::Value {
-        let lines = self.json_log();
-        let found = lines.iter().find(|line| line["message"].as_str().is_some_and(|text| text.contains(message)));
-        found.cloned().unwrap_or_else(|| panic!("no {message:?} line in:\n{}", self.log()))
-    }
-
-    /// Sends SIGTERM, as Cloud Run does to stop an instance.
-    fn terminate(&self) {
-        let pid = self.child.id().expect("the child is still running");
-        let status = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().expect("run kill");
-        assert!(status.success(), "kill -TERM {pid} failed");
-    }
-
-    /// The exit status, within [`WAIT`].
-    async fn exit(&mut self) -> ExitStatus {
-        match timeout(WAIT, self.child.wait()).await {
-            Ok(status) => status.expect("wait for the child"),
-            Err(_) => panic!("serve did not exit within {WAIT:?} of SIGTERM; log:\n{}", self.log()),
-        }
-    }
-
-    async fn push(&self, body: String) -> support::Reply {
-        support::post(self.addr, "/tasks/pubsub/", body).await
-    }
-
-    async fn push_as(&self, authorization: &str, body: String) -> support::Reply {
-        support::post_as(self.addr, "/tasks/pubsub/", Some(authorization), body).await
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.log);
-    }
 }
 
 /// Waits until `task_id`'s row has `status`, polling the database.

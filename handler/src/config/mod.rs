@@ -404,6 +404,48 @@ mod tests {
     }
 
     #[test]
+    fn the_backend_and_where_publishing_goes() {
+        use crate::google::credentials::CredentialSource;
+        let dev = load(&[]).unwrap();
+        assert_eq!((dev.enqueue.backend, dev.pubsub_project()), (Backend::Immediate, None));
+        let emulated = load(&[("PUBSUB_EMULATOR_HOST", "127.0.0.1:8085")]).unwrap();
+        assert_eq!(emulated.enqueue.backend, Backend::PubSub);
+        assert_eq!(emulated.enqueue.pubsub_url, "http://127.0.0.1:8085");
+        assert_eq!(emulated.enqueue.credentials, CredentialSource::None);
+        assert_eq!(emulated.pubsub_project(), Some(EMULATOR_PROJECT));
+
+        let prod = [
+            ("TASKS_ENVIRONMENT", "prod"),
+            ("GCP_PROJECT_ID", "p"),
+            ("CLOUD_RUN_SERVICE_URL", "https://x.run.app"),
+            ("TASKS_SERVICE_ACCOUNT", "a@p"),
+            ("DATABASE_URL", "postgres://db/tasks"),
+        ];
+        let with = |extra: &[(&'static str, &'static str)]| load(&[&prod[..], extra].concat());
+        let google = with(&[]).unwrap().enqueue;
+        assert_eq!((google.backend, google.pubsub_url.as_str()), (Backend::PubSub, "https://pubsub.googleapis.com"));
+        assert_eq!(google.credentials, CredentialSource::Metadata("metadata.google.internal".into()));
+        assert_eq!(google.publish_timeout, Duration::from_secs(60));
+        let local =
+            with(&[("GCE_METADATA_HOST", "127.0.0.1:9"), ("TASKS_PUBSUB_ENDPOINT", "http://127.0.0.1:7/")]).unwrap();
+        assert_eq!(local.enqueue.credentials, CredentialSource::Metadata("127.0.0.1:9".into()));
+        assert_eq!(local.enqueue.pubsub_url, "http://127.0.0.1:7");
+        let key = with(&[("GOOGLE_APPLICATION_CREDENTIALS", "/keys/sa.json")]).unwrap();
+        assert_eq!(key.enqueue.credentials, CredentialSource::KeyFile("/keys/sa.json".into()));
+
+        let error = with(&[
+            ("TASKS_BACKEND", "carrier-pigeon"),
+            ("TASKS_PUBLISH_TIMEOUT_MS", "0"),
+            ("TASKS_PUBSUB_ENDPOINT", "http://pubsub.example"),
+        ])
+        .unwrap_err();
+        assert_eq!(error.problems().len(), 3, "{error}");
+        assert!(matches!(error.problems()[2], Problem::Insecure { variable: "TASKS_PUBSUB_ENDPOINT", .. }), "{error}");
+        let scheme = load(&[("PUBSUB_EMULATOR_HOST", "http://127.0.0.1:8085")]).unwrap_err();
+        assert_eq!(scheme.problems(), [invalid("PUBSUB_EMULATOR_HOST", "http://127.0.0.1:8085")]);
+    }
+
+    #[test]
     fn kill_switches_are_read_for_the_routes_that_declare_them() {
         let registry = crate::demo::registry().unwrap();
         let heartbeat = registry.get("heartbeat").unwrap();

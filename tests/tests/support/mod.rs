@@ -9,6 +9,7 @@ pub mod emulator;
 pub mod google;
 pub mod issuer;
 pub mod otlp;
+pub mod process;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -70,14 +71,20 @@ impl TestDb {
 
     /// Waits until `task_id`'s row has `status`, for a change made in another
     /// process or a detached task: there is nothing to await but the row (5 s at most).
-    pub async fn wait_for(&self, task_id: &str, status: Status) {
-        for _ in 0..200 {
-            if self.row(task_id).await.is_some_and(|row| row.status == status) {
-                return;
+    pub async fn wait_for(&self, task_id: &str, status: Status) -> Execution {
+        self.wait_within(task_id, status, Duration::from_secs(5)).await
+    }
+
+    /// [`TestDb::wait_for`], for changes that take longer (a redelivery).
+    pub async fn wait_within(&self, task_id: &str, status: Status, within: Duration) -> Execution {
+        let deadline = tokio::time::Instant::now() + within;
+        while tokio::time::Instant::now() < deadline {
+            if let Some(row) = self.row(task_id).await.filter(|row| row.status == status) {
+                return row;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        panic!("{task_id} never became {status}: {:?}", self.row(task_id).await);
+        panic!("{task_id} never became {status} within {within:?}: {:?}", self.row(task_id).await);
     }
 }
 
