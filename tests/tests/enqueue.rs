@@ -50,8 +50,8 @@ fn topic(task: &str, config: &Config) -> String {
 
 /// The trace an enqueue continues, as an upstream request would hand it on.
 fn parent() -> Context {
-    let trace_id = TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap();
-    let span_id = SpanId::from_hex("00f067aa0ba902b7").unwrap();
+    let trace_id = TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").expect("a trace id");
+    let span_id = SpanId::from_hex("00f067aa0ba902b7").expect("a span id");
     let span = SpanContext::new(trace_id, span_id, TraceFlags::SAMPLED, true, TraceState::default());
     Context::new().with_remote_span_context(span)
 }
