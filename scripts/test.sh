@@ -22,6 +22,10 @@ cargo fmt --all -- --check
 
 say "cargo clippy -D warnings"
 cargo clippy --locked --workspace --all-targets -- -D warnings
+# What a web service that only enqueues links (default-features = false), with
+# and without the PostgreSQL store: it must build, and lint, on its own.
+cargo clippy --locked -p whirligig-handler --no-default-features --lib -- -D warnings
+cargo clippy --locked -p whirligig-handler --no-default-features --features postgres --lib -- -D warnings
 
 say "cargo test"
 cargo test --locked --workspace

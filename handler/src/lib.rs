@@ -16,22 +16,27 @@
 //! spans along the way into traces and log lines.
 
 // Every status the endpoint answers: refusals and outcomes, on one screen.
+#[cfg(feature = "server")]
 mod answer;
 // The HTTP application: routing, health checks, and the push pipeline.
+#[cfg(feature = "server")]
 mod app;
 // Push token verification: OIDC against the issuer's cached keys.
+#[cfg(feature = "server")]
 mod auth;
 // Entry points for the micro-benchmarks (feature `bench`); not an API.
 #[cfg(feature = "bench")]
 #[doc(hidden)]
 pub mod bench;
-// The command line: serve, run (job mode), routes, migrate.
+// The command line: serve, run (job mode), enqueue, result, routes, migrate.
+#[cfg(feature = "server")]
 mod cli;
 // Every environment variable, read once and checked together.
 mod config;
 // What a task reaches through its context: the store's pool.
 mod context;
 // The demo app's tasks: examples and load-test diagnostics.
+#[cfg(feature = "server")]
 pub mod demo;
 // Claim, run (timeout, panics caught), finish: the one place a task runs.
 mod executor;
@@ -40,25 +45,34 @@ mod google;
 // Concurrent calls sharing one round trip: the store's statements, the publisher's requests.
 mod group_commit;
 // The Pub/Sub push envelope and Eventarc's CloudEvents, decoded.
+#[cfg(feature = "server")]
 mod push;
 // The accept loop: HTTP/1.1 and h2c, graceful shutdown.
+#[cfg(feature = "server")]
 pub mod server;
 // Where executions live: PostgreSQL (group commit) or memory.
 pub mod store;
 // Enqueueing from the caller's side, and reading results back.
 mod tasks;
-// Traces over OTLP and log lines for Cloud Logging.
+// Traces over OTLP and log lines for Cloud Logging; trace context in messages.
 pub mod telemetry;
 
+#[cfg(feature = "server")]
 use std::process::ExitCode;
 
+#[cfg(feature = "server")]
 use whirligig_registry::Registry;
 
+#[cfg(feature = "server")]
 pub use crate::app::{App, MAX_BODY_BYTES};
+#[cfg(feature = "server")]
 pub use crate::auth::{AuthSetupError, Clock, OidcSettings, PushAuth};
+#[cfg(feature = "server")]
+pub use crate::config::AuthConfig;
 pub use crate::config::{
-    AuthConfig, Backend, Config, ConfigError, DatabaseConfig, EnqueueConfig, JobConfig, KillSwitches, Problem,
+    Backend, Config, ConfigError, DatabaseConfig, EnqueueConfig, JobConfig, KillSwitches, Problem,
 };
+#[cfg(feature = "postgres")]
 pub use crate::context::TaskContextExt;
 pub use crate::google::credentials::CredentialSource;
 pub use crate::google::pubsub::{MAX_MESSAGE_BYTES, PublishError};
@@ -67,6 +81,7 @@ pub use crate::tasks::{EnqueueError, Queued, Tasks};
 
 /// The whole command line for a service's own binary:
 /// `whirligig_handler::main(registry).await` from `#[tokio::main] async fn main`.
+#[cfg(feature = "server")]
 pub async fn main(registry: Registry) -> ExitCode {
     cli::run(registry).await
 }

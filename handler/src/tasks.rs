@@ -39,7 +39,9 @@ use crate::executor::{Delivery, Executor, Outcome, Reply};
 use crate::google::credentials::CredentialSource;
 use crate::google::pubsub::{PublishError, Publisher};
 use crate::google::{CallError, Credentials, Endpoint};
-use crate::store::{Enqueued, Execution, ExecutionStore, MemoryStore, PostgresStore, ReadyRequest, StoreError};
+#[cfg(feature = "postgres")]
+use crate::store::PostgresStore;
+use crate::store::{Enqueued, Execution, ExecutionStore, MemoryStore, ReadyRequest, StoreError};
 use crate::telemetry::propagation;
 
 /// Enqueues tasks and reads their results; cheap to clone, safe to share
@@ -59,10 +61,23 @@ struct Inner {
 /// Where calls go, and where their executions are read.
 #[derive(Debug)]
 enum Sending {
-    PubSub { publisher: Publisher, store: Option<PostgresStore> },
+    PubSub {
+        publisher: Publisher,
+        store: Option<Database>,
+    },
+    #[cfg(feature = "postgres")]
     ImmediatePostgres(Executor<PostgresStore>),
     ImmediateMemory(Executor<MemoryStore>),
 }
+
+/// Where a publishing handle records READY rows and reads results.
+#[cfg(feature = "postgres")]
+type Database = PostgresStore;
+
+/// Without the `postgres` feature a publishing handle has no database: the
+/// store it holds is always `None`, and results are not readable.
+#[cfg(not(feature = "postgres"))]
+type Database = MemoryStore;
 
 /// A call that was enqueued.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,17 +127,14 @@ impl Tasks {
     /// chooses, PostgreSQL when `DATABASE_URL` is set (migrated already: the
     /// service does that), memory otherwise (immediate backend only).
     pub async fn from_config(registry: Arc<Registry>, config: &Config) -> Result<Self, EnqueueError> {
-        let store = match &config.database {
-            Some(database) => Some(PostgresStore::new(&database.url, database.pool_size, database.pool_timeout)?),
-            None => None,
-        };
-        let backend = match (config.enqueue.backend, store) {
+        let backend = match (config.enqueue.backend, database(config)?) {
             (Backend::PubSub, store) => Sending::PubSub { publisher: publisher(&registry, config).await?, store },
+            #[cfg(feature = "postgres")]
             (Backend::Immediate, Some(store)) => {
                 let resources = Resources { database: Some(store.clone()) };
                 Sending::ImmediatePostgres(executor(config, store, resources))
             }
-            (Backend::Immediate, None) => {
+            (Backend::Immediate, _) => {
                 Sending::ImmediateMemory(executor(config, MemoryStore::default(), Resources::default()))
             }
         };
@@ -178,6 +190,7 @@ impl Tasks {
         let execution = match &self.inner.backend {
             Sending::PubSub { store: Some(store), .. } => store.get(task_id).await?,
             Sending::PubSub { store: None, .. } => return Err(EnqueueError::NoResults),
+            #[cfg(feature = "postgres")]
             Sending::ImmediatePostgres(executor) => executor.store().get(task_id).await?,
             Sending::ImmediateMemory(executor) => executor.store().get(task_id).await?,
         };
@@ -196,6 +209,7 @@ impl Tasks {
             Sending::PubSub { publisher, store } => {
                 self.publish(route, &message, store.as_ref(), publisher, &args, &kwargs).await
             }
+            #[cfg(feature = "postgres")]
             Sending::ImmediatePostgres(executor) => Ok(run_now(executor, route, &message, arguments).await),
             Sending::ImmediateMemory(executor) => Ok(run_now(executor, route, &message, arguments).await),
         }
@@ -207,7 +221,7 @@ impl Tasks {
         &self,
         route: &Route,
         message: &TaskMessage,
-        store: Option<&PostgresStore>,
+        store: Option<&Database>,
         publisher: &Publisher,
         args: &RawValue,
         kwargs: &RawValue,
@@ -295,6 +309,23 @@ struct Ran;
 impl Reply for Ran {
     fn status(&self) -> Option<u16> {
         None
+    }
+}
+
+/// The store `DATABASE_URL` names, if set.
+#[cfg(feature = "postgres")]
+fn database(config: &Config) -> Result<Option<PostgresStore>, EnqueueError> {
+    let Some(database) = &config.database else { return Ok(None) };
+    Ok(Some(PostgresStore::new(&database.url, database.pool_size, database.pool_timeout)?))
+}
+
+#[cfg(not(feature = "postgres"))]
+fn database(config: &Config) -> Result<Option<Database>, EnqueueError> {
+    match config.database {
+        Some(_) => Err(EnqueueError::Setup(
+            "DATABASE_URL is set, but whirligig-handler was built without its `postgres` feature".to_owned(),
+        )),
+        None => Ok(None),
     }
 }
 

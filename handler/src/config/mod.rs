@@ -9,6 +9,7 @@ mod job;
 mod problem;
 mod redact;
 mod switches;
+#[cfg(feature = "server")]
 mod telemetry;
 
 use std::fmt;
@@ -22,13 +23,17 @@ pub use self::job::JobConfig;
 pub use self::problem::{ConfigError, Problem};
 pub(crate) use self::redact::redact;
 pub use self::switches::KillSwitches;
+#[cfg(feature = "server")]
 use crate::auth::OidcSettings;
+#[cfg(feature = "server")]
 use crate::telemetry::TelemetryConfig;
 
 /// The development environment: the only one where the in-memory store is allowed.
 const DEV: &str = "dev";
 
+#[cfg(feature = "server")]
 const GOOGLE_ISSUER: &str = "https://accounts.google.com";
+#[cfg(feature = "server")]
 const GOOGLE_JWKS: &str = "https://www.googleapis.com/oauth2/v3/certs";
 
 /// The process's configuration.
@@ -49,18 +54,21 @@ pub struct Config {
     /// `DATABASE_URL` and the pool settings; none means the in-memory store.
     pub database: Option<DatabaseConfig>,
     /// `TASKS_AUTH`, with what OIDC verification needs.
+    #[cfg(feature = "server")]
     pub auth: AuthConfig,
     /// The routes' kill switches.
     pub kill_switches: KillSwitches,
     /// What Cloud Run tells a job's task, and the trace it continues.
     pub job: JobConfig,
     /// `OTEL_*`, `LOG_FORMAT` and `RUST_LOG`, with what Cloud Run says about the instance.
+    #[cfg(feature = "server")]
     pub telemetry: TelemetryConfig,
     /// `TASKS_BACKEND`, and how publishing reaches Pub/Sub.
     pub enqueue: EnqueueConfig,
 }
 
 /// How push requests are authenticated.
+#[cfg(feature = "server")]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthConfig {
     /// `none`: dev only.
@@ -121,6 +129,7 @@ impl<'a> Reader<'a> {
 
     /// `TASKS_AUTH`: `none` by default in dev and refused outside it; `oidc`
     /// by default elsewhere. Both token modes need an audience and an account.
+    #[cfg(feature = "server")]
     fn auth(&mut self, dev: bool, service_url: Option<&str>, service_account: Option<&str>) -> AuthConfig {
         let mode = self.text("TASKS_AUTH").unwrap_or_else(|| if dev { "none" } else { "oidc" }.to_owned());
         match mode.trim() {
@@ -144,6 +153,7 @@ impl<'a> Reader<'a> {
     }
 
     /// What a token must say, and where its keys are.
+    #[cfg(feature = "server")]
     fn oidc(&mut self, mode: &str, dev: bool, service_url: Option<&str>, account: Option<&str>) -> OidcSettings {
         let audience = self.text("TASKS_OIDC_AUDIENCE").or_else(|| service_url.map(str::to_owned));
         // Outside dev the missing variables are named anyway.
@@ -164,11 +174,11 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// Keys fetched over plain HTTP could be swapped on the way: HTTPS, unless
-    /// the issuer is on this machine (tests, a local emulator).
+    /// Keys and tokens sent over plain HTTP could be read or swapped on the
+    /// way: HTTPS, unless the server is on this machine (tests, an emulator).
     fn key_url(&mut self, variable: &'static str, default: &str) -> String {
         let value = self.text(variable).unwrap_or_else(|| default.to_owned());
-        let Ok(url) = openidconnect::url::Url::parse(&value) else {
+        let Ok(url) = reqwest::Url::parse(&value) else {
             self.problems.push(Problem::NotUrl { variable, value: value.clone() });
             return value;
         };
@@ -191,6 +201,7 @@ impl<'a> Reader<'a> {
         let pool_size = self.number("DATABASE_POOL_SIZE", 10_u32, |size| *size > 0);
         let pool_timeout = Duration::from_millis(self.number("DATABASE_POOL_TIMEOUT_MS", 250_u64, |ms| *ms > 0));
         let url = self.text("DATABASE_URL")?;
+        #[cfg(feature = "postgres")]
         if url.parse::<tokio_postgres::Config>().is_err() {
             self.problems.push(Problem::DatabaseUrl);
         }
@@ -216,9 +227,11 @@ impl Config {
         let database = reader.database();
         let service_url = reader.text("CLOUD_RUN_SERVICE_URL");
         let service_account = reader.text("TASKS_SERVICE_ACCOUNT");
+        #[cfg(feature = "server")]
         let auth = reader.auth(dev, service_url.as_deref(), service_account.as_deref());
         let project_id = reader.text("GCP_PROJECT_ID");
         let job = reader.job();
+        #[cfg(feature = "server")]
         let telemetry = reader.telemetry(dev, project_id.as_deref(), &job);
         let enqueue = reader.enqueue(dev);
         let config = Self {
@@ -229,9 +242,11 @@ impl Config {
             scheduler_location: reader.text("SCHEDULER_LOCATION").unwrap_or_else(|| "europe-west2".to_owned()),
             port,
             database,
+            #[cfg(feature = "server")]
             auth,
             kill_switches: KillSwitches::read(registry, &reader),
             job,
+            #[cfg(feature = "server")]
             telemetry,
             enqueue,
         };
@@ -244,12 +259,15 @@ impl Config {
         if reader.problems.is_empty() { Ok(config) } else { Err(ConfigError::new(reader.problems)) }
     }
 
+    /// What every environment but dev needs: the project for anything, and
+    /// for the process that serves pushes, who signs them and where results go.
     fn missing_outside_dev(&self) -> impl Iterator<Item = &'static str> {
+        let serves = cfg!(feature = "server");
         [
             ("GCP_PROJECT_ID", self.project_id.is_none()),
-            ("CLOUD_RUN_SERVICE_URL", self.service_url.is_none()),
-            ("TASKS_SERVICE_ACCOUNT", self.service_account.is_none()),
-            ("DATABASE_URL", self.database.is_none()),
+            ("CLOUD_RUN_SERVICE_URL", serves && self.service_url.is_none()),
+            ("TASKS_SERVICE_ACCOUNT", serves && self.service_account.is_none()),
+            ("DATABASE_URL", serves && self.database.is_none()),
         ]
         .into_iter()
         .filter_map(|(name, missing)| missing.then_some(name))
@@ -269,14 +287,14 @@ impl Config {
 }
 
 /// The configuration of the demo app's registry from `vars` alone.
-#[cfg(test)]
+#[cfg(all(test, feature = "server"))]
 fn load(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
     let map: std::collections::HashMap<&str, &str> = vars.iter().copied().collect();
     let registry = crate::demo::registry().expect("the demo registry is valid");
     Config::from_lookup(&registry, &move |name| map.get(name).map(|value| (*value).to_owned()))
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "server"))]
 mod tests {
     use super::*;
 

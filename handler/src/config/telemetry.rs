@@ -96,7 +96,7 @@ impl Reader<'_> {
                 ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("{}/v1/traces", base.trim_end_matches('/')))
             }
         };
-        let url = openidconnect::url::Url::parse(&endpoint);
+        let url = reqwest::Url::parse(&endpoint);
         if !url.is_ok_and(|url| matches!(url.scheme(), "http" | "https") && url.has_host()) {
             self.problems.push(Problem::NotHttp { variable, endpoint: endpoint.clone() });
         }

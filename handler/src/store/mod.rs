@@ -5,6 +5,7 @@
 //! production, memory for dev. Statuses and HTTP are not decided here.
 
 mod memory;
+#[cfg(feature = "postgres")]
 mod postgres;
 
 use std::fmt;
@@ -21,7 +22,9 @@ use whirligig_registry::Retry;
 pub use self::memory::MemoryStore;
 #[cfg(feature = "bench")]
 pub(crate) use self::postgres::claim_and_finish;
+#[cfg(feature = "postgres")]
 pub use self::postgres::migrate;
+#[cfg(feature = "postgres")]
 pub use self::postgres::{ConnectError, Connector, DbConnection, PgConnection, PostgresStore};
 
 /// The start of the error recorded for an enqueued call that was not published.
@@ -153,6 +156,7 @@ impl Status {
         }
     }
 
+    #[cfg(feature = "postgres")]
     pub(crate) fn parse(text: &str) -> Option<Self> {
         [Self::Ready, Self::Running, Self::Successful, Self::Failed].into_iter().find(|s| s.as_str() == text)
     }
@@ -199,7 +203,12 @@ pub struct Execution {
 
 /// The driver's error behind a [`StoreError`], shared by every call of a
 /// batch it failed.
+#[cfg(feature = "postgres")]
 pub type DriverError = Arc<tokio_postgres::Error>;
+
+/// Without the PostgreSQL store there is no driver, and never a driver's error.
+#[cfg(not(feature = "postgres"))]
+pub type DriverError = Arc<std::convert::Infallible>;
 
 /// Why the store could not answer: what the caller should do about it, a
 /// line saying why, and the driver's error, when there was one, as the

@@ -1,0 +1,215 @@
+//! Installing telemetry in the Cloud Run process (feature `server`): the
+//! subscriber, its log layers and the trace exporter, flushed on shutdown.
+
+use std::io::IsTerminal as _;
+use std::time::Duration;
+
+use opentelemetry::KeyValue;
+use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
+use tracing::{Level, Subscriber};
+use tracing_subscriber::field::MakeExt as _;
+use tracing_subscriber::filter::{EnvFilter, filter_fn};
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::fmt::format::{Writer, debug_fn};
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::{Layer as _, Registry};
+
+pub use super::cloud_logging::CloudLogging;
+pub use super::export::{ExportError, provider, tracer};
+
+/// How long the final flush may take. Cloud Run sends SIGKILL 10 s after
+/// SIGTERM and the server drains for up to 8 s of them.
+pub(crate) const FLUSH_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// Where finished spans go (`OTEL_TRACES_EXPORTER`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TraceExport {
+    /// `none`: spans feed the logs only (the default in dev).
+    None,
+    /// `otlp`: OTLP over HTTP with protobuf bodies, posted to `endpoint`:
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, or `OTEL_EXPORTER_OTLP_ENDPOINT`
+    /// followed by `/v1/traces` (default `http://localhost:4318/v1/traces`, a
+    /// collector beside the service).
+    Otlp {
+        /// The full URL export requests are posted to.
+        endpoint: String,
+    },
+    /// `console`: each span as indented text on stdout, for debugging.
+    Console,
+}
+
+/// Which traces are kept (`OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Sampling {
+    /// `always_on`.
+    AlwaysOn,
+    /// `always_off`.
+    AlwaysOff,
+    /// `traceidratio`: this share of traces.
+    Ratio(f64),
+    /// `parentbased_*` (the default is `parentbased_always_on`): follow the
+    /// caller's decision, and decide as the inner sampling for a new trace.
+    ParentBased(ParentlessSampling),
+}
+
+/// The decision for a trace that starts here, under a parent-based sampler.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ParentlessSampling {
+    /// `parentbased_always_on`.
+    AlwaysOn,
+    /// `parentbased_always_off`.
+    AlwaysOff,
+    /// `parentbased_traceidratio`.
+    Ratio(f64),
+}
+
+/// How log lines are written (`LOG_FORMAT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// `text`: compact lines on stderr, for a person (the default in dev).
+    Text,
+    /// `json`: one JSON object per line on stdout with the fields Cloud
+    /// Logging reads (the default elsewhere).
+    Json,
+}
+
+/// Everything telemetry needs from the environment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TelemetryConfig {
+    /// Where spans go.
+    pub traces: TraceExport,
+    /// Which traces are kept.
+    pub sampling: Sampling,
+    /// How log lines look.
+    pub logs: LogFormat,
+    /// Which log lines are written (`RUST_LOG`, default `info`).
+    pub log_filter: String,
+    /// Colour for a person at a terminal, unless `NO_COLOR` is set.
+    pub color: bool,
+    /// The project whose Cloud Trace a log line's trace id refers to.
+    pub project_id: Option<String>,
+    /// `service.name`.
+    pub service_name: String,
+    /// Resource attributes: what Cloud Run tells about the service or job.
+    pub resource: Vec<KeyValue>,
+    /// How long one OTLP export may take, retries included
+    /// (`OTEL_EXPORTER_OTLP_TRACES_TIMEOUT`, `OTEL_EXPORTER_OTLP_TIMEOUT`).
+    pub export_timeout: Duration,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            traces: TraceExport::None,
+            sampling: Sampling::ParentBased(ParentlessSampling::AlwaysOn),
+            logs: LogFormat::Text,
+            log_filter: "info".to_owned(),
+            color: true,
+            project_id: None,
+            service_name: "whirligig".to_owned(),
+            resource: Vec::new(),
+            export_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The installed pipeline; [`shutdown`](Self::shutdown) flushes what is left.
+#[derive(Debug)]
+pub(crate) struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Installs the process-wide subscriber: the log format, `RUST_LOG`
+    /// filtering (default `info`), and the span exporter. A panic becomes one
+    /// log line. Must run inside the Tokio runtime that will send exports.
+    pub(crate) fn install(config: &TelemetryConfig) -> Result<Self, ExportError> {
+        let provider = provider(config)?;
+        let tracer = provider.as_ref().map(tracer);
+        let filter = &config.log_filter;
+        let installed = match config.logs {
+            LogFormat::Json => {
+                let logs = CloudLogging::new(std::io::stdout, config.project_id.clone());
+                tracing::subscriber::set_global_default(subscriber(logs, tracer, filter))
+            }
+            LogFormat::Text => {
+                let logs = text_logs_to(std::io::stderr, config.color && std::io::stderr().is_terminal());
+                tracing::subscriber::set_global_default(subscriber(logs, tracer, filter))
+            }
+        };
+        match installed {
+            Ok(()) => std::panic::set_hook(Box::new(|info| tracing::error!(%info, "panic"))),
+            // The service's main installed its own: it keeps it, and its format.
+            Err(_) => tracing::warn!("a tracing subscriber is already installed: whirligig's logs and traces are off"),
+        }
+        match &config.traces {
+            TraceExport::Otlp { endpoint } => tracing::info!(endpoint, "exporting traces over OTLP"),
+            TraceExport::Console => tracing::info!("printing traces on stdout"),
+            TraceExport::None => {}
+        }
+        Ok(Self { provider })
+    }
+
+    /// Exports the spans still queued and stops the exporter, within
+    /// [`FLUSH_TIMEOUT`]. The SDK blocks while it flushes, so it runs on a
+    /// blocking thread while the runtime goes on sending.
+    pub(crate) async fn shutdown(self) {
+        let Some(provider) = self.provider else { return };
+        let flushed = tokio::task::spawn_blocking(move || provider.shutdown_with_timeout(FLUSH_TIMEOUT)).await;
+        match flushed {
+            Ok(Ok(())) => tracing::debug!("spans flushed"),
+            Ok(Err(error)) => tracing::warn!(%error, "spans not flushed"),
+            Err(error) => tracing::warn!(%error, "spans not flushed"),
+        }
+    }
+}
+
+/// The subscriber every process and test uses: `logs` for log lines,
+/// filtered by `filter` (`RUST_LOG`'s syntax; one that does not parse means
+/// `info`), and, given a tracer, spans at `info` and above bridged to
+/// OpenTelemetry whatever the filter says, with warnings and errors as their
+/// events.
+pub fn subscriber<L>(logs: L, tracer: Option<SdkTracer>, filter: &str) -> impl Subscriber + Send + Sync
+where
+    L: tracing_subscriber::Layer<Registry> + Send + Sync,
+{
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let traces = tracer.map(|tracer| {
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            // Attributes nobody reads cost an allocation per span.
+            .with_location(false)
+            .with_threads(false)
+            .with_target(false)
+            .with_tracked_inactivity(false)
+            .with_filter(
+                filter_fn(|metadata| {
+                    // Info lines are in the logs, linked to their span; on the span, only what went wrong.
+                    let level = if metadata.is_event() { Level::WARN } else { Level::INFO };
+                    // The SDK's own diagnostics must not become part of the trace they describe.
+                    *metadata.level() <= level && !metadata.target().starts_with("opentelemetry")
+                })
+                .with_max_level_hint(Level::INFO),
+            )
+    });
+    Registry::default().with(logs.with_filter(filter)).with(traces)
+}
+
+/// Compact lines to `writer`, in colour if `ansi` (only for a person at a
+/// terminal: Cloud Logging would keep the escape codes). `otel.*` fields
+/// steer the exporter and are left out.
+pub fn text_logs_to<S, W>(writer: W, ansi: bool) -> impl tracing_subscriber::Layer<S> + Send + Sync
+where
+    S: Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+    W: for<'writer> MakeWriter<'writer> + Send + Sync + 'static,
+{
+    let fields = debug_fn(|writer: &mut Writer<'_>, field: &tracing::field::Field, value: &dyn std::fmt::Debug| {
+        match field.name() {
+            name if name.starts_with("otel.") => Ok(()),
+            "message" => write!(writer, "{value:?}"),
+            name => write!(writer, "{name}={value:?}"),
+        }
+    })
+    .delimited(" ");
+    tracing_subscriber::fmt::layer().compact().with_ansi(ansi).with_writer(writer).fmt_fields(fields)
+}
