@@ -46,6 +46,41 @@ use crate::telemetry::propagation;
 
 /// Enqueues tasks and reads their results; cheap to clone, safe to share
 /// across a web server's requests.
+///
+/// ```no_run
+/// use std::sync::Arc;
+///
+/// use serde::{Deserialize, Serialize};
+/// use whirligig_handler::{Config, Tasks};
+/// use whirligig_registry::{Kwargs, Registry, Task, TaskContext, TaskError, task, task_route};
+///
+/// #[derive(Serialize, Deserialize)]
+/// pub struct Welcome {
+///     pub to: String,
+/// }
+///
+/// pub async fn send_welcome_email(_ctx: TaskContext, Kwargs(welcome): Kwargs<Welcome>) -> Result<(), TaskError> {
+///     println!("welcome, {}", welcome.to);
+///     Ok(())
+/// }
+///
+/// /// The task by value: renaming the function, or changing its arguments, breaks the build here.
+/// pub const SEND_WELCOME_EMAIL: Task<(Kwargs<Welcome>,)> = task!(send_welcome_email);
+///
+/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+/// // Once, at start: the same registry the worker serves.
+/// let registry = Arc::new(Registry::builder().route(task_route!(send_welcome_email)).build()?);
+/// let config = Config::from_env(&registry)?;
+/// let tasks = Tasks::from_config(registry, &config).await?;
+///
+/// // In a request handler (keep `tasks` in your app's state):
+/// let queued = tasks.enqueue(&SEND_WELCOME_EMAIL, Kwargs(Welcome { to: "ada@example.com".into() })).await?;
+/// if let Some(execution) = tasks.result(queued.task_id()).await? {
+///     println!("{} is {}", queued.task_id(), execution.status);
+/// }
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct Tasks {
     inner: Arc<Inner>,
@@ -172,7 +207,7 @@ impl Tasks {
         if let Some(task_id) = task_id {
             message.task_id = task_id;
         }
-        let span = enqueue_span(route, &message.task_id);
+        let span = self.span(route, &message.task_id);
         self.send(route, message).instrument(span).await
     }
 
@@ -181,7 +216,7 @@ impl Tasks {
     pub async fn enqueue_scheduled(&self, task_name: &str) -> Result<Queued, EnqueueError> {
         let route = self.route(task_name)?;
         let message = TaskMessage::scheduled(route.name());
-        let span = enqueue_span(route, &message.task_id);
+        let span = self.span(route, &message.task_id);
         self.send(route, message).instrument(span).await
     }
 
@@ -195,6 +230,14 @@ impl Tasks {
             Sending::ImmediateMemory(executor) => executor.store().get(task_id).await?,
         };
         Ok(execution)
+    }
+
+    /// A producer span for a publish; for a run at once, the task's span is child enough.
+    fn span(&self, route: &Route, task_id: &str) -> tracing::Span {
+        match self.inner.backend {
+            Sending::PubSub { .. } => publish_span(route, task_id),
+            _ => tracing::info_span!("enqueue", otel.name = format_args!("run {}", route.name()), task.id = task_id),
+        }
     }
 
     fn route(&self, task_name: &str) -> Result<&Route, EnqueueError> {
@@ -262,7 +305,7 @@ fn raw_arguments(message: &TaskMessage) -> Result<(Box<RawValue>, Box<RawValue>)
     Ok((raw(to_raw_value(&message.args))?, raw(to_raw_value(&message.kwargs))?))
 }
 
-fn enqueue_span(route: &Route, task_id: &str) -> tracing::Span {
+fn publish_span(route: &Route, task_id: &str) -> tracing::Span {
     tracing::info_span!(
         "enqueue",
         otel.name = format_args!("publish {}", route.name()),

@@ -40,6 +40,9 @@ pub(super) async fn enqueue(config: &Config, registry: Registry, run: EnqueueRun
             "--scheduled publishes the schedule's own message: no --args, --kwargs or --task-id".into(),
         ));
     }
+    if run.wait.is_some() && config.enqueue.backend == Backend::PubSub && config.database.is_none() {
+        return Err(Fatal::Usage("--wait needs DATABASE_URL: the execution is recorded in the database".into()));
+    }
     let tasks = tasks(config, registry).await?;
     let enqueued = async {
         if run.scheduled {
