@@ -20,7 +20,8 @@ use support::TestDb;
 use tokio::task::JoinHandle;
 use tokio_postgres::error::SqlState;
 use whirligig_handler::store::{
-    Claim, ClaimRequest, Ending, ExecutionStore, Finished, MemoryStore, PostgresStore, Status, StoreError, migrate,
+    Claim, ClaimRequest, Ending, Enqueued, ExecutionStore, Finished, MemoryStore, PostgresStore, ReadyRequest, Status,
+    StoreError, migrate,
 };
 use whirligig_registry::Retry;
 
@@ -150,7 +151,36 @@ async fn futures_join<T: Send + 'static>(handles: impl Iterator<Item = tokio::ta
     results
 }
 
+/// READY at enqueue, taken by the claim; a call never published is READY
+/// again when enqueued again; a known task id is never reset.
+async fn enqueue(store: &impl ExecutionStore) {
+    let enqueued_at = chrono::Utc::now();
+    let ready = ReadyRequest { task_id: "queued", task_name: "count", args: raw("[1]"), kwargs: raw("{}"), enqueued_at };
+    assert_eq!(store.enqueue(&ready).await.unwrap(), Enqueued::Ready);
+    let row = store.get("queued").await.unwrap().unwrap();
+    assert_eq!((row.status, row.attempts, row.args.clone()), (Status::Ready, 0, serde_json::json!([1])));
+    assert_eq!(row.enqueued_at.map(|at| at.timestamp_micros()), Some(enqueued_at.timestamp_micros()));
+    assert_eq!(store.enqueue(&ready).await.unwrap(), Enqueued::Known(Status::Ready), "an idempotent enqueue");
+
+    store.not_published("queued", "UNAVAILABLE (HTTP 503): try later").await.unwrap();
+    let row = store.get("queued").await.unwrap().unwrap();
+    assert_eq!(row.status, Status::Failed);
+    assert_eq!(row.error_message.as_deref(), Some("not published: UNAVAILABLE (HTTP 503): try later"));
+    assert_eq!(store.enqueue(&ready).await.unwrap(), Enqueued::Ready, "enqueued again, it is READY again");
+    assert_eq!(store.get("queued").await.unwrap().unwrap().error_message, None);
+
+    let claim = ClaimRequest { task_id: "queued", ..request("queued", LEASE, None) };
+    assert_eq!(store.claim(&claim).await.unwrap(), Claim::Claimed { attempt: 1 }, "the claim takes READY");
+    store.not_published("queued", "late").await.unwrap();
+    assert_eq!(store.get("queued").await.unwrap().unwrap().status, Status::Running, "a claimed row is left alone");
+    let succeeded = Ending::Succeeded { return_value: raw("null") };
+    assert_eq!(store.finish("queued", 1, succeeded).await.unwrap(), Finished::Recorded);
+    assert_eq!(store.enqueue(&ready).await.unwrap(), Enqueued::Known(Status::Successful));
+    assert_eq!(store.get("queued").await.unwrap().unwrap().status, Status::Successful, "never reset");
+}
+
 async fn contract<S: ExecutionStore>(store: Arc<S>) {
+    enqueue(store.as_ref()).await;
     lifecycle(store.as_ref()).await;
     fence_and_lease(store.as_ref()).await;
     attempt_limit(store.as_ref()).await;
