@@ -250,51 +250,70 @@ impl Tasks {
         route.check_arguments(&arguments)?;
         match &self.inner.backend {
             Sending::PubSub { publisher, store } => {
-                self.publish(route, &message, store.as_ref(), publisher, &args, &kwargs).await
+                let call = Call { route, message: &message, args: &args, kwargs: &kwargs };
+                let topic = route.topic_name(&self.inner.naming);
+                call.publish(publisher, &topic, store.as_ref()).await
             }
             #[cfg(feature = "postgres")]
             Sending::ImmediatePostgres(executor) => Ok(run_now(executor, route, &message, arguments).await),
             Sending::ImmediateMemory(executor) => Ok(run_now(executor, route, &message, arguments).await),
         }
     }
+}
 
+/// A call on its way to Pub/Sub, its arguments already checked.
+struct Call<'a> {
+    route: &'a Route,
+    message: &'a TaskMessage,
+    args: &'a RawValue,
+    kwargs: &'a RawValue,
+}
+
+impl Call<'_> {
     /// READY in the store, then published; a publish that failed for good is
-    /// recorded as such.
+    /// recorded as such. A scheduled message has no row before its run: its
+    /// execution id needs the message id.
     async fn publish(
         &self,
-        route: &Route,
-        message: &TaskMessage,
-        store: Option<&Database>,
         publisher: &Publisher,
-        args: &RawValue,
-        kwargs: &RawValue,
+        topic: &str,
+        store: Option<&Database>,
     ) -> Result<Queued, EnqueueError> {
-        let scheduled = message.enqueued_at.is_none();
-        if let (Some(store), Some(enqueued_at)) = (store, message.enqueued_at) {
-            let request =
-                ReadyRequest { task_id: &message.task_id, task_name: route.name(), args, kwargs, enqueued_at };
-            if let Enqueued::Known(status) = store.enqueue(&request).await? {
-                tracing::debug!(%status, "the task id is known already: published again, run at most once");
-            }
+        let task_id = &self.message.task_id;
+        let store = store.filter(|_| !self.is_scheduled());
+        if let Some(store) = store {
+            self.ready(store).await?;
         }
-        let topic = route.topic_name(&self.inner.naming);
         let attributes = propagation::to_attributes(&tracing::Span::current());
-        match publisher.publish(&topic, &message.task_id, message.to_json(), attributes).await {
+        match publisher.publish(topic, task_id, self.message.to_json(), attributes).await {
             Ok(message_id) => {
                 tracing::Span::current().record("messaging.message.id", message_id.as_str());
-                let task_id =
-                    if scheduled { format!("{}-{message_id}", message.task_id) } else { message.task_id.clone() };
+                let task_id = if self.is_scheduled() { format!("{task_id}-{message_id}") } else { task_id.clone() };
                 Ok(Queued { task_id, message_id: Some(message_id) })
             }
             Err(error) => {
-                if let (Some(store), false) = (store, scheduled)
-                    && let Err(unrecorded) = store.not_published(&message.task_id, &error.to_string()).await
+                if let Some(store) = store
+                    && let Err(unrecorded) = store.not_published(task_id, &error.to_string()).await
                 {
                     tracing::warn!(%unrecorded, "the failed publish could not be recorded; the row stays READY");
                 }
                 Err(error.into())
             }
         }
+    }
+
+    async fn ready(&self, store: &Database) -> Result<(), EnqueueError> {
+        let Some(enqueued_at) = self.message.enqueued_at else { return Ok(()) };
+        let (task_id, task_name) = (self.message.task_id.as_str(), self.route.name());
+        let request = ReadyRequest { task_id, task_name, args: self.args, kwargs: self.kwargs, enqueued_at };
+        if let Enqueued::Known(status) = store.enqueue(&request).await? {
+            tracing::debug!(%status, "the task id is known already: published again, run at most once");
+        }
+        Ok(())
+    }
+
+    fn is_scheduled(&self) -> bool {
+        self.message.enqueued_at.is_none()
     }
 }
 

@@ -155,7 +155,8 @@ async fn futures_join<T: Send + 'static>(handles: impl Iterator<Item = tokio::ta
 /// again when enqueued again; a known task id is never reset.
 async fn enqueue(store: &impl ExecutionStore) {
     let enqueued_at = chrono::Utc::now();
-    let ready = ReadyRequest { task_id: "queued", task_name: "count", args: raw("[1]"), kwargs: raw("{}"), enqueued_at };
+    let ready =
+        ReadyRequest { task_id: "queued", task_name: "count", args: raw("[1]"), kwargs: raw("{}"), enqueued_at };
     assert_eq!(store.enqueue(&ready).await.unwrap(), Enqueued::Ready);
     let row = store.get("queued").await.unwrap().unwrap();
     assert_eq!((row.status, row.attempts, row.args.clone()), (Status::Ready, 0, serde_json::json!([1])));
