@@ -67,14 +67,18 @@ fn emulated(extra: &[(&str, String)]) -> Config {
     config(&vars)
 }
 
-#[tokio::test]
-async fn a_published_message_is_the_reference_payload_with_the_trace_of_the_enqueue() {
-    let emulator = Emulator::new();
-    let config = emulated(&[]);
-    let topic = topic("flaky", &config);
-    let subscription = unique("pull");
+/// `task`'s topic on the emulator, and a pull subscription that sees what is published to it.
+async fn pulling(task: &str, config: &Config) -> (Emulator, String) {
+    let (emulator, topic, subscription) = (Emulator::new(), topic(task, config), unique("pull"));
     emulator.create_topic(&topic).await;
     emulator.create_pull_subscription(&subscription, &topic).await;
+    (emulator, subscription)
+}
+
+#[tokio::test]
+async fn a_published_message_is_the_reference_payload_with_the_trace_of_the_enqueue() {
+    let config = emulated(&[]);
+    let (emulator, subscription) = pulling("flaky", &config).await;
     let tasks = tasks(&config).await;
 
     let queued =
@@ -93,12 +97,8 @@ async fn a_published_message_is_the_reference_payload_with_the_trace_of_the_enqu
 
 #[tokio::test]
 async fn a_scheduled_enqueue_publishes_what_cloud_scheduler_publishes() {
-    let emulator = Emulator::new();
     let config = emulated(&[]);
-    let topic = topic("heartbeat", &config);
-    let subscription = unique("pull");
-    emulator.create_topic(&topic).await;
-    emulator.create_pull_subscription(&subscription, &topic).await;
+    let (emulator, subscription) = pulling("heartbeat", &config).await;
 
     let queued = tasks(&config).await.enqueue_scheduled("heartbeat").await.expect("published");
 
@@ -394,13 +394,9 @@ async fn the_cli_enqueues_waits_and_reads_results_with_exit_codes_for_each_endin
 
 #[tokio::test]
 async fn the_cli_publishes_to_the_emulator_continuing_traceparent_and_a_failed_publish_is_exit_1() {
-    let emulator = Emulator::new();
     let namespace = namespace();
     let config = emulated(&[("TASKS_NAMESPACE", namespace.clone())]);
-    let topic = topic("noop", &config);
-    let subscription = unique("pull");
-    emulator.create_topic(&topic).await;
-    emulator.create_pull_subscription(&subscription, &topic).await;
+    let (emulator, subscription) = pulling("noop", &config).await;
     let host = emulator_host();
     let env = [
         ("PUBSUB_EMULATOR_HOST", host.as_str()),

@@ -298,6 +298,15 @@ fn load(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
 mod tests {
     use super::*;
 
+    /// Everything production needs, and nothing more.
+    const PROD: [(&str, &str); 5] = [
+        ("TASKS_ENVIRONMENT", "prod"),
+        ("GCP_PROJECT_ID", "p"),
+        ("CLOUD_RUN_SERVICE_URL", "https://x.run.app"),
+        ("TASKS_SERVICE_ACCOUNT", "a@p"),
+        ("DATABASE_URL", "postgres://db/tasks"),
+    ];
+
     fn invalid(variable: &'static str, value: &str) -> Problem {
         Problem::Invalid { variable, value: value.to_owned() }
     }
@@ -353,14 +362,7 @@ mod tests {
 
     #[test]
     fn auth_modes() {
-        let prod = [
-            ("TASKS_ENVIRONMENT", "prod"),
-            ("GCP_PROJECT_ID", "p"),
-            ("CLOUD_RUN_SERVICE_URL", "https://x.run.app"),
-            ("TASKS_SERVICE_ACCOUNT", "a@p"),
-            ("DATABASE_URL", "postgres://db/tasks"),
-        ];
-        let with = |extra: &[(&'static str, &'static str)]| load(&[&prod[..], extra].concat());
+        let with = |extra: &[(&'static str, &'static str)]| load(&[&PROD[..], extra].concat());
         let none = with(&[("TASKS_AUTH", "none")]).unwrap_err();
         assert_eq!(none.problems(), [Problem::NoAuthOutsideDev]);
         let iam = with(&[("TASKS_AUTH", "cloud-run-iam"), ("TASKS_OIDC_AUDIENCE", "aud")]).unwrap();
@@ -432,14 +434,7 @@ mod tests {
         assert_eq!(emulated.enqueue.credentials, CredentialSource::None);
         assert_eq!(emulated.pubsub_project(), Some(EMULATOR_PROJECT));
 
-        let prod = [
-            ("TASKS_ENVIRONMENT", "prod"),
-            ("GCP_PROJECT_ID", "p"),
-            ("CLOUD_RUN_SERVICE_URL", "https://x.run.app"),
-            ("TASKS_SERVICE_ACCOUNT", "a@p"),
-            ("DATABASE_URL", "postgres://db/tasks"),
-        ];
-        let with = |extra: &[(&'static str, &'static str)]| load(&[&prod[..], extra].concat());
+        let with = |extra: &[(&'static str, &'static str)]| load(&[&PROD[..], extra].concat());
         let google = with(&[]).unwrap().enqueue;
         assert_eq!((google.backend, google.pubsub_url.as_str()), (Backend::PubSub, "https://pubsub.googleapis.com"));
         assert_eq!(google.credentials, CredentialSource::Metadata("metadata.google.internal".into()));
