@@ -1,7 +1,17 @@
-//! The Cloud Run process of whirligig. A service's `main` builds its
-//! [`Registry`] and hands it to [`main`], which parses the command line and
-//! serves the Pub/Sub push endpoint, runs a task as a job, lists routes or
-//! migrates the database.
+//! The Cloud Run process of whirligig, and the side a service's own code
+//! touches. A service's `main` builds its registry and hands it to `main`,
+//! which parses the command line and serves the Pub/Sub push endpoint, runs a
+//! task as a job, enqueues, lists routes or migrates the database (feature
+//! `server`, the default). A web service enqueues through [`Tasks`] and reads
+//! results back; with `default-features = false` that is all it links.
+//!
+//! An enqueue flows the other way:
+//!
+//! ```text
+//! Tasks ──────────▶ registry ─────────▶ store ──────▶ google::pubsub ──▶ topic
+//! typed or JSON     arguments checked    READY row     batched, retried
+//!                   as the executor would              (or the executor, at once)
+//! ```
 //!
 //! A push flows one way, each step in its own module:
 //!

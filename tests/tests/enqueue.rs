@@ -158,6 +158,18 @@ async fn through_the_emulator_to_the_real_binary_ready_then_successful_and_a_fla
     assert_eq!((done.attempts, done.message_id.as_deref()), (1, noop.message_id()));
     let retried = db.wait_within(flaky.task_id(), Status::Successful, Duration::from_secs(30)).await;
     assert_eq!((retried.attempts, retried.return_value), (2, Some(json!(2))), "failed once, redelivered, succeeded");
+
+    // The CLI follows the same pipeline until the execution ends.
+    let host = emulator_host();
+    let cli = [
+        ("PUBSUB_EMULATOR_HOST", host.as_str()),
+        ("GCP_PROJECT_ID", PROJECT),
+        ("DATABASE_URL", db.url.as_str()),
+        ("TASKS_NAMESPACE", config.naming.namespace()),
+    ];
+    let waited = run_app(&["enqueue", "flaky", "--kwargs", r#"{"succeed_on": 1}"#, "--wait=8"], &cli).await;
+    assert_exit(&waited, 0, "published, run by the server, succeeded");
+    assert!(text(&waited.stdout).contains(r#""status": "SUCCESSFUL""#), "{}", text(&waited.stdout));
 }
 
 /// Google's API on loopback: publishes to `pubsub`, tokens from `metadata`.
