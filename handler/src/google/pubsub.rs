@@ -5,6 +5,7 @@
 //! backoff, until the earliest deadline of the messages it carries.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -112,12 +113,16 @@ impl QueueError for PublishError {
 /// Publishes to the topics it was made for.
 #[derive(Debug)]
 pub(crate) struct Publisher {
-    client: reqwest::Client,
-    endpoint: Endpoint,
     deadline: Duration,
-    /// Each topic's queue, by the topic's short name.
-    topics: HashMap<String, Queue<Outgoing, String, PublishError>>,
+    /// Each topic's queue and request, by the topic's short name.
+    topics: HashMap<String, Topic>,
     project: String,
+}
+
+#[derive(Debug)]
+struct Topic {
+    queue: Queue<Outgoing, String, PublishError>,
+    request: Arc<Request>,
 }
 
 impl Publisher {
@@ -128,8 +133,17 @@ impl Publisher {
         topics: impl IntoIterator<Item = String>,
         deadline: Duration,
     ) -> Self {
-        let topics = topics.into_iter().map(|topic| (topic, Queue::new(LIMITS))).collect();
-        Self { client, endpoint, deadline, topics, project }
+        let topics = topics
+            .into_iter()
+            .map(|topic| {
+                let name = format!("projects/{project}/topics/{topic}");
+                let url = format!("{}/v1/{name}:publish", endpoint.base_url);
+                let request =
+                    Request { client: client.clone(), endpoint: endpoint.clone(), url, topic: name, deadline };
+                (topic, Topic { queue: Queue::new(LIMITS), request: Arc::new(request) })
+            })
+            .collect();
+        Self { deadline, topics, project }
     }
 
     /// Publishes `data` to `topic` and returns Pub/Sub's message id once it
@@ -144,36 +158,27 @@ impl Publisher {
         if data.len() > MAX_MESSAGE_BYTES {
             return Err(PublishError::TooLarge { bytes: data.len() });
         }
-        let Some(queue) = self.topics.get(topic) else {
-            let error = ApiError {
-                http: 404,
-                code: Code::NotFound,
-                message: "no route publishes to this topic".into(),
-                has_body: false,
-            };
-            return Err(PublishError::Refused { topic: self.full_name(topic), error });
+        let Some(Topic { queue, request }) = self.topics.get(topic) else {
+            let message = "no route publishes to this topic".to_owned();
+            let error = ApiError { http: 404, code: Code::NotFound, message, has_body: false };
+            return Err(PublishError::Refused { topic: format!("projects/{}/topics/{topic}", self.project), error });
         };
         let deadline = Instant::now() + self.deadline;
         let message = Outgoing { data, attributes, deadline, key: task_id.to_owned() };
-        let url = format!("{}/v1/{}:publish", self.endpoint.base_url, self.full_name(topic));
-        let request =
-            Request { client: self.client.clone(), endpoint: self.endpoint.clone(), url, wait: self.deadline };
-        let run = move |(), batch| request.clone().send(batch);
+        let run = |(), batch| Arc::clone(request).send(batch);
         queue.submit(message, self.deadline, |_| async { Ok(()) }, run).await
-    }
-
-    fn full_name(&self, topic: &str) -> String {
-        format!("projects/{}/topics/{topic}", self.project)
     }
 }
 
 /// One topic's publish request, sent for a batch.
-#[derive(Clone)]
+#[derive(Debug)]
 struct Request {
     client: reqwest::Client,
     endpoint: Endpoint,
     url: String,
-    wait: Duration,
+    /// The topic's full name, `projects/{p}/topics/{t}`.
+    topic: String,
+    deadline: Duration,
 }
 
 #[derive(Serialize)]
@@ -197,7 +202,7 @@ struct Published {
 
 impl Request {
     /// Sends the batch, retrying what is worth it, and answers every message.
-    async fn send(self, batch: Vec<Waiting<Outgoing, String, PublishError>>) {
+    async fn send(self: Arc<Self>, batch: Vec<Waiting<Outgoing, String, PublishError>>) {
         let body = body(&batch);
         let deadline = batch.iter().map(|waiting| waiting.row.deadline).min().unwrap_or_else(Instant::now);
         match self.with_retries(&body, deadline).await {
@@ -208,10 +213,8 @@ impl Request {
             }
             Ok(ids) => {
                 let last = format!("Pub/Sub answered {} message ids for {} messages", ids.len(), batch.len());
-                self.answer_all(
-                    batch,
-                    &PublishError::GaveUp { topic: self.topic(), deadline: self.wait, attempts: 1, last },
-                );
+                let error = self.gave_up(1, last);
+                self.answer_all(batch, &error);
             }
             Err(error) => self.answer_all(batch, &error),
         }
@@ -229,12 +232,11 @@ impl Request {
             if let CallError::Api(api) = &error
                 && !retried(api)
             {
-                return Err(PublishError::Refused { topic: self.topic(), error: api.clone() });
+                return Err(PublishError::Refused { topic: self.topic.clone(), error: api.clone() });
             }
             let delay = delays.next().unwrap_or(BACKOFF.max);
             if Instant::now() + delay >= deadline {
-                let last = error.to_string();
-                return Err(PublishError::GaveUp { topic: self.topic(), deadline: self.wait, attempts, last });
+                return Err(self.gave_up(attempts, error.to_string()));
             }
             tracing::debug!(attempts, %error, ?delay, "publish failed; retrying");
             tokio::time::sleep(delay).await;
@@ -269,9 +271,8 @@ impl Request {
         }
     }
 
-    fn topic(&self) -> String {
-        let name = self.url.rsplit_once("/v1/").map_or(self.url.as_str(), |(_, name)| name);
-        name.trim_end_matches(":publish").to_owned()
+    fn gave_up(&self, attempts: u32, last: String) -> PublishError {
+        PublishError::GaveUp { topic: self.topic.clone(), deadline: self.deadline, attempts, last }
     }
 }
 
