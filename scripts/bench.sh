@@ -4,22 +4,41 @@
 # traffic to 127.0.0.1; every process started here is stopped on exit.
 # Prints requests/s, p50, p99, errors and the server's peak RSS for each
 # scenario, and its ratio to the ceiling it is measured against.
+# The enqueue scenarios drive `Tasks` (50 callers) against Google's Pub/Sub
+# emulator, compare Google's Python publisher on the same emulator, and count
+# publish requests per enqueue against an instant loopback stub.
 #
-#   scripts/bench.sh                 # DURATION=10s WARMUP=2s
+#   scripts/bench.sh                 # DURATION=10s WARMUP=2s, every scenario
 #   DURATION=15s scripts/bench.sh
+#   SCENARIOS=enqueue scripts/bench.sh   # only these groups (comma-separated):
+#                                        # push (the server), cold-start, enqueue
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/postgres.sh
+source scripts/pubsub.sh
 
 DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
+SCENARIOS=${SCENARIOS:-all}
 CONNECTIONS=50
 POOL_SIZE=10
 
-ensure_postgres
-command -v oha > /dev/null || { say "installing oha"; cargo install --locked oha; }
-say "building"
-scripts/build-static.sh > /dev/null
+# wanted GROUP: whether SCENARIOS asks for GROUP.
+wanted() { [ "$SCENARIOS" = all ] || [[ ",$SCENARIOS," == *",$1,"* ]]; }
+for group in ${SCENARIOS//,/ }; do
+    case $group in
+        all | push | cold-start | enqueue) ;;
+        *) echo "bench: unknown scenario group $group (all, push, cold-start, enqueue)" >&2; exit 2 ;;
+    esac
+done
+
+if wanted push || wanted cold-start; then
+    ensure_postgres
+    say "building the static binary"
+    scripts/build-static.sh > /dev/null
+fi
+wanted push && { command -v oha > /dev/null || { say "installing oha"; cargo install --locked oha; }; }
+say "building the bench helper"
 cargo build --locked --release -q -p whirligig-tests --bin whirligig-bench
 binary=target/static/whirligig
 helper=target/release/whirligig-bench
@@ -30,11 +49,24 @@ export PGOPTIONS="-c client_min_messages=warning"
 servers=()
 cleanup() {
     for pid in "${servers[@]}"; do kill "$pid" 2> /dev/null || true; done
+    # ensure_pubsub_emulator starts it in a session of its own, as a child of
+    # this shell: stop that session before waiting for the children.
+    if $started_emulator && [ -s "$PUBSUB_PID_FILE" ]; then
+        kill -- "-$(cat "$PUBSUB_PID_FILE")" 2> /dev/null || true
+    fi
     wait 2> /dev/null || true
-    psql "$(admin_url)" -qc "drop database if exists $database with (force)" > /dev/null 2>&1 || true
+    if wanted push || wanted cold-start; then
+        psql "$(admin_url)" -qc "drop database if exists $database with (force)" > /dev/null 2>&1 || true
+    fi
     rm -rf "$work"
 }
+started_emulator=false
 trap cleanup EXIT
+# An emulator this run starts is stopped on exit; one already up is left alone.
+if wanted enqueue; then
+    pubsub_up || started_emulator=true
+    ensure_pubsub_emulator
+fi
 
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
@@ -84,80 +116,144 @@ load() {
     echo "$name $ceiling $rss" >> "$work/runs"
 }
 
+if wanted push; then
+    say "ceiling-http: a bare hyper server"
+    port=$(free_port)
+    start ceiling-http "$port" "$helper" ceiling-http "$port"
+    noop_bodies=$work/noop.bodies
+    "$helper" bodies noop 400000 "$noop_bodies"
+    load ceiling-http - "$port" -Z "$noop_bodies"
+    stop
 
-say "ceiling-http: a bare hyper server"
-port=$(free_port)
-start ceiling-http "$port" "$helper" ceiling-http "$port"
-noop_bodies=$work/noop.bodies
-"$helper" bodies noop 400000 "$noop_bodies"
-load ceiling-http - "$port" -Z "$noop_bodies"
-stop
+    say "noop-memory: dev, in-memory store, no auth"
+    port=$(free_port)
+    start noop-memory "$port" env -i PORT="$port" RUST_LOG=warn "$binary" serve
+    load noop-memory ceiling-http "$port" -Z "$noop_bodies"
+    stop
 
-say "noop-memory: dev, in-memory store, no auth"
-port=$(free_port)
-start noop-memory "$port" env -i PORT="$port" RUST_LOG=warn "$binary" serve
-load noop-memory ceiling-http "$port" -Z "$noop_bodies"
-stop
+    say "ceiling-db: pgbench running the store's claim and finish, $POOL_SIZE clients"
+    fresh_database
+    "$helper" pgbench-script "$work/claim-finish.sql"
+    pgbench -n -M prepared -c "$POOL_SIZE" -j 2 -T "${DURATION%s}" -f "$work/claim-finish.sql" "$(database_url $database)" \
+        > "$work/ceiling-db.txt"
 
-say "ceiling-db: pgbench running the store's claim and finish, $POOL_SIZE clients"
-fresh_database
-"$helper" pgbench-script "$work/claim-finish.sql"
-pgbench -n -M prepared -c "$POOL_SIZE" -j 2 -T "${DURATION%s}" -f "$work/claim-finish.sql" "$(database_url $database)" \
-    > "$work/ceiling-db.txt"
+    # Production: PostgreSQL tracking, tokens verified against a loopback issuer.
+    "$helper" issuer "$work/issuer.env" &
+    servers+=("$!")
+    for _ in $(seq 1 100); do [ -s "$work/issuer.env" ] && break; sleep 0.05; done
+    # shellcheck disable=SC1091
+    source "$work/issuer.env"
+    # exec: the server is this background job itself, so stop and RSS reach it.
+    production() {
+        local database_url=${3:-$(database_url $database)}
+        exec env -i PORT="$1" RUST_LOG=warn TASKS_ENVIRONMENT=bench GCP_PROJECT_ID=bench \
+            CLOUD_RUN_SERVICE_URL="$TASKS_OIDC_AUDIENCE" TASKS_SERVICE_ACCOUNT="$TASKS_SERVICE_ACCOUNT" \
+            TASKS_OIDC_ISSUER="$TASKS_OIDC_ISSUER" TASKS_OIDC_JWKS_URL="$TASKS_OIDC_JWKS_URL" \
+            TASKS_OIDC_AUDIENCE="$TASKS_OIDC_AUDIENCE" OTEL_TRACES_EXPORTER=none \
+            DATABASE_URL="$database_url" DATABASE_POOL_SIZE="${2:-$POOL_SIZE}" "$binary" serve
+    }
 
-# Production: PostgreSQL tracking, tokens verified against a loopback issuer.
-"$helper" issuer "$work/issuer.env" &
-servers+=("$!")
-for _ in $(seq 1 100); do [ -s "$work/issuer.env" ] && break; sleep 0.05; done
-# shellcheck disable=SC1091
-source "$work/issuer.env"
-# exec: the server is this background job itself, so stop and RSS reach it.
-production() {
-    local database_url=${3:-$(database_url $database)}
-    exec env -i PORT="$1" RUST_LOG=warn TASKS_ENVIRONMENT=bench GCP_PROJECT_ID=bench \
-        CLOUD_RUN_SERVICE_URL="$TASKS_OIDC_AUDIENCE" TASKS_SERVICE_ACCOUNT="$TASKS_SERVICE_ACCOUNT" \
-        TASKS_OIDC_ISSUER="$TASKS_OIDC_ISSUER" TASKS_OIDC_JWKS_URL="$TASKS_OIDC_JWKS_URL" \
-        TASKS_OIDC_AUDIENCE="$TASKS_OIDC_AUDIENCE" OTEL_TRACES_EXPORTER=none \
-        DATABASE_URL="$database_url" DATABASE_POOL_SIZE="${2:-$POOL_SIZE}" "$binary" serve
+    say "noop-postgres-oidc: production, unique task ids"
+    fresh_database
+    port=$(free_port)
+    start noop-postgres-oidc "$port" production "$port"
+    load noop-postgres-oidc ceiling-db "$port" -H "Authorization: Bearer $TOKEN" -Z "$noop_bodies"
+    statements noop-postgres-oidc
+    stop
+
+    say "duplicate: one message over and over (a redelivery storm)"
+    port=$(free_port)
+    start duplicate "$port" production "$port"
+    head -n 1 "$noop_bodies" > "$work/one.body"
+    load duplicate ceiling-http "$port" -H "Authorization: Bearer $TOKEN" -D "$work/one.body"
+    stop
+
+    say "pool-exhausted: pool of 2, a task holding its connection 50 ms, 200 connections"
+    fresh_database
+    "$helper" bodies sleep 200000 "$work/sleep.bodies" '{"ms": 50, "hold_db": true}'
+    port=$(free_port)
+    start pool-exhausted "$port" production "$port" 2
+    CONNECTIONS=200 load pool-exhausted - "$port" -H "Authorization: Bearer $TOKEN" -Z "$work/sleep.bodies"
+    stop
+
+    # netem would add the latency in the kernel; where it is missing (as in this
+    # project's sandbox), a userspace proxy holds each chunk to the server 1 ms.
+    say "cloudsql-latency: production, every database round trip at least 1 ms longer"
+    fresh_database
+    proxy_port=$(free_port)
+    start delay-proxy "$proxy_port" "$helper" delay-proxy "$proxy_port" "$PG_PORT" 1
+    port=$(free_port)
+    start cloudsql-latency "$port" production "$port" "$POOL_SIZE" "postgres://postgres@127.0.0.1:$proxy_port/$database"
+    load cloudsql-latency - "$port" -H "Authorization: Bearer $TOKEN" -Z "$noop_bodies"
+    statements cloudsql-latency
+    stop
+    echo "$POOL_SIZE" > "$work/cloudsql-latency.pool"
+fi
+
+if wanted cold-start; then
+    say "cold-start"
+    wanted push || fresh_database
+    python3 scripts/cold_start.py "$binary" "$(database_url $database)" 10 > "$work/cold-start.txt"
+fi
+
+# The enqueue scenarios: one JSON line each in $work/NAME.json, or the reason
+# it did not run in $work/NAME.skipped. Each run is bounded by timeout.
+CALLERS=50
+bound=$((${WARMUP%s} + ${DURATION%s} + 60))
+venv=target/bench-venv
+
+# python_publisher: the venv with google-cloud-pubsub, reused when it imports;
+# how long it took goes to $work/venv.txt, why it failed to $work/enqueue-python.skipped.
+python_publisher() {
+    local began=$SECONDS
+    if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c 'import google.cloud.pubsub_v1' 2> /dev/null; then
+        echo "reused $venv ($((SECONDS - began)) s to check)" > "$work/venv.txt"
+        return
+    fi
+    say "creating $venv with google-cloud-pubsub from PyPI"
+    rm -rf "$venv"
+    if ! python3 -m venv "$venv" > "$work/venv.log" 2>&1; then
+        echo "python3 -m venv failed: $(tail -n 1 "$work/venv.log")" > "$work/enqueue-python.skipped"
+        return 1
+    fi
+    if ! timeout -k 5 600 "$venv/bin/pip" install -q google-cloud-pubsub >> "$work/venv.log" 2>&1; then
+        echo "pip install google-cloud-pubsub failed (PyPI unreachable?): $(grep -m 1 -i error "$work/venv.log" || tail -n 1 "$work/venv.log")" \
+            > "$work/enqueue-python.skipped"
+        rm -rf "$venv"
+        return 1
+    fi
+    echo "created $venv and installed google-cloud-pubsub in $((SECONDS - began)) s" > "$work/venv.txt"
 }
 
-say "noop-postgres-oidc: production, unique task ids"
-fresh_database
-port=$(free_port)
-start noop-postgres-oidc "$port" production "$port"
-load noop-postgres-oidc ceiling-db "$port" -H "Authorization: Bearer $TOKEN" -Z "$noop_bodies"
-statements noop-postgres-oidc
-stop
+# measure NAME COMMAND...: COMMAND's last line (JSON) to $work/NAME.json, or
+# why it failed to $work/NAME.skipped.
+measure() {
+    local name=$1
+    shift
+    if timeout -k 5 "$bound" "$@" > "$work/$name.out" 2> "$work/$name.err" && tail -n 1 "$work/$name.out" | python3 -c 'import json, sys; json.load(sys.stdin)' 2> /dev/null; then
+        tail -n 1 "$work/$name.out" > "$work/$name.json"
+    else
+        echo "failed (exit $?): $(tail -n 1 "$work/$name.err")" > "$work/$name.skipped"
+    fi
+}
 
-say "duplicate: one message over and over (a redelivery storm)"
-port=$(free_port)
-start duplicate "$port" production "$port"
-head -n 1 "$noop_bodies" > "$work/one.body"
-load duplicate ceiling-http "$port" -H "Authorization: Bearer $TOKEN" -D "$work/one.body"
-stop
+if wanted enqueue; then
+    # Set up first, so pip does not share the CPU with a measured run.
+    python_ready=true
+    python_publisher || python_ready=false
 
-say "pool-exhausted: pool of 2, a task holding its connection 50 ms, 200 connections"
-fresh_database
-"$helper" bodies sleep 200000 "$work/sleep.bodies" '{"ms": 50, "hold_db": true}'
-port=$(free_port)
-start pool-exhausted "$port" production "$port" 2
-CONNECTIONS=200 load pool-exhausted - "$port" -H "Authorization: Bearer $TOKEN" -Z "$work/sleep.bodies"
-stop
+    say "enqueue-emulator: Tasks, $CALLERS callers, noop, emulator on $PUBSUB_EMULATOR_HOST"
+    measure enqueue-emulator "$helper" enqueue "$PUBSUB_EMULATOR_HOST" "$CALLERS" "$WARMUP" "$DURATION"
 
-# netem would add the latency in the kernel; where it is missing (as in this
-# project's sandbox), a userspace proxy holds each chunk to the server 1 ms.
-say "cloudsql-latency: production, every database round trip at least 1 ms longer"
-fresh_database
-proxy_port=$(free_port)
-start delay-proxy "$proxy_port" "$helper" delay-proxy "$proxy_port" "$PG_PORT" 1
-port=$(free_port)
-start cloudsql-latency "$port" production "$port" "$POOL_SIZE" "postgres://postgres@127.0.0.1:$proxy_port/$database"
-load cloudsql-latency - "$port" -H "Authorization: Bearer $TOKEN" -Z "$noop_bodies"
-statements cloudsql-latency
-stop
-echo "$POOL_SIZE" > "$work/cloudsql-latency.pool"
+    if $python_ready; then
+        say "enqueue-python: Google's Python publisher, $CALLERS threads, same emulator"
+        measure enqueue-python "$venv/bin/python" scripts/bench_publish.py "$CALLERS" "$WARMUP" "$DURATION"
+    else
+        say "enqueue-python: skipped: $(cat "$work/enqueue-python.skipped")"
+    fi
 
-say "cold-start"
-python3 scripts/cold_start.py "$binary" "$(database_url $database)" 10 > "$work/cold-start.txt"
+    say "enqueue-stub: Tasks, $CALLERS callers, against an instant loopback Pub/Sub"
+    measure enqueue-stub "$helper" enqueue stub "$CALLERS" "$WARMUP" "$DURATION"
+fi
 
 python3 scripts/bench_report.py "$work"

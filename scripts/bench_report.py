@@ -1,6 +1,9 @@
 """The table of one scripts/bench.sh run: requests/s, p50, p99, slowest,
 status codes and errors, the server's peak RSS, and the ratio of each
-scenario to the ceiling it is measured against.
+scenario to the ceiling it is measured against; then the enqueue scenarios,
+ours against Google's Python publisher on the same emulator, and publish
+requests per enqueue against the instant stub. Only the scenarios the run
+had are printed.
 
     python3 scripts/bench_report.py WORK_DIR
 """
@@ -22,8 +25,74 @@ def pgbench_tps(work):
     return float(found.group(1)) if found else None
 
 
+ENQUEUE_SCENARIOS = ("enqueue-emulator", "enqueue-python", "enqueue-stub")
+
+
+def enqueue_result(work, name):
+    """The scenario's JSON line, or the reason it did not run (a string), or None."""
+    result, skipped = os.path.join(work, f"{name}.json"), os.path.join(work, f"{name}.skipped")
+    if os.path.exists(result):
+        with open(result) as line:
+            return json.load(line)
+    if os.path.exists(skipped):
+        with open(skipped) as reason:
+            return reason.read().strip()
+    return None
+
+
+def ms(value):
+    return f"{value:.2f}" if value is not None else "-"
+
+
+def enqueue_report(work):
+    results = {name: enqueue_result(work, name) for name in ENQUEUE_SCENARIOS}
+    if all(result is None for result in results.values()):
+        return
+    print()
+    print(f"{'enqueue':<20} {'enq/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'errors':>7}  notes")
+    for name, result in results.items():
+        if result is None:
+            continue
+        if isinstance(result, str):
+            print(f"{name:<20} skipped: {result}")
+            continue
+        notes = result.get("client", "whirligig Tasks (REST)")
+        if "requests_per_enqueue" in result:
+            notes = f"{result['publish_requests']} publish requests for {result['published_messages']} messages"
+        print(f"{name:<20} {result['enqueues_per_s']:>9.0f} {ms(result['p50_ms']):>8} {ms(result['p99_ms']):>8} "
+              f"{ms(result.get('max_ms')):>8} {result['errors']:>7}  {notes}")
+        if result.get("first_error"):
+            print(f"{'':<20} first error: {result['first_error']}")
+    ours, python, stub = (results[name] for name in ENQUEUE_SCENARIOS)
+    if isinstance(ours, dict) and isinstance(python, dict):
+        rate = ours["enqueues_per_s"] / python["enqueues_per_s"] if python["enqueues_per_s"] else float("nan")
+        p99 = ours["p99_ms"] / python["p99_ms"] if ours["p99_ms"] and python["p99_ms"] else float("nan")
+        print(f"ours/python on the emulator: {rate:.2f} x enqueues/s, {p99:.2f} x p99 "
+              f"({ours['callers']} callers each)")
+    elif isinstance(python, str):
+        print(f"ours/python: no ratio, enqueue-python was skipped ({python})")
+    if isinstance(stub, dict):
+        per_request = stub["published_messages"] / max(stub["publish_requests"], 1)
+        print(f"enqueue-stub: {stub['requests_per_enqueue']:.3f} publish requests per enqueue "
+              f"({per_request:.1f} messages per request), {stub['token_requests']} token fetch(es)")
+    venv = os.path.join(work, "venv.txt")
+    if os.path.exists(venv):
+        with open(venv) as setup:
+            print(f"python publisher: {setup.read().strip()}")
+
+
 def main():
     work = sys.argv[1]
+    if os.path.exists(os.path.join(work, "runs")):
+        push_report(work)
+    cold_start = os.path.join(work, "cold-start.txt")
+    if os.path.exists(cold_start):
+        with open(cold_start) as cold:
+            print(cold.read().strip())
+    enqueue_report(work)
+
+
+def push_report(work):
     rates = {"ceiling-db": pgbench_tps(work)}
     rows = []
     with open(os.path.join(work, "runs")) as runs:
@@ -65,8 +134,6 @@ def main():
             size = int(pool.read().strip())
         rate = oha(work, "cloudsql-latency")["summary"]["requestsPerSec"]
         print(f"cloudsql-latency: {rate / size:.0f} pushes/s per pooled connection ({size} connections)")
-    with open(os.path.join(work, "cold-start.txt")) as cold:
-        print(cold.read().strip())
 
 
 if __name__ == "__main__":
