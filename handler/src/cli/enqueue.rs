@@ -2,6 +2,7 @@
 //! command line through the same [`Tasks`] handle a service uses, and an
 //! execution read back, as JSON on stdout.
 
+use std::future::Future;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,21 +52,20 @@ pub(super) async fn enqueue(config: &Config, registry: Registry, run: EnqueueRun
             tasks.enqueue_json(&run.name, call, run.task_id).await
         }
     };
-    // The trace TRACEPARENT names continues through the message.
-    let parent = config
-        .job
-        .traceparent
-        .as_ref()
-        .and_then(|(parent, state)| propagation::from_traceparent(parent, state.as_deref()));
-    let queued = match parent {
-        Some(parent) => enqueued.with_context(parent).await,
-        None => enqueued.await,
-    }
-    .map_err(fatal)?;
+    let queued = continuing_traceparent(config, enqueued).await.map_err(fatal)?;
     println!("{}", serde_json::json!({"task_id": queued.task_id(), "message_id": queued.message_id()}));
     match run.wait {
         Some(within) => wait(&tasks, &queued, within, config.enqueue.backend).await,
         None => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// Runs `work` in the trace `TRACEPARENT` names, if any: the message carries it on.
+async fn continuing_traceparent<T>(config: &Config, work: impl Future<Output = T>) -> T {
+    let traceparent = config.job.traceparent.as_ref();
+    match traceparent.and_then(|(parent, state)| propagation::from_traceparent(parent, state.as_deref())) {
+        Some(parent) => work.with_context(parent).await,
+        None => work.await,
     }
 }
 
