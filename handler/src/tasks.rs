@@ -24,13 +24,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use chrono::SubsecRound as _;
-use serde_json::value::{RawValue, to_raw_value};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 use tracing::field::Empty;
 use whirligig_registry::{
-    ArgumentError, CallArguments, IntoCall, Naming, RawArguments, Registry, Route, Task, TaskMessage,
+    ArgumentError, CallArguments, IntoCall, Naming, RawArguments, ReceivedMessage, Registry, Route, Task, TaskMessage,
 };
 
 use crate::config::{Backend, Config};
@@ -245,12 +245,15 @@ impl Tasks {
     }
 
     async fn send(&self, route: &Route, message: TaskMessage) -> Result<Queued, EnqueueError> {
-        let (args, kwargs) = raw_arguments(&message)?;
-        let arguments = RawArguments::new(&args, &kwargs).map_err(|error| EnqueueError::Setup(error.to_string()))?;
+        // Serialised once: the arguments are checked and stored as the worker
+        // will read them, from the very bytes published.
+        let payload = Bytes::from(message.to_json());
+        let received = ReceivedMessage::parse(&payload).map_err(|error| EnqueueError::Setup(error.to_string()))?;
+        let arguments = received.arguments();
         route.check_arguments(&arguments)?;
         match &self.inner.backend {
             Sending::PubSub { publisher, store } => {
-                let call = Call { route, message: &message, args: &args, kwargs: &kwargs };
+                let call = Call { route, message: &message, payload: payload.clone(), arguments };
                 let topic = route.topic_name(&self.inner.naming);
                 call.publish(publisher, &topic, store.as_ref()).await
             }
@@ -265,8 +268,10 @@ impl Tasks {
 struct Call<'a> {
     route: &'a Route,
     message: &'a TaskMessage,
-    args: &'a RawValue,
-    kwargs: &'a RawValue,
+    /// The message's bytes, as published.
+    payload: Bytes,
+    /// Its arguments, read from those bytes.
+    arguments: RawArguments<'a>,
 }
 
 impl Call<'_> {
@@ -285,7 +290,7 @@ impl Call<'_> {
             self.ready(store).await?;
         }
         let attributes = propagation::to_attributes(&tracing::Span::current());
-        match publisher.publish(topic, task_id, self.message.to_json(), attributes).await {
+        match publisher.publish(topic, task_id, self.payload.clone(), attributes).await {
             Ok(message_id) => {
                 tracing::Span::current().record("messaging.message.id", message_id.as_str());
                 let task_id = if self.is_scheduled() { format!("{task_id}-{message_id}") } else { task_id.clone() };
@@ -305,7 +310,8 @@ impl Call<'_> {
     async fn ready(&self, store: &Database) -> Result<(), EnqueueError> {
         let Some(enqueued_at) = self.message.enqueued_at else { return Ok(()) };
         let (task_id, task_name) = (self.message.task_id.as_str(), self.route.name());
-        let request = ReadyRequest { task_id, task_name, args: self.args, kwargs: self.kwargs, enqueued_at };
+        let (args, kwargs) = (self.arguments.args(), self.arguments.kwargs());
+        let request = ReadyRequest { task_id, task_name, args, kwargs, enqueued_at };
         if let Enqueued::Known(status) = store.enqueue(&request).await? {
             tracing::debug!(%status, "the task id is known already: published again, run at most once");
         }
@@ -315,13 +321,6 @@ impl Call<'_> {
     fn is_scheduled(&self) -> bool {
         self.message.enqueued_at.is_none()
     }
-}
-
-/// The message's arguments as the raw JSON the check and the store take.
-fn raw_arguments(message: &TaskMessage) -> Result<(Box<RawValue>, Box<RawValue>), EnqueueError> {
-    let raw =
-        |value: Result<Box<RawValue>, serde_json::Error>| value.map_err(|error| EnqueueError::Setup(error.to_string()));
-    Ok((raw(to_raw_value(&message.args))?, raw(to_raw_value(&message.kwargs))?))
 }
 
 fn publish_span(route: &Route, task_id: &str) -> tracing::Span {

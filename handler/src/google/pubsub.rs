@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
@@ -43,7 +44,7 @@ const RETRIED: [Code; 7] = [
 #[derive(Debug, Clone)]
 pub(crate) struct Outgoing {
     /// The payload bytes.
-    pub(crate) data: String,
+    pub(crate) data: Bytes,
     /// `traceparent`, `tracestate`.
     pub(crate) attributes: Vec<(&'static str, String)>,
     /// When the caller stops waiting.
@@ -152,7 +153,7 @@ impl Publisher {
         &self,
         topic: &str,
         task_id: &str,
-        data: String,
+        data: Bytes,
         attributes: Vec<(&'static str, String)>,
     ) -> Result<String, PublishError> {
         if data.len() > MAX_MESSAGE_BYTES {
@@ -220,7 +221,7 @@ impl Request {
         }
     }
 
-    async fn with_retries(&self, body: &[u8], deadline: Instant) -> Result<Vec<String>, PublishError> {
+    async fn with_retries(&self, body: &Bytes, deadline: Instant) -> Result<Vec<String>, PublishError> {
         let mut attempts = 0;
         let mut delays = BACKOFF.delays();
         loop {
@@ -244,13 +245,14 @@ impl Request {
     }
 
     /// One request, bounded by what is left of the deadline.
-    async fn attempt(&self, body: &[u8], deadline: Instant) -> Result<Vec<String>, CallError> {
+    async fn attempt(&self, body: &Bytes, deadline: Instant) -> Result<Vec<String>, CallError> {
         let mut request = self
             .client
             .post(&self.url)
             .header(http::header::CONTENT_TYPE, "application/json")
             .timeout(deadline.saturating_duration_since(Instant::now()))
-            .body(body.to_vec());
+            // A clone of Bytes shares the buffer: a retry copies nothing.
+            .body(body.clone());
         if let Some(authorization) = self.endpoint.credentials.authorization().await? {
             request = request.header(http::header::AUTHORIZATION, authorization);
         }
@@ -282,7 +284,7 @@ fn retried(error: &ApiError) -> bool {
     RETRIED.contains(&error.code) || (!error.has_body && (error.http == 429 || error.http >= 500))
 }
 
-fn body(batch: &[Waiting<Outgoing, String, PublishError>]) -> Vec<u8> {
+fn body(batch: &[Waiting<Outgoing, String, PublishError>]) -> Bytes {
     let messages = batch
         .iter()
         .map(|waiting| WireMessage {
@@ -291,7 +293,7 @@ fn body(batch: &[Waiting<Outgoing, String, PublishError>]) -> Vec<u8> {
         })
         .collect();
     // Strings and a map of strings: serialising cannot fail.
-    serde_json::to_vec(&PublishBody { messages }).unwrap_or_default()
+    serde_json::to_vec(&PublishBody { messages }).unwrap_or_default().into()
 }
 
 #[cfg(test)]
