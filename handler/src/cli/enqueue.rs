@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 use tokio::time::Instant;
 use whirligig_registry::{CallArguments, Registry};
 
-use super::{Fatal, postgres};
+use super::{Fatal, migrated};
 use crate::config::{Backend, Config};
 use crate::store::{Execution, Status};
 use crate::tasks::{EnqueueError, Queued, Tasks};
@@ -85,8 +85,9 @@ pub(super) async fn result(config: &Config, registry: Registry, task_id: &str) -
 }
 
 async fn tasks(config: &Config, registry: Registry) -> Result<Tasks, Fatal> {
+    // Tasks opens its own pool: only the migrations are wanted here.
     if let Some(database) = &config.database {
-        postgres(database).await?;
+        migrated(database).await?;
     }
     Tasks::from_config(Arc::new(registry), config).await.map_err(fatal)
 }

@@ -182,9 +182,15 @@ async fn execute(command: Command, config: &Config, registry: Registry) -> Resul
 
 /// The PostgreSQL store, its migrations applied.
 pub(super) async fn postgres(database: &DatabaseConfig) -> Result<PostgresStore, Fatal> {
+    migrated(database).await?;
+    Ok(PostgresStore::new(&database.url, database.pool_size, database.pool_timeout)?)
+}
+
+/// Applies the migrations that are missing.
+pub(super) async fn migrated(database: &DatabaseConfig) -> Result<(), Fatal> {
     let applied = migrate(&database.url).await?;
     tracing::info!(database = %redact(&database.url), applied = applied.len(), "migrations up to date");
-    Ok(PostgresStore::new(&database.url, database.pool_size, database.pool_timeout)?)
+    Ok(())
 }
 
 pub(super) fn warn_in_memory() {
