@@ -50,11 +50,11 @@ pub const MAX_REQUEST_BYTES: usize = 10 * 1024 * 1024;
 /// Pub/Sub's limit on the messages of one publish request.
 pub const MAX_MESSAGES: usize = 1000;
 
-type Response = http::Response<Full<Bytes>>;
+pub type Response = http::Response<Full<Bytes>>;
 
 /// What a handler returns to close its connection without an answer.
 #[derive(Debug)]
-struct Dropped;
+pub struct Dropped;
 
 impl std::fmt::Display for Dropped {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -68,7 +68,7 @@ impl std::error::Error for Dropped {}
 /// `respond` answers a request or, with `Err`, closes its connection without
 /// an answer. While `down` holds true every connection is closed at once:
 /// those accepted, and those already open.
-fn serve<F, Fut>(listener: TcpListener, down: watch::Receiver<bool>, respond: F)
+pub fn serve<F, Fut>(listener: TcpListener, down: watch::Receiver<bool>, respond: F)
 where
     F: Fn(http::Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Response, Dropped>> + Send + 'static,
@@ -93,7 +93,7 @@ where
     });
 }
 
-async fn pause(delay: &Mutex<Duration>) {
+pub async fn pause(delay: &Mutex<Duration>) {
     let delay = *delay.lock().expect("the delay");
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
@@ -101,7 +101,7 @@ async fn pause(delay: &Mutex<Duration>) {
 }
 
 /// Waits, at most 10 s, until `counter` is at least `count`.
-async fn reach(counter: &watch::Sender<u32>, count: u32, what: &str) {
+pub async fn reach(counter: &watch::Sender<u32>, count: u32, what: &str) {
     let mut seen = counter.subscribe();
     let waited = tokio::time::timeout(Duration::from_secs(10), seen.wait_for(|&seen| seen >= count)).await;
     assert!(waited.is_ok(), "{what} {} times, not {count}", *counter.borrow());
@@ -208,6 +208,26 @@ impl MetadataStub {
     /// Every answer waits `delay` first (counters move on arrival, before it).
     pub fn set_delay(&self, delay: Duration) {
         *self.state.delay.lock().expect("the delay") = delay;
+    }
+
+    /// Google's 401 for a request whose `Authorization` does not carry a
+    /// bearer token this stub issued and that is still valid; `None` when it does.
+    pub fn refuse(&self, authorization: Option<&str>) -> Option<Response> {
+        let token = authorization.and_then(|value| {
+            let (scheme, token) = value.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        });
+        let message = match token {
+            None if authorization.is_none() => MISSING_CREDENTIALS,
+            Some(token) if self.is_valid(token) => return None,
+            _ => INVALID_CREDENTIALS,
+        };
+        let mut response = google_error(401, "UNAUTHENTICATED", message);
+        response.headers_mut().insert(
+            "www-authenticate",
+            http::HeaderValue::from_static("Bearer realm=\"https://accounts.google.com/\""),
+        );
+        Some(response)
     }
 
     async fn respond(self, request: http::Request<Incoming>) -> Result<Response, Dropped> {
@@ -491,24 +511,8 @@ impl PubSubStub {
             }
         }
 
-        if let Some(metadata) = &self.state.checking {
-            let token = authorization.as_deref().and_then(|value| {
-                let (scheme, token) = value.split_once(' ')?;
-                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-            });
-            let refused = match token {
-                None if authorization.is_none() => Some(MISSING_CREDENTIALS),
-                Some(token) if metadata.is_valid(token) => None,
-                _ => Some(INVALID_CREDENTIALS),
-            };
-            if let Some(message) = refused {
-                let mut response = google_error(401, "UNAUTHENTICATED", message);
-                response.headers_mut().insert(
-                    "www-authenticate",
-                    http::HeaderValue::from_static("Bearer realm=\"https://accounts.google.com/\""),
-                );
-                return Ok(self.answer(index, response));
-            }
+        if let Some(refused) = self.state.checking.as_ref().and_then(|m| m.refuse(authorization.as_deref())) {
+            return Ok(self.answer(index, refused));
         }
 
         let messages = match decoded.and_then(|messages| validate(&messages).map(|()| messages)) {
@@ -539,7 +543,7 @@ fn topic_of(path: &str) -> Option<&str> {
     (plain(project) && plain(topic)).then_some(topic)
 }
 
-fn reply(status: u16, content_type: &str, body: String) -> Response {
+pub fn reply(status: u16, content_type: &str, body: String) -> Response {
     http::Response::builder()
         .status(status)
         .header("content-type", content_type)
@@ -548,7 +552,7 @@ fn reply(status: u16, content_type: &str, body: String) -> Response {
 }
 
 /// Google's JSON error envelope.
-fn google_error(code: u16, status: &str, message: &str) -> Response {
+pub fn google_error(code: u16, status: &str, message: &str) -> Response {
     let body = json!({"error": {"code": code, "message": message, "status": status}});
     reply(code, "application/json; charset=UTF-8", body.to_string())
 }
