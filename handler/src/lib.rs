@@ -54,6 +54,9 @@ mod executor;
 mod google;
 // Concurrent calls sharing one round trip: the store's statements, the publisher's requests.
 mod group_commit;
+// Topics, subscriptions, dead letters and scheduler jobs made to match the registry.
+#[cfg(feature = "server")]
+mod provision;
 // The Pub/Sub push envelope and Eventarc's CloudEvents, decoded.
 #[cfg(feature = "server")]
 mod push;
@@ -78,7 +81,7 @@ pub use crate::app::{App, MAX_BODY_BYTES};
 #[cfg(feature = "server")]
 pub use crate::auth::{AuthSetupError, Clock, OidcSettings, PushAuth};
 #[cfg(feature = "server")]
-pub use crate::config::AuthConfig;
+pub use crate::config::{AuthConfig, ProvisionConfig};
 pub use crate::config::{
     Backend, Config, ConfigError, DatabaseConfig, EnqueueConfig, JobConfig, KillSwitches, Problem,
 };

@@ -1,11 +1,12 @@
 //! The command line: `serve` (the default), `run` (Cloud Run job mode,
-//! [`job`]), `enqueue` and `result` ([`enqueue`]), `routes` ([`routes`]) and
-//! `migrate`. Each command loads the
+//! [`job`]), `enqueue` and `result` ([`enqueue`]), `provision`
+//! ([`provision`]), `routes` ([`routes`]) and `migrate`. Each command loads the
 //! configuration, picks the store, and reports failure as one line on stderr
 //! with an exit code: 0 done, 1 the work failed, 2 usage or configuration.
 
 mod enqueue;
 mod job;
+mod provision;
 mod routes;
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -74,6 +75,15 @@ enum Command {
     Result {
         /// The execution id `enqueue` printed.
         task_id: String,
+    },
+    /// Create or update every route's topic, push subscription, dead letters and scheduler job.
+    Provision {
+        /// Print the plan and write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Delete topics, subscriptions and jobs of this environment and namespace that no route uses.
+        #[arg(long)]
+        prune: bool,
     },
     /// List the routes and their resource names.
     Routes,
@@ -147,7 +157,7 @@ fn fail(error: Fatal) -> ExitCode {
 fn telemetry_for(command: &Command, config: &Config) -> TelemetryConfig {
     match command {
         Command::Serve | Command::Run { .. } | Command::Enqueue { .. } => config.telemetry.clone(),
-        Command::Result { .. } | Command::Routes | Command::Migrate => {
+        Command::Result { .. } | Command::Provision { .. } | Command::Routes | Command::Migrate => {
             TelemetryConfig { traces: TraceExport::None, ..config.telemetry.clone() }
         }
     }
@@ -167,6 +177,9 @@ async fn execute(command: Command, config: &Config, registry: Registry) -> Resul
             enqueue::enqueue(config, registry, run).await
         }
         Command::Result { task_id } => enqueue::result(config, registry, &task_id).await,
+        Command::Provision { dry_run, prune } => {
+            provision::run(config, &registry, crate::provision::Options { dry_run, prune }).await
+        }
         Command::Routes => {
             print!("{}", routes::table(&registry, &config.naming));
             Ok(ExitCode::SUCCESS)

@@ -88,7 +88,7 @@ impl Reader<'_> {
 
     /// Application Default Credentials, in Google's order: the key file
     /// `GOOGLE_APPLICATION_CREDENTIALS` names, gcloud's file, the metadata server.
-    fn credentials(&mut self) -> CredentialSource {
+    pub(super) fn credentials(&mut self) -> CredentialSource {
         if let Some(path) = self.text("GOOGLE_APPLICATION_CREDENTIALS") {
             return CredentialSource::KeyFile(PathBuf::from(path));
         }
@@ -96,6 +96,11 @@ impl Reader<'_> {
         if gcloud.is_some_and(|path| path.is_file()) {
             return CredentialSource::Gcloud;
         }
-        CredentialSource::Metadata(self.text("GCE_METADATA_HOST").unwrap_or_else(|| METADATA_HOST.to_owned()))
+        CredentialSource::Metadata(self.metadata_host())
+    }
+
+    /// `GCE_METADATA_HOST`, as Google's libraries read it, else the metadata server's own name.
+    pub(super) fn metadata_host(&self) -> String {
+        self.text("GCE_METADATA_HOST").unwrap_or_else(|| METADATA_HOST.to_owned())
     }
 }

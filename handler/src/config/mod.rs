@@ -7,6 +7,8 @@
 mod enqueue;
 mod job;
 mod problem;
+#[cfg(feature = "server")]
+mod provision;
 mod redact;
 mod switches;
 #[cfg(feature = "server")]
@@ -21,6 +23,10 @@ pub(crate) use self::enqueue::EMULATOR_PROJECT;
 pub use self::enqueue::{Backend, EnqueueConfig};
 pub use self::job::JobConfig;
 pub use self::problem::{ConfigError, Problem};
+#[cfg(feature = "server")]
+pub(crate) use self::provision::DELIVERY_ATTEMPTS;
+#[cfg(feature = "server")]
+pub use self::provision::ProvisionConfig;
 pub(crate) use self::redact::redact;
 pub use self::switches::KillSwitches;
 #[cfg(feature = "server")]
@@ -65,6 +71,9 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     /// `TASKS_BACKEND`, and how publishing reaches Pub/Sub.
     pub enqueue: EnqueueConfig,
+    /// What `provision` needs beyond that: Cloud Scheduler, IAM, push settings.
+    #[cfg(feature = "server")]
+    pub provision: ProvisionConfig,
 }
 
 /// How push requests are authenticated.
@@ -234,6 +243,8 @@ impl Config {
         #[cfg(feature = "server")]
         let telemetry = reader.telemetry(dev, project_id.as_deref(), &job);
         let enqueue = reader.enqueue(dev);
+        #[cfg(feature = "server")]
+        let provision = reader.provision(enqueue.emulator, service_url.as_deref());
         let config = Self {
             naming,
             project_id,
@@ -249,6 +260,8 @@ impl Config {
             #[cfg(feature = "server")]
             telemetry,
             enqueue,
+            #[cfg(feature = "server")]
+            provision,
         };
         if !dev {
             let missing = config.missing_outside_dev();

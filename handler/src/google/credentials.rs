@@ -174,6 +174,26 @@ struct MetadataToken {
 }
 
 async fn metadata_token(client: &reqwest::Client, url: &str) -> Result<(String, Duration), CallError> {
+    let body = metadata_get(client, url).await?;
+    let token: MetadataToken = serde_json::from_slice(&body)
+        .map_err(|error| CallError::Credentials(format!("the metadata server ({url}): not a token: {error}")))?;
+    Ok((token.access_token, Duration::from_secs(token.expires_in)))
+}
+
+/// The project's number, from the metadata server at `host`: what Google's
+/// service agents are named by.
+pub(crate) async fn project_number(client: &reqwest::Client, host: &str) -> Result<String, CallError> {
+    let url = format!("http://{host}/computeMetadata/v1/project/numeric-project-id");
+    let body = metadata_get(client, &url).await?;
+    let number = String::from_utf8_lossy(&body).trim().to_owned();
+    if number.is_empty() || !number.bytes().all(|byte| byte.is_ascii_digit()) {
+        return Err(CallError::Credentials(format!("the metadata server ({url}): not a project number: {number:?}")));
+    }
+    Ok(number)
+}
+
+/// A successful answer's body from the metadata server.
+async fn metadata_get(client: &reqwest::Client, url: &str) -> Result<bytes::Bytes, CallError> {
     let failed = |reason: String| CallError::Credentials(format!("the metadata server ({url}): {reason}"));
     let response = client
         .get(url)
@@ -187,9 +207,7 @@ async fn metadata_token(client: &reqwest::Client, url: &str) -> Result<(String, 
     if !status.is_success() {
         return Err(failed(format!("HTTP {}: {}", status.as_u16(), String::from_utf8_lossy(&body).trim())));
     }
-    let token: MetadataToken =
-        serde_json::from_slice(&body).map_err(|error| failed(format!("not a token: {error}")))?;
-    Ok((token.access_token, Duration::from_secs(token.expires_in)))
+    Ok(body)
 }
 
 impl fmt::Debug for TokenCache {

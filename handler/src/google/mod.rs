@@ -4,7 +4,15 @@
 //! follows. Nothing outside builds a Google URL or parses a Google error.
 
 pub(crate) mod credentials;
+#[cfg(feature = "server")]
+pub(crate) mod duration;
 pub(crate) mod pubsub;
+#[cfg(feature = "server")]
+pub(crate) mod pubsub_admin;
+#[cfg(feature = "server")]
+pub(crate) mod rest;
+#[cfg(feature = "server")]
+pub(crate) mod scheduler;
 
 use std::fmt;
 use std::time::Duration;
@@ -166,9 +174,22 @@ pub(crate) enum CallError {
     /// No answer: the connection failed, broke, or the call timed out.
     #[error("{0}")]
     Transport(String),
+    /// No answer within the call's deadline.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
     /// No access token could be had.
     #[error("no access token: {0}")]
     Credentials(String),
+}
+
+impl CallError {
+    /// The code of Google's answer, if there was one.
+    pub(crate) fn code(&self) -> Option<Code> {
+        match self {
+            Self::Api(api) => Some(api.code),
+            _ => None,
+        }
+    }
 }
 
 impl CallError {
