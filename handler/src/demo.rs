@@ -99,7 +99,7 @@ pub fn registry() -> Result<Registry, RegistryError> {
         .route(task_route!(fail).min_retry_delay(1).max_retry_delay(10))
         .route(task_route!(flaky).min_retry_delay(1).max_retry_delay(10))
         .route(task_route!(panic))
-        .route(task_route!(permanent))
+        .route(task_route!(permanent).min_retry_delay(1).max_retry_delay(2))
         .route(task_route!(shard))
         .route(task_route!(heartbeat).schedule("*/1 * * * *").kill_switch("ENABLE_HEARTBEAT"))
         .build()

@@ -68,19 +68,19 @@ pub(crate) async fn provision(
         .map_err(|error| ProvisionError::Setup(format!("an HTTP client: {error}")))?;
     let target = Target::new(config)?;
     let apis = apis(config, &client, &target).await?;
-    let service_agent = service_agent(config, &client, print).await?;
-    let settings = target.settings(config, service_agent);
-    let desired = desired::desired(registry, &settings);
     print(format!(
         "project {} · Pub/Sub {} · Cloud Scheduler {}",
         target.project,
-        config.enqueue.pubsub_url,
+        pubsub_endpoint(config),
         config
             .provision
             .scheduler_url
             .as_deref()
             .map_or_else(|| "none".to_owned(), |url| format!("{url} ({})", config.scheduler_location)),
     ));
+    let service_agent = service_agent(config, &client, print).await?;
+    let settings = target.settings(config, service_agent);
+    let desired = desired::desired(registry, &settings);
     let observed = observe(&apis, &desired).await?;
     let steps = plan::plan(&desired, &observed, options.prune);
     let summary = if options.dry_run {
@@ -92,6 +92,11 @@ pub(crate) async fn provision(
     };
     print(summary_line(&summary, options));
     Ok(summary)
+}
+
+fn pubsub_endpoint(config: &Config) -> String {
+    let emulated = if config.enqueue.emulator { " (emulator)" } else { "" };
+    format!("{}{emulated}", config.enqueue.pubsub_url)
 }
 
 /// Where resources go: the project and the service pushes reach.
