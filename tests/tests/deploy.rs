@@ -109,7 +109,11 @@ fn substitute(text: &str) -> String {
     names.sort_by_key(|name| std::cmp::Reverse(name.len()));
     let mut text = text.to_owned();
     for name in names {
-        let value = defaults.get(&name).cloned().unwrap_or_else(|| format!("test-{}", name.to_lowercase()));
+        let value = match name.as_str() {
+            // A project number is digits, and the configuration checks that it is.
+            "PROJECT_NUMBER" => "123456789012".to_owned(),
+            _ => defaults.get(&name).cloned().unwrap_or_else(|| format!("test-{}", name.to_lowercase())),
+        };
         text = text.replace(&format!("${{{name}}}"), &value).replace(&format!("${name}"), &value);
     }
     text
@@ -158,13 +162,14 @@ fn every_step_has_an_id_and_waits_only_for_steps_before_it() {
         }
         reached.contains(on)
     };
-    for deploying in ["migrate", "deploy", "job"] {
+    for deploying in ["migrate", "deploy", "job", "provision"] {
         assert!(
             waits_on(deploying, "test") && waits_on(deploying, "build"),
             "{deploying} can run before test and build"
         );
     }
     assert!(waits_on("deploy", "migrate"), "the service starts before its migrations");
+    assert!(waits_on("provision", "deploy"), "subscriptions would push to a service not yet deployed");
 }
 
 #[test]
@@ -188,9 +193,11 @@ fn every_deploying_step_ships_the_image_the_build_pushed() {
     let build = step("build");
     let image = build.flag("--destination").unwrap();
     assert!(image.ends_with(":$COMMIT_SHA"), "{image}");
-    for id in ["migrate", "deploy", "job"] {
+    for id in ["migrate", "deploy", "job", "provision"] {
         assert_eq!(step(id).flag("--image"), Some(image), "{id}");
     }
+    assert_eq!(step("provision").flag("--args"), Some("provision"));
+    assert!(step("provision").has("--wait"), "a failed provision must fail the build");
     assert_eq!(step("migrate").flag("--args"), Some("migrate"));
     assert!(step("job").flag("--args").unwrap().starts_with("run,"));
 }
@@ -224,6 +231,20 @@ async fn the_service_is_deployed_as_the_configuration_and_the_routes_expect() {
     let app = App::in_memory(Arc::new(registry), PushAuth::none());
     let request = http::Request::get(path).body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap();
     assert_eq!(app.handle(request).await.status(), 200, "the probe's {path}");
+}
+
+/// Provisioning names and points resources exactly as the service reads them.
+#[test]
+fn provision_runs_with_the_services_names_and_push_settings() {
+    let registry = whirligig_handler::demo::registry().unwrap();
+    let (service, provision) = (environment(&step("deploy")), environment(&step("provision")));
+    let config = Config::from_lookup(&registry, &|name| provision.get(name).cloned()).unwrap();
+    let shared = ["TASKS_ENVIRONMENT", "TASKS_NAMESPACE", "GCP_PROJECT_ID", "CLOUD_RUN_SERVICE_URL"];
+    for name in shared.into_iter().chain(["TASKS_SERVICE_ACCOUNT", "SCHEDULER_LOCATION"]) {
+        assert_eq!(provision.get(name), service.get(name), "{name}");
+    }
+    assert_eq!(config.provision.project_number.as_deref(), Some("123456789012"));
+    assert_eq!(config.provision.audience.as_deref(), service.get("CLOUD_RUN_SERVICE_URL").map(String::as_str));
 }
 
 #[test]

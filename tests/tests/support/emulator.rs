@@ -297,6 +297,48 @@ impl Emulator {
         pulled
     }
 
+    /// The topic `{id}` of `project` as the emulator answers it, or `None` when there is none.
+    pub async fn topic_in(&self, project: &str, id: &str) -> Option<Value> {
+        self.get(&format!("projects/{project}/topics/{id}")).await
+    }
+
+    /// The subscription `{id}` of `project`, or `None` when there is none.
+    pub async fn subscription_in(&self, project: &str, id: &str) -> Option<Value> {
+        self.get(&format!("projects/{project}/subscriptions/{id}")).await
+    }
+
+    /// Sets the `mask`ed fields of subscription `id` of `project` to those in `subscription`.
+    pub async fn patch_subscription_in(&self, project: &str, id: &str, subscription: Value, mask: &str) {
+        let body = json!({"subscription": subscription, "updateMask": mask});
+        self.call(Method::PATCH, &format!("projects/{project}/subscriptions/{id}"), &body).await;
+    }
+
+    /// Creates topic `id` in `project`.
+    pub async fn create_topic_in(&self, project: &str, id: &str) {
+        self.call(Method::PUT, &format!("projects/{project}/topics/{id}"), &json!({})).await;
+    }
+
+    /// Creates subscription `id` to topic `topic` (an id), both in `project`,
+    /// with the fields of `settings` (`{}`: a pull subscription with the defaults).
+    pub async fn create_subscription_in(&self, project: &str, id: &str, topic: &str, settings: Value) {
+        let mut body = settings;
+        body["topic"] = format!("projects/{project}/topics/{topic}").into();
+        self.call(Method::PUT, &format!("projects/{project}/subscriptions/{id}"), &body).await;
+    }
+
+    /// `GET /v1/{path}`: the JSON, or `None` on a 404.
+    async fn get(&self, path: &str) -> Option<Value> {
+        let url = format!("http://{}/v1/{path}", self.host);
+        let response = self.client.get(&url).timeout(REQUEST_TIMEOUT).send().await;
+        let response = response.unwrap_or_else(|error| panic!("GET {url}: {error}"));
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return None;
+        }
+        assert!(response.status().is_success(), "GET {url} answered {}", response.status());
+        let text = response.text().await.unwrap_or_else(|error| panic!("GET {url}: reading the answer: {error}"));
+        Some(serde_json::from_str(&text).unwrap_or_else(|error| panic!("GET {url}: not JSON ({error}): {text}")))
+    }
+
     /// Sends `body` to `/v1/{path}` and returns the answer's JSON; panics
     /// with the emulator's answer unless it is a 2xx.
     async fn call(&self, method: Method, path: &str, body: &Value) -> Value {

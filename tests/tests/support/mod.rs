@@ -10,6 +10,8 @@ pub mod google;
 pub mod issuer;
 pub mod otlp;
 pub mod process;
+pub mod pubsub_front;
+pub mod scheduler;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
