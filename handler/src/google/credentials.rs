@@ -182,6 +182,7 @@ async fn metadata_token(client: &reqwest::Client, url: &str) -> Result<(String, 
 
 /// The project's number, from the metadata server at `host`: what Google's
 /// service agents are named by.
+#[cfg(feature = "server")]
 pub(crate) async fn project_number(client: &reqwest::Client, host: &str) -> Result<String, CallError> {
     let url = format!("http://{host}/computeMetadata/v1/project/numeric-project-id");
     let body = metadata_get(client, &url).await?;

@@ -174,7 +174,8 @@ pub(crate) enum CallError {
     /// No answer: the connection failed, broke, or the call timed out.
     #[error("{0}")]
     Transport(String),
-    /// No answer within the call's deadline.
+    /// No answer within the call's deadline (an admin call's; a publish says GaveUp).
+    #[cfg(feature = "server")]
     #[error("no answer within {0:?}")]
     Timeout(Duration),
     /// No access token could be had.
@@ -182,6 +183,7 @@ pub(crate) enum CallError {
     Credentials(String),
 }
 
+#[cfg(feature = "server")]
 impl CallError {
     /// The code of Google's answer, if there was one.
     pub(crate) fn code(&self) -> Option<Code> {
