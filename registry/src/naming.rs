@@ -136,6 +136,10 @@ pub enum NameRule {
     },
     /// A dotted path with an empty segment or one that is not an identifier.
     InvalidSegment,
+    /// An environment or namespace with `--`, or a `-` at either end: `--`
+    /// separates the parts of a resource name, so one environment's names
+    /// could then be another's.
+    Hyphens,
 }
 
 impl fmt::Display for NameRule {
@@ -148,6 +152,9 @@ impl fmt::Display for NameRule {
             Self::StartsWithGoog => f.write_str("must not start with `goog`"),
             Self::InvalidCharacter { found, allowed } => write!(f, "contains {found:?}; allowed are {allowed}"),
             Self::InvalidSegment => f.write_str("must be identifiers joined by dots"),
+            Self::Hyphens => {
+                f.write_str("must not hold `--` nor start or end with `-`: `--` separates resource names' parts")
+            }
         }
     }
 }
@@ -247,10 +254,13 @@ fn check_segment(kind: NameKind, value: &str) -> Result<(), NameError> {
     if value.is_empty() {
         return Err(NameError::new(kind, value, NameRule::Empty));
     }
-    match first_invalid(value, is_job_char) {
-        Some(found) => Err(NameError::new(kind, value, NameRule::InvalidCharacter { found, allowed: JOB_CHARS })),
-        None => Ok(()),
+    if let Some(found) = first_invalid(value, is_job_char) {
+        return Err(NameError::new(kind, value, NameRule::InvalidCharacter { found, allowed: JOB_CHARS }));
     }
+    if value.contains("--") || value.starts_with('-') || value.ends_with('-') {
+        return Err(NameError::new(kind, value, NameRule::Hyphens));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -294,6 +304,10 @@ mod tests {
         assert_eq!(rule("prod", "a.b"), NameRule::InvalidCharacter { found: '.', allowed: JOB_CHARS });
         assert_eq!(rule("pr od", "ns"), NameRule::InvalidCharacter { found: ' ', allowed: JOB_CHARS });
         assert!(Naming::new("prod-eu_2", "my-app").is_ok());
+        // `prod-` + `gyrinx` and `prod` + `-gyrinx` would share every name.
+        for (env, ns) in [("prod-", "gyrinx"), ("prod", "-gyrinx"), ("prod", "shop-scheduler--eu")] {
+            assert_eq!(rule(env, ns), NameRule::Hyphens, "{env} {ns}");
+        }
     }
 
     #[test]

@@ -10,10 +10,28 @@ use serde_json::Value;
 
 use super::CallError;
 use super::duration::Seconds;
-use super::rest::{Rest, Retry};
+use super::rest::{Ignored, NO_BODY, Rest, Retry, not_found_is_none};
 
 /// Results per page of a list (Pub/Sub's maximum).
-const PAGE_SIZE: u32 = 1000;
+const PAGE_SIZE: &str = "1000";
+/// The policy version that carries conditional bindings: asked for, so none is lost.
+const POLICY_VERSION: &str = "3";
+
+/// `projects/{p}/topics/{id}`.
+pub(crate) fn topic_name(project: &str, id: &str) -> String {
+    format!("projects/{project}/topics/{id}")
+}
+
+/// `projects/{p}/subscriptions/{id}`.
+pub(crate) fn subscription_name(project: &str, id: &str) -> String {
+    format!("projects/{project}/subscriptions/{id}")
+}
+
+/// The Pub/Sub service agent of project `number`, as an IAM member: it
+/// pushes, and republishes to dead-letter topics.
+pub(crate) fn service_agent(number: &str) -> String {
+    format!("serviceAccount:service-{number}@gcp-sa-pubsub.iam.gserviceaccount.com")
+}
 
 /// A subscription's settings, as far as provisioning manages them. Fields
 /// left out here (retention, filters, labels, ...) are neither sent nor compared.
@@ -51,6 +69,7 @@ pub(crate) struct PushConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct OidcToken {
+    #[serde(default)]
     pub(crate) service_account_email: String,
     #[serde(default)]
     pub(crate) audience: String,
@@ -60,8 +79,20 @@ pub(crate) struct OidcToken {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct RetryPolicy {
+    /// Pub/Sub's default, when it is left out, is 10 s.
+    #[serde(default = "ten_seconds")]
     pub(crate) minimum_backoff: Seconds,
+    /// Pub/Sub's default, when it is left out, is 600 s.
+    #[serde(default = "six_hundred_seconds")]
     pub(crate) maximum_backoff: Seconds,
+}
+
+fn ten_seconds() -> Seconds {
+    Seconds::from_secs(10)
+}
+
+fn six_hundred_seconds() -> Seconds {
+    Seconds::from_secs(600)
 }
 
 /// When an idle subscription is deleted; no ttl: never.
@@ -75,6 +106,7 @@ pub(crate) struct ExpirationPolicy {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct DeadLetterPolicy {
+    #[serde(default)]
     pub(crate) dead_letter_topic: String,
     #[serde(default)]
     pub(crate) max_delivery_attempts: u32,
@@ -128,39 +160,16 @@ impl Policy {
     }
 }
 
+/// A page of a list, its items read only by name until they are ours: a
+/// subscription of someone else's in an unexpected shape must not stop us.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct TopicPage {
-    #[serde(default)]
-    topics: Vec<Named>,
+struct Page {
+    #[serde(default, alias = "subscriptions")]
+    topics: Vec<Value>,
     #[serde(default)]
     next_page_token: String,
 }
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct SubscriptionPage {
-    #[serde(default)]
-    subscriptions: Vec<NamedSubscription>,
-    #[serde(default)]
-    next_page_token: String,
-}
-
-#[derive(Deserialize)]
-struct Named {
-    name: String,
-}
-
-#[derive(Deserialize)]
-struct NamedSubscription {
-    name: String,
-    #[serde(flatten)]
-    subscription: Subscription,
-}
-
-/// Any answer whose content is not needed (`{}` of a delete, a topic).
-#[derive(Deserialize)]
-struct Ignored {}
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -174,8 +183,6 @@ struct SetPolicy<'a> {
     policy: &'a Policy,
 }
 
-const NO_BODY: Option<&()> = None;
-
 /// Pub/Sub's admin API in one project.
 #[derive(Debug, Clone)]
 pub(crate) struct PubSubAdmin {
@@ -188,41 +195,45 @@ impl PubSubAdmin {
         Self { rest, project }
     }
 
-    /// `projects/{p}/topics/{id}`.
-    pub(crate) fn topic_name(&self, id: &str) -> String {
-        format!("projects/{}/topics/{id}", self.project)
+    fn topic_name(&self, id: &str) -> String {
+        topic_name(&self.project, id)
     }
 
-    /// `projects/{p}/subscriptions/{id}`.
-    pub(crate) fn subscription_name(&self, id: &str) -> String {
-        format!("projects/{}/subscriptions/{id}", self.project)
+    fn subscription_name(&self, id: &str) -> String {
+        subscription_name(&self.project, id)
     }
 
     /// The ids of the project's topics that start with `prefix`.
     pub(crate) async fn topics(&self, prefix: &str) -> Result<Vec<String>, CallError> {
-        let mut ids = Vec::new();
-        let mut token = String::new();
-        loop {
-            let path = format!("projects/{}/topics?pageSize={PAGE_SIZE}&pageToken={token}", self.project);
-            let page: TopicPage = self.rest.call(Method::GET, &path, NO_BODY, Retry::Read).await?;
-            ids.extend(page.topics.into_iter().filter_map(|topic| self.id_in(&topic.name, "topics", prefix)));
-            if page.next_page_token.is_empty() {
-                return Ok(ids);
-            }
-            token = page.next_page_token;
-        }
+        let named = self.list("topics", prefix).await?;
+        Ok(named.into_iter().map(|(id, _)| id).collect())
     }
 
     /// The project's subscriptions whose ids start with `prefix`, by id.
     pub(crate) async fn subscriptions(&self, prefix: &str) -> Result<BTreeMap<String, Subscription>, CallError> {
-        let mut found = BTreeMap::new();
+        let named = self.list("subscriptions", prefix).await?;
+        named
+            .into_iter()
+            .map(|(id, item)| match serde_json::from_value(item) {
+                Ok(subscription) => Ok((id, subscription)),
+                Err(error) => Err(CallError::Transport(format!("subscription {id} is not as documented: {error}"))),
+            })
+            .collect()
+    }
+
+    /// Every item of `collection` whose id starts with `prefix`, page by page.
+    async fn list(&self, collection: &str, prefix: &str) -> Result<Vec<(String, Value)>, CallError> {
+        let path = format!("projects/{}/{collection}", self.project);
+        let start = format!("{path}/");
+        let mut found = Vec::new();
         let mut token = String::new();
         loop {
-            let path = format!("projects/{}/subscriptions?pageSize={PAGE_SIZE}&pageToken={token}", self.project);
-            let page: SubscriptionPage = self.rest.call(Method::GET, &path, NO_BODY, Retry::Read).await?;
-            for named in page.subscriptions {
-                if let Some(id) = self.id_in(&named.name, "subscriptions", prefix) {
-                    found.insert(id, named.subscription);
+            let query = [("pageSize", PAGE_SIZE), ("pageToken", token.as_str())];
+            let page: Page = self.rest.call_with_query(Method::GET, &path, &query, NO_BODY, Retry::Read).await?;
+            for item in page.topics {
+                let id = item["name"].as_str().and_then(|name| name.strip_prefix(&start));
+                if let Some(id) = id.filter(|id| id.starts_with(prefix)) {
+                    found.push((id.to_owned(), item.clone()));
                 }
             }
             if page.next_page_token.is_empty() {
@@ -230,11 +241,6 @@ impl PubSubAdmin {
             }
             token = page.next_page_token;
         }
-    }
-
-    fn id_in(&self, name: &str, collection: &str, prefix: &str) -> Option<String> {
-        let id = name.strip_prefix(&format!("projects/{}/{collection}/", self.project))?;
-        id.starts_with(prefix).then(|| id.to_owned())
     }
 
     /// Creates topic `id`; `Err` with ALREADY_EXISTS if it is there.
@@ -281,24 +287,21 @@ impl PubSubAdmin {
         Ok(())
     }
 
-    /// The IAM policy of `resource` (a full topic or subscription name).
+    /// The IAM policy of `resource` (a full topic or subscription name), at
+    /// version 3: a policy with conditional bindings comes whole.
     pub(crate) async fn policy(&self, resource: &str) -> Result<Policy, CallError> {
-        self.rest.call(Method::GET, &format!("{resource}:getIamPolicy"), NO_BODY, Retry::Read).await
+        let path = format!("{resource}:getIamPolicy");
+        let query = [("options.requestedPolicyVersion", POLICY_VERSION)];
+        self.rest.call_with_query(Method::GET, &path, &query, NO_BODY, Retry::Read).await
     }
 
-    /// Replaces the policy of `resource`; ABORTED when its etag is no longer current.
+    /// Replaces the policy of `resource`, at version 3; ABORTED when its etag
+    /// is no longer current.
     pub(crate) async fn set_policy(&self, resource: &str, policy: &Policy) -> Result<Policy, CallError> {
+        let mut policy = policy.clone();
+        policy.rest.insert("version".to_owned(), Value::from(3));
         let path = format!("{resource}:setIamPolicy");
-        self.rest.call(Method::POST, &path, Some(&SetPolicy { policy }), Retry::Unavailable).await
-    }
-}
-
-/// A NOT_FOUND answer as `None`.
-pub(crate) fn not_found_is_none<T>(result: Result<T, CallError>) -> Result<Option<T>, CallError> {
-    match result {
-        Ok(found) => Ok(Some(found)),
-        Err(error) if error.code() == Some(super::Code::NotFound) => Ok(None),
-        Err(error) => Err(error),
+        self.rest.call(Method::POST, &path, Some(&SetPolicy { policy: &policy }), Retry::Unavailable).await
     }
 }
 

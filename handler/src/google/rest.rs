@@ -7,11 +7,27 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use reqwest::Method;
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::{ApiError, Backoff, CallError, Code, Endpoint};
+
+/// For a call without a body.
+pub(crate) const NO_BODY: Option<&()> = None;
+
+/// An answer whose content is not needed (a delete's `{}`, a created topic).
+#[derive(Deserialize)]
+pub(crate) struct Ignored {}
+
+/// A NOT_FOUND answer as `None`.
+pub(crate) fn not_found_is_none<T>(result: Result<T, CallError>) -> Result<Option<T>, CallError> {
+    match result {
+        Ok(found) => Ok(Some(found)),
+        Err(error) if error.code() == Some(Code::NotFound) => Ok(None),
+        Err(error) => Err(error),
+    }
+}
 
 /// Google's admin clients: 100 ms, ×1.3, at most 60 s between attempts.
 const BACKOFF: Backoff = Backoff { initial: Duration::from_millis(100), multiplier: 1.3, max: Duration::from_secs(60) };
@@ -53,6 +69,14 @@ impl Retry {
     }
 }
 
+/// One request, as each attempt sends it.
+struct Call<'a> {
+    method: &'a Method,
+    url: &'a str,
+    query: &'a [(&'a str, &'a str)],
+    body: Option<&'a Bytes>,
+}
+
 /// A Google REST API: its endpoint and the deadline of each call.
 #[derive(Debug, Clone)]
 pub(crate) struct Rest {
@@ -74,26 +98,33 @@ impl Rest {
         body: Option<&impl Serialize>,
         retry: Retry,
     ) -> Result<T, CallError> {
+        self.call_with_query(method, path, &[], body, retry).await
+    }
+
+    /// [`call`](Self::call) with `query` pairs, encoded (a page token may hold `+` or `/`).
+    pub(crate) async fn call_with_query<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<&impl Serialize>,
+        retry: Retry,
+    ) -> Result<T, CallError> {
         let url = format!("{}/v1/{path}", self.endpoint.base_url);
         // Serialising our own request shapes cannot fail.
         let body: Option<Bytes> = body.map(|body| serde_json::to_vec(body).unwrap_or_default().into());
-        let answer = self.with_retries(&method, &url, body.as_ref(), retry).await?;
+        let call = Call { method: &method, url: &url, query, body: body.as_ref() };
+        let answer = self.with_retries(&call, retry).await?;
         serde_json::from_slice(&answer).map_err(|error| {
             CallError::Transport(format!("{method} {path}: the answer is not what the API documents: {error}"))
         })
     }
 
-    async fn with_retries(
-        &self,
-        method: &Method,
-        url: &str,
-        body: Option<&Bytes>,
-        retry: Retry,
-    ) -> Result<Bytes, CallError> {
+    async fn with_retries(&self, call: &Call<'_>, retry: Retry) -> Result<Bytes, CallError> {
         let deadline = Instant::now() + self.deadline;
         let mut delays = BACKOFF.delays();
         loop {
-            let error = match self.attempt(method, url, body, deadline).await {
+            let error = match self.attempt(call, deadline).await {
                 Ok(answer) => return Ok(answer),
                 Err(error) => error,
             };
@@ -101,21 +132,15 @@ impl Rest {
             if !retry.allows(&error) || Instant::now() + delay >= deadline {
                 return Err(error);
             }
-            tracing::debug!(%method, url, %error, ?delay, "retrying");
+            tracing::debug!(method = %call.method, url = call.url, %error, ?delay, "retrying");
             tokio::time::sleep(delay).await;
         }
     }
 
-    async fn attempt(
-        &self,
-        method: &Method,
-        url: &str,
-        body: Option<&Bytes>,
-        deadline: Instant,
-    ) -> Result<Bytes, CallError> {
+    async fn attempt(&self, call: &Call<'_>, deadline: Instant) -> Result<Bytes, CallError> {
         let left = deadline.saturating_duration_since(Instant::now());
-        let mut request = self.client.request(method.clone(), url).timeout(left);
-        if let Some(body) = body {
+        let mut request = self.client.request(call.method.clone(), call.url).query(call.query).timeout(left);
+        if let Some(body) = call.body {
             request = request.header(http::header::CONTENT_TYPE, "application/json").body(body.clone());
         }
         if let Some(authorization) = self.endpoint.credentials.authorization().await? {

@@ -10,11 +10,25 @@ use serde::{Deserialize, Serialize};
 
 use super::CallError;
 use super::duration::Seconds;
-use super::pubsub_admin::not_found_is_none;
-use super::rest::{Rest, Retry};
+use super::rest::{Ignored, NO_BODY, Rest, Retry, not_found_is_none};
 
 /// Results per page of a list (Cloud Scheduler's maximum).
-const PAGE_SIZE: u32 = 500;
+const PAGE_SIZE: &str = "500";
+
+/// The names the tz database gives UTC: a zone sent as one may come back as
+/// another, and is no change.
+const UTC_NAMES: [&str; 8] = ["UTC", "Etc/UTC", "Etc/UCT", "UCT", "Etc/Universal", "Universal", "Etc/Zulu", "Zulu"];
+
+/// `projects/{p}/locations/{l}/jobs/{id}`.
+pub(crate) fn job_name(project: &str, location: &str, id: &str) -> String {
+    format!("projects/{project}/locations/{location}/jobs/{id}")
+}
+
+/// Whether two time zone names name the same zone, as far as Cloud Scheduler
+/// may rewrite one: the aliases of UTC.
+pub(crate) fn same_time_zone(sent: &str, read: &str) -> bool {
+    sent == read || (UTC_NAMES.contains(&sent) && UTC_NAMES.contains(&read))
+}
 
 /// A job, as far as provisioning manages it; `state` is the API's to set.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,9 +42,25 @@ pub(crate) struct Job {
     pub(crate) time_zone: String,
     #[serde(default)]
     pub(crate) retry_config: RetryConfig,
-    /// ENABLED, PAUSED, DISABLED or UPDATE_FAILED: output only.
+    /// Output only.
     #[serde(default, skip_serializing)]
-    pub(crate) state: String,
+    pub(crate) state: JobState,
+}
+
+/// Where a job stands (`Job.State`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub(crate) enum JobState {
+    Enabled,
+    Paused,
+    /// Stopped by Cloud Scheduler after errors; only a user can bring it back.
+    Disabled,
+    /// An update failed half way: it runs no more until an update succeeds.
+    UpdateFailed,
+    /// Not read from the API (a job to create), or a state this code does not know.
+    #[default]
+    #[serde(alias = "STATE_UNSPECIFIED", other)]
+    Unspecified,
 }
 
 /// What a job publishes, and where.
@@ -102,11 +132,6 @@ struct JobPage {
     next_page_token: String,
 }
 
-#[derive(Deserialize)]
-struct Ignored {}
-
-const NO_BODY: Option<&()> = None;
-
 /// Cloud Scheduler in one project and location.
 #[derive(Debug, Clone)]
 pub(crate) struct Scheduler {
@@ -120,8 +145,7 @@ impl Scheduler {
         Self { rest, parent: format!("projects/{project}/locations/{location}") }
     }
 
-    /// `projects/{p}/locations/{l}/jobs/{id}`.
-    pub(crate) fn job_name(&self, id: &str) -> String {
+    fn job_name(&self, id: &str) -> String {
         format!("{}/jobs/{id}", self.parent)
     }
 
@@ -131,8 +155,10 @@ impl Scheduler {
         let mut token = String::new();
         let start = format!("{}/jobs/", self.parent);
         loop {
-            let path = format!("{}/jobs?pageSize={PAGE_SIZE}&pageToken={token}", self.parent);
-            let page: JobPage = self.rest.call(Method::GET, &path, NO_BODY, Retry::Idempotent).await?;
+            let path = format!("{}/jobs", self.parent);
+            let query = [("pageSize", PAGE_SIZE), ("pageToken", token.as_str())];
+            let page: JobPage =
+                self.rest.call_with_query(Method::GET, &path, &query, NO_BODY, Retry::Idempotent).await?;
             for job in page.jobs {
                 if let Some(id) = job.name.strip_prefix(&start).filter(|id| id.starts_with(prefix)) {
                     found.insert(id.to_owned(), job);
@@ -188,7 +214,10 @@ mod tests {
                 "maxDoublings": 5}}"#;
         let job: Job = serde_json::from_str(answer).unwrap();
         assert_eq!(job.pubsub_target.as_ref().unwrap().data, br#"{"a":1}"#);
-        assert_eq!((&job.retry_config, job.state.as_str()), (&RetryConfig::default(), "PAUSED"));
+        assert_eq!((&job.retry_config, job.state), (&RetryConfig::default(), JobState::Paused));
+        let odd: Job = serde_json::from_str(r#"{"name": "n", "state": "SOMETHING_NEW"}"#).unwrap();
+        assert_eq!(odd.state, JobState::Unspecified, "a state added later reads, as unknown");
+        assert!(same_time_zone("UTC", "Etc/UTC") && !same_time_zone("UTC", "Europe/London"));
         let written = serde_json::to_value(&job).unwrap();
         assert!(written.get("state").is_none(), "output only");
         assert_eq!(written["pubsubTarget"]["data"], "eyJhIjoxfQ==");

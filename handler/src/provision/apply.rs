@@ -14,7 +14,7 @@ use crate::google::scheduler::Scheduler;
 use crate::google::{Backoff, CallError, Code};
 
 /// Calls in flight at once within a phase.
-const CONCURRENCY: usize = 8;
+pub(crate) const CONCURRENCY: usize = 8;
 /// Read-modify-writes of one policy before a stale etag is reported.
 const POLICY_ATTEMPTS: usize = 6;
 const POLICY_BACKOFF: Backoff =
@@ -56,7 +56,8 @@ pub(crate) async fn apply(apis: &Apis, steps: &[Step], mut report: impl FnMut(&S
 async fn step_outcome(apis: &Apis, step: &Step) -> Outcome {
     let done = match &step.action {
         Action::Unchanged | Action::Orphan | Action::Skip(_) => return Outcome::Nothing,
-        Action::Conflict(why) => return Outcome::Failed(why.clone()),
+        // The plan's line says why.
+        Action::Conflict(_) => return Outcome::Failed("not applied".to_owned()),
         Action::Create(want) => create(apis, &step.id, want).await,
         Action::Update(want, fields) => update(apis, &step.id, want, fields).await.map(|()| None),
         Action::Delete => delete(apis, step.kind, &step.id).await,
@@ -92,7 +93,7 @@ async fn converge(apis: &Apis, id: &str, want: &Want) -> Applied {
         Want::Job(job) => {
             let have = scheduler(apis)?.job(id).await.map_err(|error| error.to_string())?;
             let have = have.ok_or("ALREADY_EXISTS, then NOT_FOUND: it was deleted meanwhile; provision again")?;
-            job_changes(job, &have)
+            job_changes(job, &have)?
         }
     };
     if fields.is_empty() {

@@ -7,9 +7,9 @@ use whirligig_registry::{Naming, Registry, Route, TaskMessage};
 use crate::config::{DELIVERY_ATTEMPTS, KillSwitches};
 use crate::google::duration::Seconds;
 use crate::google::pubsub_admin::{
-    DeadLetterPolicy, ExpirationPolicy, OidcToken, PushConfig, RetryPolicy, Subscription,
+    DeadLetterPolicy, ExpirationPolicy, OidcToken, PushConfig, RetryPolicy, Subscription, subscription_name, topic_name,
 };
-use crate::google::scheduler::{Job, PubsubTarget, RetryConfig};
+use crate::google::scheduler::{Job, JobState, PubsubTarget, RetryConfig, job_name};
 
 /// The dead-letter topic's last segment: `{env}--{ns}.tasks--dead-letter`.
 /// No route's path can name it: paths are identifiers, without `-`.
@@ -36,7 +36,7 @@ pub(crate) struct Settings<'a> {
     pub(crate) scheduler_location: &'a str,
     pub(crate) kill_switches: &'a KillSwitches,
     pub(crate) max_delivery_attempts: u32,
-    /// `serviceAccount:service-{number}@gcp-sa-pubsub...`; none: IAM is not managed (the emulator).
+    /// The Pub/Sub service agent, as an IAM member; none: IAM is not managed (the emulator).
     pub(crate) service_agent: Option<String>,
 }
 
@@ -68,8 +68,6 @@ pub(crate) struct Desired {
     /// Empty when IAM is not managed.
     pub(crate) grants: Vec<Grant>,
     pub(crate) jobs: Vec<(String, DesiredJob)>,
-    /// Never orphans: the dead-letter topic and its subscription.
-    pub(crate) dead_letter: (String, String),
     /// What this environment's and namespace's topic and subscription ids start with.
     pub(crate) pubsub_prefix: String,
     /// What its scheduler job ids start with.
@@ -79,13 +77,12 @@ pub(crate) struct Desired {
 /// The desired state of `registry` under `settings`.
 pub(crate) fn desired(registry: &Registry, settings: &Settings<'_>) -> Desired {
     let naming = settings.naming;
-    let dead_letter_topic = naming.topic(DEAD_LETTER);
-    let dead_letter_sub = naming.subscription(DEAD_LETTER);
-    let mut topics = vec![dead_letter_topic.clone()];
+    let mut topics = vec![naming.topic(DEAD_LETTER)];
     topics.extend(registry.routes().map(|route| route.topic_name(naming)));
     let mut subscriptions: Vec<(String, Subscription)> =
         registry.routes().map(|route| (route.subscription_name(naming), push_subscription(route, settings))).collect();
-    subscriptions.push((dead_letter_sub.clone(), dead_letter_subscription(settings)));
+    // Listed, so never an orphan, as the dead-letter topic is not.
+    subscriptions.push((naming.subscription(DEAD_LETTER), dead_letter_subscription(settings)));
     let jobs = registry
         .routes()
         .filter_map(|route| Some((route.scheduler_job_name(naming)?, scheduler_job(route, settings)?)))
@@ -95,14 +92,13 @@ pub(crate) fn desired(registry: &Registry, settings: &Settings<'_>) -> Desired {
         topics,
         subscriptions,
         jobs,
-        dead_letter: (dead_letter_topic, dead_letter_sub),
         pubsub_prefix: naming.topic(""),
         job_prefix: naming.scheduler_job(""),
     }
 }
 
-fn topic_name(settings: &Settings<'_>, id: &str) -> String {
-    format!("projects/{}/topics/{id}", settings.project)
+fn topic(settings: &Settings<'_>, id: &str) -> String {
+    topic_name(settings.project, id)
 }
 
 fn push_subscription(route: &Route, settings: &Settings<'_>) -> Subscription {
@@ -111,7 +107,7 @@ fn push_subscription(route: &Route, settings: &Settings<'_>) -> Subscription {
         .map(|account| OidcToken { service_account_email: account.to_owned(), audience: settings.audience.to_owned() });
     let attempts = route.max_attempts().map_or(settings.max_delivery_attempts, |attempts| attempts.get());
     Subscription {
-        topic: topic_name(settings, &route.topic_name(settings.naming)),
+        topic: topic(settings, &route.topic_name(settings.naming)),
         push_config: PushConfig { push_endpoint: Some(format!("{}/tasks/pubsub/", settings.service_url)), oidc_token },
         ack_deadline_seconds: secs(route.ack_deadline()),
         retry_policy: Some(RetryPolicy {
@@ -122,7 +118,7 @@ fn push_subscription(route: &Route, settings: &Settings<'_>) -> Subscription {
         // message: a monthly task would silently lose its own.
         expiration_policy: Some(ExpirationPolicy { ttl: None }),
         dead_letter_policy: Some(DeadLetterPolicy {
-            dead_letter_topic: topic_name(settings, &settings.naming.topic(DEAD_LETTER)),
+            dead_letter_topic: topic(settings, &settings.naming.topic(DEAD_LETTER)),
             max_delivery_attempts: attempts.clamp(*DELIVERY_ATTEMPTS.start(), *DELIVERY_ATTEMPTS.end()),
         }),
     }
@@ -131,7 +127,7 @@ fn push_subscription(route: &Route, settings: &Settings<'_>) -> Subscription {
 /// A pull subscription that keeps what was dead-lettered, and never expires.
 fn dead_letter_subscription(settings: &Settings<'_>) -> Subscription {
     Subscription {
-        topic: topic_name(settings, &settings.naming.topic(DEAD_LETTER)),
+        topic: topic(settings, &settings.naming.topic(DEAD_LETTER)),
         push_config: PushConfig::default(),
         ack_deadline_seconds: DEAD_LETTER_ACK_DEADLINE,
         retry_policy: None,
@@ -144,15 +140,11 @@ fn dead_letter_subscription(settings: &Settings<'_>) -> Subscription {
 fn grants(registry: &Registry, settings: &Settings<'_>) -> Vec<Grant> {
     let Some(member) = &settings.service_agent else { return Vec::new() };
     let dead_letter = settings.naming.topic(DEAD_LETTER);
-    let publisher = Grant {
-        resource: topic_name(settings, &dead_letter),
-        id: dead_letter,
-        role: PUBLISHER,
-        member: member.clone(),
-    };
+    let publisher =
+        Grant { resource: topic(settings, &dead_letter), id: dead_letter, role: PUBLISHER, member: member.clone() };
     let subscribers = registry.routes().map(|route| {
         let id = route.subscription_name(settings.naming);
-        let resource = format!("projects/{}/subscriptions/{id}", settings.project);
+        let resource = subscription_name(settings.project, &id);
         Grant { id, resource, role: SUBSCRIBER, member: member.clone() }
     });
     std::iter::once(publisher).chain(subscribers).collect()
@@ -162,9 +154,9 @@ fn scheduler_job(route: &Route, settings: &Settings<'_>) -> Option<DesiredJob> {
     let id = route.scheduler_job_name(settings.naming)?;
     let schedule = route.schedule()?;
     let job = Job {
-        name: format!("projects/{}/locations/{}/jobs/{id}", settings.project, settings.scheduler_location),
+        name: job_name(settings.project, settings.scheduler_location, &id),
         pubsub_target: Some(PubsubTarget {
-            topic_name: topic_name(settings, &route.topic_name(settings.naming)),
+            topic_name: topic(settings, &route.topic_name(settings.naming)),
             data: TaskMessage::scheduled(route.name()).to_json().into_bytes(),
             attributes: Default::default(),
         }),
@@ -176,7 +168,7 @@ fn scheduler_job(route: &Route, settings: &Settings<'_>) -> Option<DesiredJob> {
             max_backoff_duration: Seconds(route.max_retry_delay()),
             ..RetryConfig::default()
         },
-        state: String::new(),
+        state: JobState::Unspecified,
     };
     Some(DesiredJob { job, paused: settings.kill_switches.disabled_by(route).is_some() })
 }

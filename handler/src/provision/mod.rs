@@ -11,6 +11,8 @@ mod plan;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use futures_util::{StreamExt as _, TryStreamExt as _};
+
 use whirligig_registry::Registry;
 
 use self::apply::{Apis, Outcome};
@@ -18,7 +20,7 @@ use self::desired::{Desired, Settings};
 use self::plan::{Action, Observed, Step};
 use crate::config::Config;
 use crate::google::credentials::{CredentialSource, project_number};
-use crate::google::pubsub_admin::PubSubAdmin;
+use crate::google::pubsub_admin::{self, Policy, PubSubAdmin};
 use crate::google::rest::Rest;
 use crate::google::scheduler::Scheduler;
 use crate::google::{CallError, Credentials, Endpoint};
@@ -109,8 +111,8 @@ impl Target {
     fn new(config: &Config) -> Result<Self, ProvisionError> {
         let setup = |text: &str| ProvisionError::Setup(text.to_owned());
         let project = config.pubsub_project().ok_or_else(|| setup("provision needs GCP_PROJECT_ID"))?.to_owned();
-        // In dev, the emulator pushes to this machine's own server.
-        let service_url = match (&config.service_url, config.is_dev()) {
+        // In dev, the emulator pushes to this machine's own server; Pub/Sub itself could not.
+        let service_url = match (&config.service_url, config.is_dev() && config.enqueue.emulator) {
             (Some(url), _) => url.trim_end_matches('/').to_owned(),
             (None, true) => format!("http://localhost:{}", config.port),
             (None, false) => return Err(setup("provision needs CLOUD_RUN_SERVICE_URL: pushes go there")),
@@ -179,7 +181,7 @@ async fn service_agent(
             ))
         })?,
     };
-    Ok(Some(format!("serviceAccount:service-{number}@gcp-sa-pubsub.iam.gserviceaccount.com")))
+    Ok(Some(pubsub_admin::service_agent(&number)))
 }
 
 /// What is there under the prefixes, and the policies the grants touch.
@@ -208,20 +210,17 @@ async fn policies(
     apis: &Apis,
     desired: &Desired,
     observed: &Observed,
-) -> Result<BTreeMap<String, crate::google::pubsub_admin::Policy>, ProvisionError> {
+) -> Result<BTreeMap<String, Policy>, ProvisionError> {
     let exists = |id: &String| observed.topics.contains(id) || observed.subscriptions.contains_key(id);
-    let resources: Vec<&str> =
-        desired.grants.iter().filter(|grant| exists(&grant.id)).map(|grant| grant.resource.as_str()).collect();
-    let read = futures_util::future::join_all(resources.iter().map(|resource| apis.pubsub.policy(resource))).await;
-    resources
-        .into_iter()
-        .zip(read)
-        .map(|(resource, policy)| {
-            policy
-                .map(|policy| (resource.to_owned(), policy))
-                .map_err(|error| ProvisionError::Read { what: "IAM policies", error })
-        })
-        .collect()
+    let resources: Vec<String> =
+        desired.grants.iter().filter(|grant| exists(&grant.id)).map(|grant| grant.resource.clone()).collect();
+    let read = |resource: String| async move {
+        let policy = apis.pubsub.policy(&resource).await;
+        policy
+            .map(|policy| (resource.to_owned(), policy))
+            .map_err(|error| ProvisionError::Read { what: "IAM policies", error })
+    };
+    futures_util::stream::iter(resources).map(read).buffered(apply::CONCURRENCY).try_collect().await
 }
 
 fn line(step: &Step, outcome: &Outcome) -> String {

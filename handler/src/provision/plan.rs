@@ -8,7 +8,7 @@ use std::fmt;
 
 use super::desired::{Desired, DesiredJob, Grant};
 use crate::google::pubsub_admin::{Policy, Subscription};
-use crate::google::scheduler::Job;
+use crate::google::scheduler::{Job, JobState, same_time_zone};
 
 /// What the cloud holds under this environment's and namespace's prefixes.
 #[derive(Debug, Clone, Default)]
@@ -176,25 +176,31 @@ fn job(id: &str, want: &DesiredJob, observed: &Observed) -> Step {
         None => Action::Skip("no Cloud Scheduler with the emulator: set TASKS_SCHEDULER_ENDPOINT"),
         Some(None) => Action::Create(Want::Job(want.clone())),
         Some(Some(have)) => match job_changes(want, have) {
-            fields if fields.is_empty() => Action::Unchanged,
-            fields => Action::Update(Want::Job(want.clone()), fields),
+            Err(conflict) => Action::Conflict(conflict),
+            Ok(fields) if fields.is_empty() => Action::Unchanged,
+            Ok(fields) => Action::Update(Want::Job(want.clone()), fields),
         },
     };
     Step { kind: Kind::Job, id: id.to_owned(), action }
 }
 
 /// The fields of `have` that differ from `want`; `state` when it should be
-/// paused and is not, or the other way round.
-pub(crate) fn job_changes(want: &DesiredJob, have: &Job) -> Vec<&'static str> {
-    let job = &want.job;
+/// paused and is not, or the other way round. A job whose last update failed
+/// runs no more until one succeeds: every field is sent again.
+pub(crate) fn job_changes(want: &DesiredJob, have: &Job) -> Result<Vec<&'static str>, String> {
+    if have.state == JobState::Disabled {
+        return Err("Cloud Scheduler disabled it after errors: see its status, then `gcloud scheduler jobs resume` it"
+            .to_owned());
+    }
+    let (job, again) = (&want.job, have.state == JobState::UpdateFailed);
     let fields = [
-        ("schedule", job.schedule != have.schedule),
-        ("timeZone", job.time_zone != have.time_zone),
-        ("pubsubTarget", job.pubsub_target != have.pubsub_target),
-        ("retryConfig", job.retry_config != have.retry_config),
-        ("state", want.paused != (have.state == "PAUSED")),
+        ("schedule", again || job.schedule != have.schedule),
+        ("timeZone", again || !same_time_zone(&job.time_zone, &have.time_zone)),
+        ("pubsubTarget", again || job.pubsub_target != have.pubsub_target),
+        ("retryConfig", again || job.retry_config != have.retry_config),
+        ("state", want.paused != (have.state == JobState::Paused)),
     ];
-    fields.into_iter().filter_map(|(field, differs)| differs.then_some(field)).collect()
+    Ok(fields.into_iter().filter_map(|(field, differs)| differs.then_some(field)).collect())
 }
 
 /// What carries this environment's and namespace's prefix but no route asks for.
@@ -215,6 +221,7 @@ fn orphans(desired: &Desired, observed: &Observed, prune: bool) -> Vec<Step> {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
     use whirligig_registry::Naming;
 
     use super::super::desired::tests::{registry, settings};
@@ -237,8 +244,8 @@ mod tests {
             policies: BTreeMap::new(),
         };
         for (id, want) in &desired.jobs {
-            let state = if want.paused { "PAUSED" } else { "ENABLED" };
-            observed.jobs.as_mut().unwrap().insert(id.clone(), Job { state: state.into(), ..want.job.clone() });
+            let state = if want.paused { JobState::Paused } else { JobState::Enabled };
+            observed.jobs.as_mut().unwrap().insert(id.clone(), Job { state, ..want.job.clone() });
         }
         for grant in &desired.grants {
             observed.policies.entry(grant.resource.clone()).or_default().grant(grant.role, &grant.member);
@@ -279,7 +286,7 @@ mod tests {
         send.retry_policy.as_mut().unwrap().maximum_backoff = Seconds::from_secs(60);
         let nightly = observed.jobs.as_mut().unwrap().get_mut("prod--gyrinx-scheduler--app-nightly").unwrap();
         nightly.schedule = "0 4 * * *".into();
-        nightly.state = "PAUSED".into();
+        nightly.state = JobState::Paused;
         let changed: Vec<String> =
             plan(&desired, &observed, false).iter().filter(|step| step.writes()).map(ToString::to_string).collect();
         assert_eq!(
@@ -289,6 +296,48 @@ mod tests {
                 "update     scheduler job  prod--gyrinx-scheduler--app-nightly (schedule, state)",
             ]
         );
+    }
+
+    /// Google answers more than was sent: output-only fields, `x-goog-version`
+    /// in a push config, unpadded base64, another name for UTC. None of it is a change.
+    #[test]
+    fn what_google_answers_for_what_was_sent_is_no_change() {
+        let desired = wanted();
+        for (id, want) in &desired.subscriptions {
+            let mut answer = serde_json::to_value(want).unwrap();
+            answer["name"] = json!(format!("projects/p/subscriptions/{id}"));
+            answer["messageRetentionDuration"] = json!("604800s");
+            answer["state"] = json!("ACTIVE");
+            if let Some(push) = answer["pushConfig"].as_object_mut().filter(|push| push.contains_key("pushEndpoint")) {
+                push.insert("attributes".into(), json!({"x-goog-version": "v1"}));
+            }
+            let read: Subscription = serde_json::from_value(answer).unwrap();
+            assert_eq!(subscription_changes(want, &read), Ok(vec![]), "{id}");
+        }
+        let (id, want) = &desired.jobs[0];
+        let mut want = want.clone();
+        want.job.time_zone = "UTC".into();
+        let mut answer = serde_json::to_value(&want.job).unwrap();
+        let data = answer["pubsubTarget"]["data"].as_str().unwrap().trim_end_matches('=').to_owned();
+        answer["pubsubTarget"]["data"] = json!(data);
+        answer["timeZone"] = json!("Etc/UTC");
+        answer["state"] = json!("ENABLED");
+        answer["userUpdateTime"] = json!("2026-12-02T04:00:00Z");
+        answer["scheduleTime"] = json!("2026-12-03T03:00:00Z");
+        answer["attemptDeadline"] = json!("180s");
+        answer["status"] = json!({});
+        let read: Job = serde_json::from_value(answer).unwrap();
+        assert_eq!(job_changes(&want, &read), Ok(vec![]), "{id}");
+    }
+
+    #[test]
+    fn a_job_that_failed_an_update_is_sent_whole_and_a_disabled_one_is_a_conflict() {
+        let desired = wanted();
+        let (_, want) = &desired.jobs[0];
+        let failed = Job { state: JobState::UpdateFailed, ..want.job.clone() };
+        assert_eq!(job_changes(want, &failed), Ok(vec!["schedule", "timeZone", "pubsubTarget", "retryConfig"]));
+        let disabled = Job { state: JobState::Disabled, ..want.job.clone() };
+        assert!(job_changes(want, &disabled).is_err_and(|why| why.contains("disabled")));
     }
 
     #[test]
