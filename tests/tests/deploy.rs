@@ -121,7 +121,8 @@ fn substitute(text: &str) -> String {
 
 /// The environment a step's `--set-env-vars` and `--set-secrets` give the container.
 fn environment(step: &Step) -> HashMap<String, String> {
-    let mut vars: HashMap<String, String> = substitute(step.flag("--set-env-vars").unwrap_or_default())
+    let set = step.flag("--set-env-vars").or_else(|| step.flag("--update-env-vars"));
+    let mut vars: HashMap<String, String> = substitute(set.unwrap_or_default())
         .split(',')
         .filter_map(|pair| pair.split_once('='))
         .map(|(name, value)| (name.to_owned(), value.to_owned()))
@@ -198,6 +199,10 @@ fn every_deploying_step_ships_the_image_the_build_pushed() {
     }
     assert_eq!(step("provision").flag("--args"), Some("provision"));
     assert!(step("provision").has("--wait"), "a failed provision must fail the build");
+    // --set-env-vars would drop the kill switches set on the job by hand.
+    assert!(
+        step("provision").flag("--set-env-vars").is_none() && step("provision").flag("--update-env-vars").is_some()
+    );
     assert_eq!(step("migrate").flag("--args"), Some("migrate"));
     assert!(step("job").flag("--args").unwrap().starts_with("run,"));
 }

@@ -18,7 +18,7 @@ use base64::engine::general_purpose::STANDARD;
 use http::Method;
 use serde_json::{Value, json};
 use support::TestDb;
-use support::emulator::{Emulator, PROJECT, emulator_host};
+use support::emulator::{Emulator, emulator_host};
 use support::google::{Fault, MetadataStub};
 use support::process::{Server, assert_exit, free_port, run_app, text};
 use support::pubsub_front::{self, FrontRequest, PubSubFront};
@@ -37,8 +37,11 @@ fn namespace() -> String {
     format!("p{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
 }
 
-/// One test's resources: its namespace, and the front every call goes through.
+/// One test's resources: a project of its own (a listing sees only them,
+/// however many earlier runs left in the emulator), its namespace, and the
+/// front every call goes through.
 struct Cloud {
+    project: String,
     namespace: String,
     naming: Naming,
     front: PubSubFront,
@@ -49,11 +52,13 @@ struct Cloud {
 impl Cloud {
     async fn new() -> Cloud {
         let namespace = namespace();
+        let project = format!("whirligig-{namespace}");
         Cloud {
             naming: Naming::new("dev", namespace.clone()).unwrap(),
             namespace,
             front: pubsub_front::start(&emulator_host()).await,
-            emulator: Emulator::new(),
+            emulator: Emulator::in_project(&project),
+            project,
             service_url: format!("http://127.0.0.1:{}", free_port()),
         }
     }
@@ -62,7 +67,7 @@ impl Cloud {
     fn env(&self) -> Vec<(String, String)> {
         [
             ("PUBSUB_EMULATOR_HOST", self.front.host()),
-            ("GCP_PROJECT_ID", PROJECT.to_owned()),
+            ("GCP_PROJECT_ID", self.project.clone()),
             ("TASKS_NAMESPACE", self.namespace.clone()),
             ("CLOUD_RUN_SERVICE_URL", self.service_url.clone()),
             ("TASKS_SERVICE_ACCOUNT", PUSH_ACCOUNT.to_owned()),
@@ -109,7 +114,7 @@ fn lines(output: &Output, code: i32) -> Vec<String> {
 }
 
 fn line_for<'a>(lines: &'a [String], id: &str) -> &'a str {
-    let found = lines.iter().find(|line| line.split_whitespace().any(|word| word == id));
+    let found = lines.iter().find(|line| line.split_whitespace().any(|word| word.trim_end_matches(':') == id));
     found.unwrap_or_else(|| panic!("no line for {id} in:\n{}", lines.join("\n")))
 }
 
@@ -120,6 +125,7 @@ fn described(writes: &[FrontRequest]) -> Vec<String> {
 #[tokio::test]
 async fn a_first_run_creates_every_resource_as_the_registry_says_and_a_second_writes_nothing() {
     let cloud = Cloud::new().await;
+    let project = &cloud.project;
     let dry = lines(&cloud.provision(&["--dry-run"]).await, 0);
     assert!(cloud.front.writes().is_empty(), "a dry run wrote: {:?}", described(&cloud.front.writes()));
     assert!(line_for(&dry, &cloud.topic("dead-letter")).starts_with("create "), "{dry:#?}");
@@ -129,11 +135,11 @@ async fn a_first_run_creates_every_resource_as_the_registry_says_and_a_second_wr
     let registry = demo::registry().unwrap();
     for route in registry.routes() {
         let topic = route.topic_name(&cloud.naming);
-        assert!(cloud.emulator.topic_in(PROJECT, &topic).await.is_some(), "{topic}");
+        assert!(cloud.emulator.topic_in(&cloud.project, &topic).await.is_some(), "{topic}");
         assert!(line_for(&first, &topic).ends_with("-> done"), "{first:#?}");
         let id = route.subscription_name(&cloud.naming);
-        let subscription = cloud.emulator.subscription_in(PROJECT, &id).await.unwrap_or_else(|| panic!("{id}"));
-        assert_eq!(subscription["topic"], format!("projects/{PROJECT}/topics/{topic}"));
+        let subscription = cloud.emulator.subscription_in(&cloud.project, &id).await.unwrap_or_else(|| panic!("{id}"));
+        assert_eq!(subscription["topic"], format!("projects/{project}/topics/{topic}"));
         assert_eq!(
             subscription["pushConfig"],
             json!({"pushEndpoint": format!("{}/tasks/pubsub/", cloud.service_url),
@@ -144,14 +150,14 @@ async fn a_first_run_creates_every_resource_as_the_registry_says_and_a_second_wr
                            "maximumBackoff": format!("{}s", route.max_retry_delay().as_secs())});
         assert_eq!(subscription["retryPolicy"], retry, "{id}");
         assert_eq!(subscription["expirationPolicy"], json!({}), "{id}: never expires");
-        let dead_letter = format!("projects/{PROJECT}/topics/{}", cloud.topic("dead-letter"));
+        let dead_letter = format!("projects/{project}/topics/{}", cloud.topic("dead-letter"));
         assert_eq!(
             subscription["deadLetterPolicy"],
             json!({"deadLetterTopic": dead_letter, "maxDeliveryAttempts": 10}),
             "{id}: the documented default"
         );
     }
-    let parked = cloud.emulator.subscription_in(PROJECT, &cloud.subscription("dead-letter")).await.unwrap();
+    let parked = cloud.emulator.subscription_in(&cloud.project, &cloud.subscription("dead-letter")).await.unwrap();
     assert_eq!((&parked["pushConfig"], &parked["expirationPolicy"]), (&json!({}), &json!({})), "a pull subscription");
     assert!(first.iter().any(|line| line.contains("IAM bindings are skipped")), "{first:#?}");
     assert!(first.iter().any(|line| line.starts_with("skip ") && line.contains("TASKS_SCHEDULER_ENDPOINT")));
@@ -166,10 +172,11 @@ async fn a_first_run_creates_every_resource_as_the_registry_says_and_a_second_wr
 #[tokio::test]
 async fn a_changed_setting_becomes_a_patch_of_exactly_that_field() {
     let cloud = Cloud::new().await;
+    let project = &cloud.project;
     lines(&cloud.provision(&[]).await, 0);
     let echo = cloud.subscription(&demo_path("echo"));
     let drifted = json!({"ackDeadlineSeconds": 33, "retryPolicy": {"minimumBackoff": "3s", "maximumBackoff": "30s"}});
-    cloud.emulator.patch_subscription_in(PROJECT, &echo, drifted, "ackDeadlineSeconds,retryPolicy").await;
+    cloud.emulator.patch_subscription_in(&cloud.project, &echo, drifted, "ackDeadlineSeconds,retryPolicy").await;
     cloud.front.clear();
 
     let plan = lines(&cloud.provision(&["--dry-run"]).await, 0);
@@ -178,9 +185,9 @@ async fn a_changed_setting_becomes_a_patch_of_exactly_that_field() {
     let applied = lines(&cloud.provision(&[]).await, 0);
     assert!(line_for(&applied, &echo).ends_with("(ackDeadlineSeconds, retryPolicy)  -> done"), "{applied:#?}");
     let writes = cloud.front.writes();
-    assert_eq!(described(&writes), [format!("PATCH /v1/projects/{PROJECT}/subscriptions/{echo}")]);
+    assert_eq!(described(&writes), [format!("PATCH /v1/projects/{project}/subscriptions/{echo}")]);
     assert_eq!(writes[0].body.as_ref().unwrap()["updateMask"], "ackDeadlineSeconds,retryPolicy");
-    let restored = cloud.emulator.subscription_in(PROJECT, &echo).await.unwrap();
+    let restored = cloud.emulator.subscription_in(&cloud.project, &echo).await.unwrap();
     assert_eq!(restored["ackDeadlineSeconds"], 300);
     assert_eq!(restored["retryPolicy"], json!({"minimumBackoff": "10s", "maximumBackoff": "600s"}));
 }
@@ -188,14 +195,15 @@ async fn a_changed_setting_becomes_a_patch_of_exactly_that_field() {
 #[tokio::test]
 async fn orphans_are_listed_then_pruned_subscriptions_first_never_the_dead_letters_or_another_environments() {
     let cloud = Cloud::new().await;
+    let project = &cloud.project;
     lines(&cloud.provision(&[]).await, 0);
     let (gone_topic, gone_sub) = (cloud.topic("app.gone"), cloud.subscription("app.gone"));
     let other_env = Naming::new("prod", cloud.namespace.clone()).unwrap().topic("app.gone");
     let other_namespace = Naming::new("dev", format!("{}x", cloud.namespace)).unwrap().topic("app.gone");
     for topic in [&gone_topic, &other_env, &other_namespace] {
-        cloud.emulator.create_topic_in(PROJECT, topic).await;
+        cloud.emulator.create_topic_in(&cloud.project, topic).await;
     }
-    cloud.emulator.create_subscription_in(PROJECT, &gone_sub, &gone_topic, json!({})).await;
+    cloud.emulator.create_subscription_in(&cloud.project, &gone_sub, &gone_topic, json!({})).await;
     cloud.front.clear();
 
     let listed = lines(&cloud.provision(&[]).await, 0);
@@ -209,15 +217,15 @@ async fn orphans_are_listed_then_pruned_subscriptions_first_never_the_dead_lette
     assert_eq!(
         described(&cloud.front.writes()),
         [
-            format!("DELETE /v1/projects/{PROJECT}/subscriptions/{gone_sub}"),
-            format!("DELETE /v1/projects/{PROJECT}/topics/{gone_topic}")
+            format!("DELETE /v1/projects/{project}/subscriptions/{gone_sub}"),
+            format!("DELETE /v1/projects/{project}/topics/{gone_topic}")
         ]
     );
-    assert!(cloud.emulator.topic_in(PROJECT, &gone_topic).await.is_none());
+    assert!(cloud.emulator.topic_in(&cloud.project, &gone_topic).await.is_none());
     for kept in [&other_env, &other_namespace, &cloud.topic("dead-letter")] {
-        assert!(cloud.emulator.topic_in(PROJECT, kept).await.is_some(), "{kept} was deleted");
+        assert!(cloud.emulator.topic_in(&cloud.project, kept).await.is_some(), "{kept} was deleted");
     }
-    assert!(cloud.emulator.subscription_in(PROJECT, &cloud.subscription("dead-letter")).await.is_some());
+    assert!(cloud.emulator.subscription_in(&cloud.project, &cloud.subscription("dead-letter")).await.is_some());
 }
 
 #[tokio::test]
@@ -229,7 +237,7 @@ async fn what_was_provisioned_delivers_to_the_binary_retries_and_dead_letters_a_
     let host = emulator_host();
     let mut env: Vec<(&str, &str)> = vec![
         ("PUBSUB_EMULATOR_HOST", &host),
-        ("GCP_PROJECT_ID", PROJECT),
+        ("GCP_PROJECT_ID", &cloud.project),
         ("TASKS_NAMESPACE", &cloud.namespace),
         ("CLOUD_RUN_SERVICE_URL", &cloud.service_url),
     ];
@@ -263,6 +271,7 @@ async fn enqueue(env: &[(&str, &str)], args: &[&str]) -> String {
 #[tokio::test]
 async fn scheduler_jobs_are_created_paused_by_their_kill_switch_resumed_patched_and_pruned() {
     let cloud = Cloud::new().await;
+    let project = &cloud.project;
     let metadata = MetadataStub::start().await;
     let scheduler = SchedulerStub::start_checking(&metadata).await;
     let (url, host) = (scheduler.url(), metadata.host());
@@ -276,7 +285,7 @@ async fn scheduler_jobs_are_created_paused_by_their_kill_switch_resumed_patched_
         async move { cloud.provision_with(args, &extra).await }
     };
     let id = cloud.naming.scheduler_job(&demo_path("heartbeat"));
-    let name = format!("projects/{PROJECT}/locations/europe-west2/jobs/{id}");
+    let name = format!("projects/{project}/locations/europe-west2/jobs/{id}");
 
     let created = lines(&run("off", &[]).await, 0);
     assert!(line_for(&created, &id).ends_with("-> done"), "{created:#?}");
@@ -284,7 +293,7 @@ async fn scheduler_jobs_are_created_paused_by_their_kill_switch_resumed_patched_
     assert_eq!(job["state"], "PAUSED", "its kill switch is off");
     assert_eq!((&job["schedule"], &job["timeZone"]), (&json!("*/1 * * * *"), &json!("UTC")));
     let target = &job["pubsubTarget"];
-    assert_eq!(target["topicName"], format!("projects/{PROJECT}/topics/{}", cloud.topic(&demo_path("heartbeat"))));
+    assert_eq!(target["topicName"], format!("projects/{project}/topics/{}", cloud.topic(&demo_path("heartbeat"))));
     let data = STANDARD.decode(target["data"].as_str().unwrap()).unwrap();
     assert_eq!(data, TaskMessage::scheduled("heartbeat").to_json().into_bytes());
     assert!(scheduler.requests().iter().all(|request| request.authorization.as_deref() == Some("Bearer token-1")));
@@ -303,7 +312,7 @@ async fn scheduler_jobs_are_created_paused_by_their_kill_switch_resumed_patched_
     let gone = cloud.naming.scheduler_job("app.gone");
     let other = Naming::new("prod", cloud.namespace.clone()).unwrap().scheduler_job("app.gone");
     for orphan in [&gone, &other] {
-        let name = format!("projects/{PROJECT}/locations/europe-west2/jobs/{orphan}");
+        let name = format!("projects/{project}/locations/europe-west2/jobs/{orphan}");
         scheduler.insert(json!({"name": name, "schedule": "0 5 * * *", "pubsubTarget": target}));
     }
     let patched = lines(&run("", &[]).await, 0);
@@ -317,6 +326,23 @@ async fn scheduler_jobs_are_created_paused_by_their_kill_switch_resumed_patched_
     let left: Vec<String> = scheduler.jobs().iter().map(|job| job["name"].as_str().unwrap().to_owned()).collect();
     assert!(!left.iter().any(|job| job.ends_with(&format!("/{gone}"))), "{left:?}");
     assert!(left.iter().any(|job| job.ends_with(&format!("/{other}"))), "another environment's job was deleted");
+}
+
+#[tokio::test]
+async fn a_subscription_on_another_topic_is_a_conflict_reported_once_and_left_alone() {
+    let cloud = Cloud::new().await;
+    let (echo, other) = (cloud.subscription(&demo_path("echo")), cloud.topic(&demo_path("noop")));
+    cloud.emulator.create_topic_in(&cloud.project, &other).await;
+    cloud.emulator.create_subscription_in(&cloud.project, &echo, &other, json!({})).await;
+    let refused = cloud.provision(&[]).await;
+    let out = lines(&refused, 1);
+    let line = line_for(&out, &echo);
+    assert!(line.starts_with("conflict "), "{out:#?}");
+    assert_eq!(line.matches("cannot change").count(), 1, "the reason once: {line}");
+    assert!(line.ends_with("-> FAILED: not applied"), "{line}");
+    let kept = cloud.emulator.subscription_in(&cloud.project, &echo).await.unwrap();
+    assert_eq!(kept["topic"], format!("projects/{}/topics/{other}", cloud.project), "not recreated");
+    assert!(text(&refused.stderr).contains("1 step(s) failed"), "{}", text(&refused.stderr));
 }
 
 #[tokio::test]
@@ -413,7 +439,7 @@ async fn a_create_lost_to_another_writer_reads_back_and_patches_what_differs() {
     // Another deploy, with other settings, creates it first. (Never expiring:
     // the emulator, unlike Pub/Sub, refuses to update an expiration policy.)
     let theirs = json!({"ackDeadlineSeconds": 20, "expirationPolicy": {}});
-    cloud.emulator.create_subscription_in(PROJECT, &echo, &echo_topic, theirs).await;
+    cloud.emulator.create_subscription_in(&cloud.project, &echo, &echo_topic, theirs).await;
     held.release();
     let out = lines(&provision.await.unwrap(), 0);
     assert!(
@@ -422,7 +448,7 @@ async fn a_create_lost_to_another_writer_reads_back_and_patches_what_differs() {
         ),
         "{out:#?}"
     );
-    let subscription = cloud.emulator.subscription_in(PROJECT, &echo).await.unwrap();
+    let subscription = cloud.emulator.subscription_in(&cloud.project, &echo).await.unwrap();
     assert_eq!(subscription["ackDeadlineSeconds"], 300);
     assert_eq!(subscription["expirationPolicy"], json!({}));
     cloud.front.clear();
@@ -435,6 +461,7 @@ async fn a_create_lost_to_another_writer_reads_back_and_patches_what_differs() {
 #[tokio::test]
 async fn outside_the_emulator_calls_carry_tokens_and_the_service_agent_gets_its_roles() {
     let cloud = Cloud::new().await;
+    let project = &cloud.project;
     let metadata = MetadataStub::start().await;
     let front = pubsub_front::start_checking(&emulator_host(), &metadata).await;
     let scheduler = SchedulerStub::start_checking(&metadata).await;
@@ -447,10 +474,10 @@ async fn outside_the_emulator_calls_carry_tokens_and_the_service_agent_gets_its_
     ];
     front.push_fault(Method::POST, ":setIamPolicy", Fault::error(409, "ABORTED"));
     let out = lines(&cloud.provision_with(&[], &extra).await, 0);
-    let dead_letter = format!("projects/{PROJECT}/topics/{}", cloud.topic("dead-letter"));
+    let dead_letter = format!("projects/{project}/topics/{}", cloud.topic("dead-letter"));
     assert!(policy_grants(&front, &dead_letter, "roles/pubsub.publisher"), "{out:#?}");
     for route in demo::registry().unwrap().routes() {
-        let subscription = format!("projects/{PROJECT}/subscriptions/{}", route.subscription_name(&cloud.naming));
+        let subscription = format!("projects/{project}/subscriptions/{}", route.subscription_name(&cloud.naming));
         assert!(policy_grants(&front, &subscription, "roles/pubsub.subscriber"), "{subscription}");
     }
     assert_eq!(front.faults_left(), 0, "the stale etag was met, and the grant read again");

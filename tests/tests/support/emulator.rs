@@ -161,6 +161,11 @@ impl Emulator {
         Emulator { host: emulator_host(), project: PROJECT.to_owned(), client }
     }
 
+    /// A client of the emulator for resources of `project`, a project of one test's own.
+    pub fn in_project(project: &str) -> Emulator {
+        Emulator { project: project.to_owned(), ..Emulator::new() }
+    }
+
     pub fn host(&self) -> &str {
         &self.host
     }
