@@ -22,6 +22,14 @@
 //!     ◀────── answer: a refusal's status, or the outcome's ◀──────
 //! ```
 //!
+//! Provisioning (`whirligig provision`) reads the registry a third way:
+//!
+//! ```text
+//! registry ──▶ desired ───────▶ plan ───────────────────────▶ apply ──────────▶ google
+//!              resources wanted   diffed with what google lists  creates, patches,
+//!                                 under the prefixes             deletes (--prune)
+//! ```
+//!
 //! A job (`whirligig run`) enters at the executor. [`telemetry`] turns the
 //! spans along the way into traces and log lines.
 
@@ -38,7 +46,7 @@ mod auth;
 #[cfg(feature = "bench")]
 #[doc(hidden)]
 pub mod bench;
-// The command line: serve, run (job mode), enqueue, result, routes, migrate.
+// The command line: serve, run (job mode), enqueue, result, provision, routes, migrate.
 #[cfg(feature = "server")]
 mod cli;
 // Every environment variable, read once and checked together.
