@@ -70,16 +70,7 @@ pub(crate) async fn provision(
         .map_err(|error| ProvisionError::Setup(format!("an HTTP client: {error}")))?;
     let target = Target::new(config)?;
     let apis = apis(config, &client, &target).await?;
-    print(format!(
-        "project {} · Pub/Sub {} · Cloud Scheduler {}",
-        target.project,
-        pubsub_endpoint(config),
-        config
-            .provision
-            .scheduler_url
-            .as_deref()
-            .map_or_else(|| "none".to_owned(), |url| format!("{url} ({})", config.scheduler_location)),
-    ));
+    print(header(config, &target));
     let service_agent = service_agent(config, &client, print).await?;
     let settings = target.settings(config, service_agent);
     let desired = desired::desired(registry, &settings);
@@ -96,9 +87,15 @@ pub(crate) async fn provision(
     Ok(summary)
 }
 
-fn pubsub_endpoint(config: &Config) -> String {
+/// What is provisioned where: the project, and the APIs' endpoints.
+fn header(config: &Config, target: &Target) -> String {
     let emulated = if config.enqueue.emulator { " (emulator)" } else { "" };
-    format!("{}{emulated}", config.enqueue.pubsub_url)
+    let scheduler = config.provision.scheduler_url.as_deref();
+    let scheduler = scheduler.map_or_else(|| "none".to_owned(), |url| format!("{url} ({})", config.scheduler_location));
+    format!(
+        "project {} · Pub/Sub {}{emulated} · Cloud Scheduler {scheduler}",
+        target.project, config.enqueue.pubsub_url
+    )
 }
 
 /// Where resources go: the project and the service pushes reach.
