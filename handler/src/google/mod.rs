@@ -17,6 +17,7 @@ pub(crate) mod scheduler;
 use std::fmt;
 use std::time::Duration;
 
+use bytes::Bytes;
 use serde::Deserialize;
 
 pub(crate) use self::credentials::Credentials;
@@ -171,11 +172,10 @@ pub(crate) enum CallError {
     /// The API answered with an error.
     #[error("{0}")]
     Api(ApiError),
-    /// No answer: the connection failed, broke, or the call timed out.
+    /// No answer: the connection failed or broke.
     #[error("{0}")]
     Transport(String),
-    /// No answer within the call's deadline (an admin call's; a publish says GaveUp).
-    #[cfg(feature = "server")]
+    /// No answer within the time the call had left.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
     /// No access token could be had.
@@ -199,6 +199,34 @@ impl CallError {
     pub(crate) fn transport(error: &reqwest::Error) -> Self {
         Self::Transport(chain(error))
     }
+}
+
+/// One request to a Google API, `body` sent as JSON, with `credentials`, given
+/// at most `left`: the answer's body on success, else Google's error read
+/// from it. What to retry is the caller's to decide.
+pub(crate) async fn send(
+    mut request: reqwest::RequestBuilder,
+    body: Option<&Bytes>,
+    credentials: &Credentials,
+    left: Duration,
+) -> Result<Bytes, CallError> {
+    request = request.timeout(left);
+    if let Some(body) = body {
+        // A clone of Bytes shares the buffer: a retry copies nothing.
+        request = request.header(http::header::CONTENT_TYPE, "application/json").body(body.clone());
+    }
+    if let Some(authorization) = credentials.authorization().await? {
+        request = request.header(http::header::AUTHORIZATION, authorization);
+    }
+    // Whole milliseconds, rounded up: what was left reads as the deadline it was.
+    let timeout = Duration::from_millis(u64::try_from(left.as_micros().div_ceil(1000)).unwrap_or(u64::MAX));
+    let failed = |error: reqwest::Error| {
+        if error.is_timeout() { CallError::Timeout(timeout) } else { CallError::transport(&error) }
+    };
+    let response = request.send().await.map_err(failed)?;
+    let status = response.status();
+    let answer = response.bytes().await.map_err(failed)?;
+    if status.is_success() { Ok(answer) } else { Err(CallError::Api(ApiError::read(status.as_u16(), &answer))) }
 }
 
 /// An error and its sources, joined with ": ".

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use super::{ApiError, Backoff, CallError, Code, Endpoint};
+use super::{ApiError, Backoff, CallError, Code, Endpoint, send};
 use crate::group_commit::{Limits, Queue, QueueError, Row, Waiting};
 
 /// Pub/Sub's limit on one message, and on one publish request.
@@ -246,23 +246,9 @@ impl Request {
 
     /// One request, bounded by what is left of the deadline.
     async fn attempt(&self, body: &Bytes, deadline: Instant) -> Result<Vec<String>, CallError> {
-        let mut request = self
-            .client
-            .post(&self.url)
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .timeout(deadline.saturating_duration_since(Instant::now()))
-            // A clone of Bytes shares the buffer: a retry copies nothing.
-            .body(body.clone());
-        if let Some(authorization) = self.endpoint.credentials.authorization().await? {
-            request = request.header(http::header::AUTHORIZATION, authorization);
-        }
-        let response = request.send().await.map_err(|error| CallError::transport(&error))?;
-        let status = response.status();
-        let bytes = response.bytes().await.map_err(|error| CallError::transport(&error))?;
-        if !status.is_success() {
-            return Err(CallError::Api(ApiError::read(status.as_u16(), &bytes)));
-        }
-        let published: Published = serde_json::from_slice(&bytes)
+        let left = deadline.saturating_duration_since(Instant::now());
+        let answer = send(self.client.post(&self.url), Some(body), &self.endpoint.credentials, left).await?;
+        let published: Published = serde_json::from_slice(&answer)
             .map_err(|error| CallError::Transport(format!("Pub/Sub's answer is not a publish response: {error}")))?;
         Ok(published.message_ids)
     }

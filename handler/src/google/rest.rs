@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use super::{ApiError, Backoff, CallError, Code, Endpoint};
+use super::{Backoff, CallError, Code, Endpoint, send};
 
 /// For a call without a body.
 pub(crate) const NO_BODY: Option<&()> = None;
@@ -138,21 +138,9 @@ impl Rest {
     }
 
     async fn attempt(&self, call: &Call<'_>, deadline: Instant) -> Result<Bytes, CallError> {
+        let request = self.client.request(call.method.clone(), call.url).query(call.query);
         let left = deadline.saturating_duration_since(Instant::now());
-        let mut request = self.client.request(call.method.clone(), call.url).query(call.query).timeout(left);
-        if let Some(body) = call.body {
-            request = request.header(http::header::CONTENT_TYPE, "application/json").body(body.clone());
-        }
-        if let Some(authorization) = self.endpoint.credentials.authorization().await? {
-            request = request.header(http::header::AUTHORIZATION, authorization);
-        }
-        let failed = |error: reqwest::Error| {
-            if error.is_timeout() { CallError::Timeout(self.deadline) } else { CallError::transport(&error) }
-        };
-        let response = request.send().await.map_err(failed)?;
-        let status = response.status();
-        let answer = response.bytes().await.map_err(failed)?;
-        if status.is_success() { Ok(answer) } else { Err(CallError::Api(ApiError::read(status.as_u16(), &answer))) }
+        send(request, call.body, &self.endpoint.credentials, left).await
     }
 }
 
