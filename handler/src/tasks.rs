@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 use tracing::field::Empty;
 use whirligig_registry::{
-    ArgumentError, CallArguments, IntoCall, Naming, RawArguments, ReceivedMessage, Registry, Route, Task, TaskMessage,
+    ArgumentError, CallArguments, IntoCall, RawArguments, ReceivedMessage, Registry, Route, Task, TaskMessage,
 };
 
 use crate::config::{Backend, Config};
@@ -89,7 +89,6 @@ pub struct Tasks {
 #[derive(Debug)]
 struct Inner {
     registry: Arc<Registry>,
-    naming: Naming,
     backend: Sending,
 }
 
@@ -173,7 +172,7 @@ impl Tasks {
                 Sending::ImmediateMemory(executor(config, MemoryStore::default(), Resources::default()))
             }
         };
-        Ok(Self { inner: Arc::new(Inner { registry, naming: config.naming.clone(), backend }) })
+        Ok(Self { inner: Arc::new(Inner { registry, backend }) })
     }
 
     /// Enqueues a call of `task` with its own argument types, under a new
@@ -254,8 +253,7 @@ impl Tasks {
         match &self.inner.backend {
             Sending::PubSub { publisher, store } => {
                 let call = Call { route, message: &message, payload: payload.clone(), arguments };
-                let topic = route.topic_name(&self.inner.naming);
-                call.publish(publisher, &topic, store.as_ref()).await
+                call.publish(publisher, store.as_ref()).await
             }
             #[cfg(feature = "postgres")]
             Sending::ImmediatePostgres(executor) => Ok(run_now(executor, route, &message, arguments).await),
@@ -278,19 +276,14 @@ impl Call<'_> {
     /// READY in the store, then published; a publish that failed for good is
     /// recorded as such. A scheduled message has no row before its run: its
     /// execution id needs the message id.
-    async fn publish(
-        &self,
-        publisher: &Publisher,
-        topic: &str,
-        store: Option<&Database>,
-    ) -> Result<Queued, EnqueueError> {
+    async fn publish(&self, publisher: &Publisher, store: Option<&Database>) -> Result<Queued, EnqueueError> {
         let task_id = &self.message.task_id;
         let store = store.filter(|_| !self.is_scheduled());
         if let Some(store) = store {
             self.ready(store).await?;
         }
         let attributes = propagation::to_attributes(&tracing::Span::current());
-        match publisher.publish(topic, task_id, self.payload.clone(), attributes).await {
+        match publisher.publish(self.route.name(), task_id, self.payload.clone(), attributes).await {
             Ok(message_id) => {
                 tracing::Span::current().record("messaging.message.id", message_id.as_str());
                 let task_id = if self.is_scheduled() { format!("{task_id}-{message_id}") } else { task_id.clone() };
@@ -408,8 +401,8 @@ async fn publisher(registry: &Registry, config: &Config) -> Result<Publisher, En
         tracing::debug!(host, "credentials from the metadata server");
     }
     let endpoint = Endpoint { base_url: config.enqueue.pubsub_url.clone(), credentials };
-    let topics = registry.routes().map(|route| route.topic_name(&config.naming));
-    Ok(Publisher::new(client, endpoint, project.to_owned(), topics, config.enqueue.publish_timeout))
+    let topics = registry.routes().map(|route| (route.name().to_owned(), route.topic_name(&config.naming)));
+    Ok(Publisher::new(client, endpoint, project, topics, config.enqueue.publish_timeout))
 }
 
 fn setup(error: CallError) -> EnqueueError {

@@ -115,9 +115,8 @@ impl QueueError for PublishError {
 #[derive(Debug)]
 pub(crate) struct Publisher {
     deadline: Duration,
-    /// Each topic's queue and request, by the topic's short name.
+    /// Each topic's queue and request, by the name of the task published to it.
     topics: HashMap<String, Topic>,
-    project: String,
 }
 
 #[derive(Debug)]
@@ -130,28 +129,28 @@ impl Publisher {
     pub(crate) fn new(
         client: reqwest::Client,
         endpoint: Endpoint,
-        project: String,
-        topics: impl IntoIterator<Item = String>,
+        project: &str,
+        topics: impl IntoIterator<Item = (String, String)>,
         deadline: Duration,
     ) -> Self {
         let topics = topics
             .into_iter()
-            .map(|topic| {
+            .map(|(task_name, topic)| {
                 let name = format!("projects/{project}/topics/{topic}");
                 let url = format!("{}/v1/{name}:publish", endpoint.base_url);
                 let request =
                     Request { client: client.clone(), endpoint: endpoint.clone(), url, topic: name, deadline };
-                (topic, Topic { queue: Queue::new(LIMITS), request: Arc::new(request) })
+                (task_name, Topic { queue: Queue::new(LIMITS), request: Arc::new(request) })
             })
             .collect();
-        Self { deadline, topics, project }
+        Self { deadline, topics }
     }
 
-    /// Publishes `data` to `topic` and returns Pub/Sub's message id once it
-    /// has confirmed it.
+    /// Publishes `data` to the topic of task `task_name` and returns Pub/Sub's
+    /// message id once it has confirmed it.
     pub(crate) async fn publish(
         &self,
-        topic: &str,
+        task_name: &str,
         task_id: &str,
         data: Bytes,
         attributes: Vec<(&'static str, String)>,
@@ -159,10 +158,11 @@ impl Publisher {
         if data.len() > MAX_MESSAGE_BYTES {
             return Err(PublishError::TooLarge { bytes: data.len() });
         }
-        let Some(Topic { queue, request }) = self.topics.get(topic) else {
-            let message = "no route publishes to this topic".to_owned();
+        let Some(Topic { queue, request }) = self.topics.get(task_name) else {
+            let message = format!("no route publishes task {task_name}");
             let error = ApiError { http: 404, code: Code::NotFound, message, has_body: false };
-            return Err(PublishError::Refused { topic: format!("projects/{}/topics/{topic}", self.project), error });
+            // Not Pub/Sub's answer: the handle was made for other routes.
+            return Err(PublishError::Refused { topic: format!("the topic of {task_name}"), error });
         };
         let deadline = Instant::now() + self.deadline;
         let message = Outgoing { data, attributes, deadline, key: task_id.to_owned() };
