@@ -165,8 +165,9 @@ impl Policy {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Page {
-    #[serde(default, alias = "subscriptions")]
-    topics: Vec<Value>,
+    /// `topics` or `subscriptions`, whichever was listed.
+    #[serde(default, alias = "topics", alias = "subscriptions")]
+    items: Vec<Value>,
     #[serde(default)]
     next_page_token: String,
 }
@@ -230,7 +231,7 @@ impl PubSubAdmin {
         loop {
             let query = [("pageSize", PAGE_SIZE), ("pageToken", token.as_str())];
             let page: Page = self.rest.call_with_query(Method::GET, &path, &query, NO_BODY, Retry::Read).await?;
-            for item in page.topics {
+            for item in page.items {
                 let id = item["name"].as_str().and_then(|name| name.strip_prefix(&start));
                 if let Some(id) = id.filter(|id| id.starts_with(prefix)) {
                     found.push((id.to_owned(), item.clone()));

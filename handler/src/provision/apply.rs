@@ -42,12 +42,12 @@ pub(crate) enum Outcome {
 pub(crate) async fn apply(apis: &Apis, steps: &[Step], mut report: impl FnMut(&Step, &Outcome)) -> Vec<Outcome> {
     let mut outcomes = Vec::with_capacity(steps.len());
     for phase in steps.chunk_by(|a, b| a.phase() == b.phase()) {
-        let mut done = futures_util::stream::iter(phase).map(|step| step_outcome(apis, step)).buffered(CONCURRENCY);
-        let mut index = 0;
-        while let Some(outcome) = done.next().await {
-            report(&phase[index], &outcome);
+        let mut done = futures_util::stream::iter(phase)
+            .map(|step| async move { (step, step_outcome(apis, step).await) })
+            .buffered(CONCURRENCY);
+        while let Some((step, outcome)) = done.next().await {
+            report(step, &outcome);
             outcomes.push(outcome);
-            index += 1;
         }
     }
     outcomes
