@@ -147,6 +147,7 @@ impl Rest {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::google::ApiError;
 
     fn api(code: Code) -> CallError {
         CallError::Api(ApiError { http: 409, code, message: String::new(), has_body: true })
