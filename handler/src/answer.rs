@@ -9,7 +9,7 @@ use std::borrow::Cow;
 use bytes::Bytes;
 use http::{Response, StatusCode, header};
 use http_body_util::Full;
-use whirligig_registry::{MessageError, Retry};
+use whirligig_registry::{MessageError, Retry, UnknownTask};
 
 use crate::app::MAX_BODY_BYTES;
 use crate::auth::{AuthError, Rejection};
@@ -41,7 +41,7 @@ pub(crate) enum Refusal {
     /// The message's data is not a task message.
     Message(MessageError),
     /// No route has the message's task name (logged, never echoed).
-    UnknownTask(String),
+    UnknownTask(UnknownTask),
 }
 
 impl Refusal {
@@ -214,7 +214,8 @@ mod tests {
         assert_eq!(status(Refusal::Unreadable("reset".into())), 400);
         assert_eq!(status(Refusal::Envelope(EnvelopeError::NoData)), 400);
         assert_eq!(status(Refusal::Message(MessageError::EmptyTaskName)), 400);
-        let unknown = Refusal::UnknownTask("rm_rf_everything".into()).answer();
+        let name = "rm_rf_everything".to_owned();
+        let unknown = Refusal::UnknownTask(UnknownTask { name, closest: None, known: Vec::new() }).answer();
         assert_eq!((unknown.status.as_u16(), &*unknown.body), (400, "bad request: unknown task"), "never echoed");
     }
 }

@@ -169,7 +169,9 @@ impl<S: ExecutionStore> App<S> {
         };
         match self.registry.get(message.task_name()) {
             Some(route) => self.executor.execute(pushed.delivery(route, &message), answer).await,
-            None => refuse(&Refusal::UnknownTask(message.task_name().to_owned()), Some(pushed.message_id())),
+            None => {
+                refuse(&Refusal::UnknownTask(self.registry.unknown(message.task_name())), Some(pushed.message_id()))
+            }
         }
     }
 }
@@ -214,8 +216,9 @@ fn refuse(refusal: &Refusal, message_id: Option<&str>) -> Answer {
         Refusal::Message(error) => {
             tracing::warn!(message_id, %error, "malformed task message: refused without running")
         }
-        Refusal::UnknownTask(task_name) => {
-            tracing::warn!(message_id, task_name, "unknown task: refused without running");
+        Refusal::UnknownTask(unknown) => {
+            let (task_name, closest) = (&unknown.name, unknown.closest.as_deref());
+            tracing::warn!(message_id, task_name, closest, "unknown task: refused without running");
         }
     }
     answer

@@ -82,12 +82,14 @@ pub mod telemetry;
 use std::process::ExitCode;
 
 #[cfg(feature = "server")]
-use whirligig_registry::Registry;
+use whirligig_registry::{Registry, RegistryError};
 
 #[cfg(feature = "server")]
 pub use crate::app::{App, MAX_BODY_BYTES};
 #[cfg(feature = "server")]
 pub use crate::auth::{AuthSetupError, Clock, OidcSettings, PushAuth};
+#[cfg(feature = "server")]
+pub use crate::cli::Binary;
 #[cfg(feature = "server")]
 pub use crate::config::{AuthConfig, ProvisionConfig};
 pub use crate::config::{
@@ -100,9 +102,22 @@ pub use crate::google::pubsub::{MAX_MESSAGE_BYTES, PublishError};
 pub use crate::google::{ApiError, Code};
 pub use crate::tasks::{EnqueueError, Queued, Tasks};
 
-/// The whole command line for a service's own binary:
-/// `whirligig_handler::main(registry).await` from `#[tokio::main] async fn main`.
+/// The whole command line for a service's own binary, from
+/// `#[tokio::main] async fn main`:
+/// `whirligig_handler::main(my_service::registry(), whirligig_handler::binary!()).await`.
+/// A registry that did not build is reported, with every route's problem, as
+/// exit 2.
 #[cfg(feature = "server")]
-pub async fn main(registry: Registry) -> ExitCode {
-    cli::run(registry).await
+pub async fn main(registry: Result<Registry, RegistryError>, binary: Binary) -> ExitCode {
+    cli::run(registry, binary).await
+}
+
+/// The calling binary's [`Binary`]: its name and its package's version, from
+/// its own Cargo manifest.
+#[cfg(feature = "server")]
+#[macro_export]
+macro_rules! binary {
+    () => {
+        $crate::Binary { name: ::core::env!("CARGO_BIN_NAME"), version: ::core::env!("CARGO_PKG_VERSION") }
+    };
 }

@@ -5,11 +5,5 @@ use std::process::ExitCode;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    match whirligig_handler::demo::registry() {
-        Ok(registry) => whirligig_handler::main(registry).await,
-        Err(error) => {
-            eprintln!("whirligig: {error}");
-            ExitCode::from(2)
-        }
-    }
+    whirligig_handler::main(whirligig_handler::demo::registry(), whirligig_handler::binary!()).await
 }

@@ -31,6 +31,7 @@ use tracing::Instrument as _;
 use tracing::field::Empty;
 use whirligig_registry::{
     ArgumentError, CallArguments, IntoCall, RawArguments, ReceivedMessage, Registry, Route, Task, TaskMessage,
+    UnknownTask,
 };
 
 use crate::config::{Backend, Config};
@@ -135,9 +136,9 @@ impl Queued {
 /// Why a call was not enqueued, or a result not read.
 #[derive(Debug, thiserror::Error)]
 pub enum EnqueueError {
-    /// No route has this name.
-    #[error("unknown task {0:?}")]
-    UnknownTask(String),
+    /// No route has this name; it says the closest, or the known ones.
+    #[error(transparent)]
+    UnknownTask(#[from] UnknownTask),
     /// The arguments can never fit the task's types: nothing was published.
     #[error(transparent)]
     Arguments(#[from] ArgumentError),
@@ -240,7 +241,7 @@ impl Tasks {
     }
 
     fn route(&self, task_name: &str) -> Result<&Route, EnqueueError> {
-        self.inner.registry.get(task_name).ok_or_else(|| EnqueueError::UnknownTask(task_name.to_owned()))
+        Ok(self.inner.registry.find(task_name)?)
     }
 
     async fn send(&self, route: &Route, message: TaskMessage) -> Result<Queued, EnqueueError> {

@@ -50,7 +50,7 @@ pub use crate::naming::{
     DEFAULT_ENVIRONMENT, DEFAULT_NAMESPACE, NameError, NameKind, NameRule, Naming, check_pubsub_name,
     check_scheduler_job_id,
 };
-pub use crate::registry::{Registry, RegistryBuilder, RegistryError, RouteProblem};
+pub use crate::registry::{Registry, RegistryBuilder, RegistryError, RouteProblem, UnknownTask};
 pub use crate::route::{
     DEFAULT_ACK_DEADLINE, DEFAULT_MAX_RETRY_DELAY, DEFAULT_MIN_RETRY_DELAY, MAX_ACK_DEADLINE, MIN_ACK_DEADLINE, Route,
     RouteError, TaskRoute,
@@ -68,7 +68,10 @@ pub use crate::task::{
 /// `send_welcome_email` with path `shop.tasks.send_welcome_email`. `crate::`,
 /// `self::` and `super::` resolve as Rust resolves them; any other path is read
 /// relative to the calling module, so write the path from the crate root when
-/// the function was brought in with `use`, or set [`TaskRoute::path`].
+/// the function was brought in with `use`, or set [`TaskRoute::path`]. A path
+/// that starts with the module it is written in, or one around it
+/// (`task_route!(tasks::send)` inside `mod tasks`, which would name the module
+/// twice), is refused when the registry is built, with what to write instead.
 #[macro_export]
 macro_rules! task_route {
     ($($segment:ident)::+) => {

@@ -33,6 +33,25 @@ impl Registry {
         self.routes.get(task_name)
     }
 
+    /// The route for `task_name`, or an error that names the closest task
+    /// (a typo) or lists the known ones.
+    pub fn find(&self, task_name: &str) -> Result<&Route, UnknownTask> {
+        self.get(task_name).ok_or_else(|| self.unknown(task_name))
+    }
+
+    /// Why `task_name` is not a task here, with the closest name, or the known ones.
+    pub fn unknown(&self, task_name: &str) -> UnknownTask {
+        let closest = self
+            .routes
+            .keys()
+            .map(|known| (strsim::damerau_levenshtein(task_name, known), known))
+            .filter(|(distance, known)| *distance <= (known.chars().count() / 3).max(1))
+            .min_by_key(|(distance, _)| *distance)
+            .map(|(_, known)| known.clone());
+        let known = if closest.is_some() { Vec::new() } else { self.routes.keys().cloned().collect() };
+        UnknownTask { name: task_name.to_owned(), closest, known }
+    }
+
     /// Every route, in the order it was declared.
     pub fn routes(&self) -> impl ExactSizeIterator<Item = &Route> {
         self.routes.values()
@@ -103,6 +122,38 @@ impl RegistryBuilder {
     }
 }
 
+/// A task name no route has: what was asked, and what there is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct UnknownTask {
+    /// The name asked for.
+    pub name: String,
+    /// The known name one typo away, if there is one.
+    pub closest: Option<String>,
+    /// Every known name, when none is close.
+    pub known: Vec<String>,
+}
+
+/// At most this many known names are listed.
+const LISTED: usize = 12;
+
+impl fmt::Display for UnknownTask {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "unknown task {:?}", self.name)?;
+        if let Some(closest) = &self.closest {
+            return write!(f, ": did you mean {closest:?}?");
+        }
+        if self.known.is_empty() {
+            return f.write_str(": the registry has no tasks");
+        }
+        let listed: Vec<&str> = self.known.iter().take(LISTED).map(String::as_str).collect();
+        write!(f, "; known tasks: {}", listed.join(", "))?;
+        match self.known.len().saturating_sub(LISTED) {
+            0 => Ok(()),
+            more => write!(f, " and {more} more"),
+        }
+    }
+}
+
 /// One problem with one route.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteProblem {
@@ -164,6 +215,28 @@ mod tests {
         assert!(registry.get("missing").is_none());
         let names: Vec<&str> = registry.routes().map(Route::name).collect();
         assert_eq!(names, ["zeta", "alpha", "mid"]);
+    }
+
+    #[test]
+    fn an_unknown_task_names_the_closest_or_lists_the_known_ones() {
+        let registry = Registry::builder()
+            .route(TaskRoute::new("send_welcome_email", noop))
+            .route(TaskRoute::new("echo", noop))
+            .build()
+            .unwrap();
+        assert!(registry.find("echo").is_ok());
+        let typo = registry.find("ecoh").unwrap_err();
+        assert_eq!(typo.closest.as_deref(), Some("echo"));
+        assert_eq!(typo.to_string(), r#"unknown task "ecoh": did you mean "echo"?"#);
+        assert_eq!(registry.unknown("send_welcom_email").closest.as_deref(), Some("send_welcome_email"));
+        let far = registry.unknown("cleanup");
+        assert_eq!(far.closest, None);
+        assert_eq!(far.to_string(), r#"unknown task "cleanup"; known tasks: send_welcome_email, echo"#);
+        let many = (0..20).fold(Registry::builder(), |b, i| b.route(TaskRoute::new(format!("task_{i:02}"), noop)));
+        let listed = many.build().unwrap().unknown("zzzzzzzzzzzz").to_string();
+        assert!(listed.ends_with("task_11 and 8 more"), "{listed}");
+        let empty = Registry::builder().build().unwrap().unknown("x").to_string();
+        assert_eq!(empty, r#"unknown task "x": the registry has no tasks"#);
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub struct TaskRoute {
     schedule: Option<String>,
     timezone: Option<String>,
     max_attempts: Option<u32>,
+    /// A `task_route!` path that names its own module twice.
+    doubled: Option<RouteError>,
 }
 
 /// A registered task: checked, with every option settled.
@@ -76,7 +78,7 @@ impl TaskRoute {
             timeout: None,
             max_attempts: None,
         };
-        Self { route, schedule: None, timezone: None, max_attempts: None }
+        Self { route, schedule: None, timezone: None, max_attempts: None, doubled: None }
     }
 
     /// What [`task_route!`](crate::task_route) expands to: the route named after
@@ -84,7 +86,8 @@ impl TaskRoute {
     #[doc(hidden)]
     pub fn at_module_path<M: Parameters>(module_path: &str, written: &str, task: impl TaskFn<M>) -> Self {
         let (name, path) = resolve_function_path(module_path, written);
-        Self::new(name, task).path(path)
+        let doubled = doubled_module(module_path, written, &path);
+        Self { doubled, ..Self::new(name, task).path(path) }
     }
 
     /// The name the route was created with.
@@ -163,7 +166,7 @@ impl TaskRoute {
     /// The checked route, or every problem with it.
     pub(crate) fn into_route(self) -> Result<Route, Vec<RouteError>> {
         let mut route = self.route;
-        let mut problems: Vec<RouteError> = route.identifier_problems().collect();
+        let mut problems: Vec<RouteError> = self.doubled.into_iter().chain(route.identifier_problems()).collect();
         if let Some(expression) = self.schedule {
             match Schedule::parse(&expression) {
                 Ok(schedule) => route.schedule = Some(schedule),
@@ -369,6 +372,29 @@ fn resolve_function_path(module_path: &str, written: &str) -> (String, String) {
     (name, base.into_iter().chain(rest).collect::<Vec<_>>().join("."))
 }
 
+/// `tasks::send` written inside `shop::tasks` (whose `use super::*` brings
+/// `tasks` itself into scope) would resolve to `shop.tasks.tasks.send`, and
+/// every resource name with it: refused, with what to write. A first segment
+/// naming the module itself or one around it (the crate, from a binary) is
+/// read as that doubling; `self::` says a child module of that name is meant.
+fn doubled_module(module_path: &str, written: &str, path: &str) -> Option<RouteError> {
+    let segments: Vec<&str> = written.split("::").map(str::trim).collect();
+    let (first, rest) = segments.split_first()?;
+    let modules: Vec<&str> = module_path.split("::").collect();
+    let at = modules.iter().position(|module| module == first)?;
+    let rest = rest.join("::");
+    let intended = modules[..=at].iter().copied().chain(rest.split("::")).collect::<Vec<_>>().join(".");
+    let write = match at {
+        0 => format!("task_route!(crate::{rest}) in crate {first}, or .path(\"{intended}\")"),
+        _ if at == modules.len() - 1 => {
+            format!("task_route!({rest}) or task_route!(crate::{}::{rest})", modules[1..=at].join("::"))
+        }
+        _ => format!("task_route!(crate::{}::{rest})", modules[1..=at].join("::")),
+    };
+    let written = segments.join("::");
+    Some(RouteError::DoubledModule { written, module: module_path.to_owned(), path: path.to_owned(), write })
+}
+
 /// The ack deadline less a tenth of it, the tenth kept between 5 and 10
 /// seconds: time to record the outcome (a runner may wait a few seconds for a
 /// connection to do it) and answer before Pub/Sub redelivers.
@@ -424,6 +450,21 @@ pub enum RouteError {
     /// `max_attempts(0)`.
     #[error("max_attempts must be at least 1")]
     MaxAttempts,
+    /// `task_route!` was given a path that repeats the module it is written in.
+    #[error(
+        "task_route!({written}) in module {module} would get path {path}, naming its module twice; write {write} \
+         (or self::{written} if a module inside {module} is meant)"
+    )]
+    DoubledModule {
+        /// The path as written.
+        written: String,
+        /// The module it was written in.
+        module: String,
+        /// The path it would have resolved to.
+        path: String,
+        /// What to write instead.
+        write: String,
+    },
     /// Another route already has this name.
     #[error("another route is already named `{0}`")]
     DuplicateName(String),
@@ -630,8 +671,45 @@ mod tests {
         assert_eq!(resolve("super::super::send"), pair("send", "shop.send"));
     }
 
+    #[test]
+    fn a_path_that_repeats_its_own_module_is_refused_with_what_to_write() {
+        let refused = |module, written: &str| {
+            let (_, path) = resolve_function_path(module, written);
+            doubled_module(module, written, &path).map(|error| error.to_string())
+        };
+        let inside = refused("shop::tasks", "tasks::send").unwrap();
+        assert_eq!(
+            inside,
+            "task_route!(tasks::send) in module shop::tasks would get path shop.tasks.tasks.send, naming its module \
+             twice; write task_route!(send) or task_route!(crate::tasks::send) (or self::tasks::send if a module \
+             inside shop::tasks is meant)"
+        );
+        let nested = refused("shop::tasks::email", "tasks::send").unwrap();
+        assert!(nested.contains("write task_route!(crate::tasks::send) "), "{nested}");
+        let from_binary = refused("my_service", "my_service::tasks::send").unwrap();
+        assert!(from_binary.contains("path my_service.my_service.tasks.send"), "{from_binary}");
+        assert!(from_binary.contains(r#".path("my_service.tasks.send")"#), "{from_binary}");
+        for fine in ["send", "crate::tasks::send", "self::tasks::send", "super::send", "emails::send"] {
+            assert_eq!(refused("shop::tasks", fine), None, "{fine}");
+        }
+    }
+
+    #[test]
+    fn the_macro_refuses_a_doubled_module_when_the_route_is_checked() {
+        let errors = emails::doubled().into_route().err().unwrap();
+        let doubled = |path: &str| path.ends_with("emails.emails.send_welcome_email");
+        assert!(matches!(&errors[..], [RouteError::DoubledModule { path, .. }] if doubled(path)), "{errors:?}");
+    }
+
     mod emails {
-        pub(super) async fn send_welcome_email(_: super::TaskContext) {}
+        // As a user's `mod tasks { use super::*; ... }` does: `emails` itself is in scope.
+        use super::*;
+
+        pub(super) async fn send_welcome_email(_: TaskContext) {}
+
+        pub(super) fn doubled() -> TaskRoute {
+            crate::task_route!(emails::send_welcome_email)
+        }
     }
 
     #[test]

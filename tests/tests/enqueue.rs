@@ -323,7 +323,7 @@ async fn arguments_that_can_never_fit_and_unknown_tasks_are_refused_before_anyth
     let error = tasks.enqueue_json("noop", extra, Some("bad-2".into())).await.unwrap_err();
     assert_eq!(error.to_string(), "args do not fit the task: the task takes no args, got [1]");
     let unknown = tasks.enqueue_json("nope", CallArguments::default(), None).await.unwrap_err();
-    assert!(matches!(&unknown, EnqueueError::UnknownTask(name) if name == "nope"), "{unknown:?}");
+    assert!(matches!(&unknown, EnqueueError::UnknownTask(unknown) if unknown.name == "nope"), "{unknown:?}");
 
     let huge = kwargs(json!({"ms": 1, "pad": "x".repeat(whirligig_handler::MAX_MESSAGE_BYTES)}));
     let error = tasks.enqueue_json("sleep", huge, Some("huge-1".into())).await.unwrap_err();

@@ -28,7 +28,7 @@ pub(super) struct JobRun {
 
 /// Runs the task once, and exits as a job's task should.
 pub(super) async fn run(config: &Config, registry: &Registry, job: JobRun) -> Result<ExitCode, Fatal> {
-    let route = registry.get(&job.name).ok_or_else(|| Fatal::Usage(format!("unknown task {:?}", job.name)))?;
+    let route = registry.find(&job.name).map_err(|unknown| Fatal::Usage(unknown.to_string()))?;
     let args = raw_json("--args (TASK_ARGS)", given(job.args.as_deref()).unwrap_or("[]"))?;
     let kwargs = raw_json("--kwargs (TASK_KWARGS)", given(job.kwargs.as_deref()).unwrap_or("{}"))?;
     let arguments = RawArguments::new(args, kwargs).map_err(|error| Fatal::Usage(error.to_string()))?;

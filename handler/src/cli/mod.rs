@@ -14,16 +14,27 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use tokio::net::TcpListener;
 use whirligig_registry::{Registry, RegistryError};
 
 use crate::app::App;
 use crate::auth::{AuthSetupError, Clock, PushAuth};
-use crate::config::{AuthConfig, Config, ConfigError, DatabaseConfig, redact};
+use crate::config::{AuthConfig, Config, ConfigError, DatabaseConfig, Loading, Needs, redact};
 use crate::server::{SHUTDOWN_GRACE, serve, shutdown_signal};
 use crate::store::{ExecutionStore, PostgresStore, StoreError, migrate};
 use crate::telemetry::{ExportError, Telemetry, TelemetryConfig, TraceExport};
+
+/// Who the running binary is: a service's own binary reports its own name and
+/// version in `--help`, `--version`, error lines and traces' `service.name`.
+/// [`binary!`](crate::binary) makes it from the binary's Cargo manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Binary {
+    /// The binary's name (`CARGO_BIN_NAME`).
+    pub name: &'static str,
+    /// Its package's version (`CARGO_PKG_VERSION`).
+    pub version: &'static str,
+}
 
 /// Background tasks for Google Cloud Run.
 #[derive(Debug, Parser)]
@@ -124,32 +135,57 @@ impl Fatal {
 }
 
 /// Parses the command line and runs the command.
-pub(crate) async fn run(registry: Registry) -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(error) => {
-            let _ = error.print();
-            return if error.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
-        }
+pub(crate) async fn run(registry: Result<Registry, RegistryError>, binary: Binary) -> ExitCode {
+    let command = match parse(binary) {
+        Ok(command) => command,
+        Err(exit) => return exit,
     };
-    let command = cli.command.unwrap_or(Command::Serve);
-    let config = match Config::from_env(&registry) {
+    let registry = match registry {
+        Ok(registry) => registry,
+        Err(error) => return fail(binary, error.into()),
+    };
+    let loading = Loading { needs: needs(&command), service_name: binary.name };
+    let config = match Config::load(&registry, &|name| std::env::var(name).ok(), &loading) {
         Ok(config) => config,
-        Err(error) => return fail(error.into()),
+        Err(error) => return fail(binary, error.into()),
     };
     let telemetry = match Telemetry::install(&telemetry_for(&command, &config)) {
         Ok(telemetry) => telemetry,
-        Err(error) => return fail(error.into()),
+        Err(error) => return fail(binary, error.into()),
     };
     let outcome = execute(command, &config, registry).await;
     // After the command, so the spans of its last moments are sent too.
     telemetry.shutdown().await;
-    outcome.unwrap_or_else(fail)
+    outcome.unwrap_or_else(|error| fail(binary, error))
+}
+
+/// The command, under the binary's own name; `--help` and `--version` exit here.
+fn parse(binary: Binary) -> Result<Command, ExitCode> {
+    let command = Cli::command().name(binary.name).bin_name(binary.name).version(binary.version);
+    let parsed = command.try_get_matches().and_then(|matches| Cli::from_arg_matches(&matches));
+    match parsed {
+        Ok(cli) => Ok(cli.command.unwrap_or(Command::Serve)),
+        Err(error) => {
+            let _ = error.print();
+            Err(if error.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS })
+        }
+    }
+}
+
+/// What each command needs set outside dev: names need nothing.
+fn needs(command: &Command) -> Needs {
+    match command {
+        Command::Serve | Command::Run { .. } => Needs::EVERYTHING,
+        Command::Enqueue { .. } | Command::Result { .. } => Needs::PROJECT,
+        Command::Provision { .. } => Needs::PROVISION,
+        Command::Migrate => Needs::DATABASE,
+        Command::Routes => Needs::NAMES,
+    }
 }
 
 /// What stopped the command, as one line on stderr, and its exit code.
-fn fail(error: Fatal) -> ExitCode {
-    eprintln!("whirligig: {error}");
+fn fail(binary: Binary, error: Fatal) -> ExitCode {
+    eprintln!("{}: {error}", binary.name);
     error.exit_code()
 }
 

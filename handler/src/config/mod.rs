@@ -76,6 +76,47 @@ pub struct Config {
     pub provision: ProvisionConfig,
 }
 
+/// What a command needs set outside dev.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Needs {
+    /// `GCP_PROJECT_ID`.
+    pub(crate) project: bool,
+    /// `CLOUD_RUN_SERVICE_URL` and `TASKS_SERVICE_ACCOUNT`: who pushes, and where to.
+    pub(crate) push: bool,
+    /// `DATABASE_URL`.
+    pub(crate) database: bool,
+}
+
+impl Needs {
+    /// Serving pushes and running tasks: the project, who signs pushes, where results go.
+    pub(crate) const EVERYTHING: Self = Self { project: true, push: true, database: true };
+    /// Resource names: nothing beyond the environment and namespace.
+    pub(crate) const NAMES: Self = Self { project: false, push: false, database: false };
+    /// Talking to Pub/Sub: the project.
+    pub(crate) const PROJECT: Self = Self { project: true, ..Self::NAMES };
+    /// Provisioning: the project, and the push subscriptions' endpoint and account.
+    pub(crate) const PROVISION: Self = Self { project: true, push: true, database: false };
+    /// The database alone (migrations).
+    pub(crate) const DATABASE: Self = Self { database: true, ..Self::NAMES };
+}
+
+/// How a configuration is loaded: what is required, and the name spans
+/// carry when no variable names the service.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Loading<'a> {
+    pub(crate) needs: Needs,
+    pub(crate) service_name: &'a str,
+}
+
+impl Default for Loading<'_> {
+    /// What the public loaders require: everything a serving process needs
+    /// (with the server built), else the project alone.
+    fn default() -> Self {
+        let needs = if cfg!(feature = "server") { Needs::EVERYTHING } else { Needs::PROJECT };
+        Self { needs, service_name: "whirligig" }
+    }
+}
+
 /// How push requests are authenticated.
 #[cfg(feature = "server")]
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -227,6 +268,16 @@ impl Config {
 
     /// Loads the configuration from `lookup` (the environment, or a test's map).
     pub fn from_lookup(registry: &Registry, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        Self::load(registry, lookup, &Loading::default())
+    }
+
+    /// Loads the configuration a command needs: outside dev, only what
+    /// `loading` names is required (`routes` needs nothing but names).
+    pub(crate) fn load(
+        registry: &Registry,
+        lookup: &dyn Fn(&str) -> Option<String>,
+        loading: &Loading<'_>,
+    ) -> Result<Self, ConfigError> {
         let mut reader = Reader::new(lookup);
         let environment = reader.text("TASKS_ENVIRONMENT").unwrap_or_else(|| DEFAULT_ENVIRONMENT.to_owned());
         // An environment the naming refuses still decides which rules apply.
@@ -241,7 +292,7 @@ impl Config {
         let project_id = reader.text("GCP_PROJECT_ID");
         let job = reader.job();
         #[cfg(feature = "server")]
-        let telemetry = reader.telemetry(dev, project_id.as_deref(), &job);
+        let telemetry = reader.telemetry(dev, project_id.as_deref(), &job, loading.service_name);
         let enqueue = reader.enqueue(dev);
         #[cfg(feature = "server")]
         let provision = reader.provision(enqueue.emulator, service_url.as_deref());
@@ -264,7 +315,7 @@ impl Config {
             provision,
         };
         if !dev {
-            let missing = config.missing_outside_dev();
+            let missing = config.missing_outside_dev(loading.needs);
             reader
                 .problems
                 .extend(missing.map(|variable| Problem::Missing { variable, environment: environment.clone() }));
@@ -272,15 +323,13 @@ impl Config {
         if reader.problems.is_empty() { Ok(config) } else { Err(ConfigError::new(reader.problems)) }
     }
 
-    /// What every environment but dev needs: the project for anything, and
-    /// for the process that serves pushes, who signs them and where results go.
-    fn missing_outside_dev(&self) -> impl Iterator<Item = &'static str> {
-        let serves = cfg!(feature = "server");
+    /// What an environment other than dev needs, of what `needs` names.
+    fn missing_outside_dev(&self, needs: Needs) -> impl Iterator<Item = &'static str> {
         [
-            ("GCP_PROJECT_ID", self.project_id.is_none()),
-            ("CLOUD_RUN_SERVICE_URL", serves && self.service_url.is_none()),
-            ("TASKS_SERVICE_ACCOUNT", serves && self.service_account.is_none()),
-            ("DATABASE_URL", serves && self.database.is_none()),
+            ("GCP_PROJECT_ID", needs.project && self.project_id.is_none()),
+            ("CLOUD_RUN_SERVICE_URL", needs.push && self.service_url.is_none()),
+            ("TASKS_SERVICE_ACCOUNT", needs.push && self.service_account.is_none()),
+            ("DATABASE_URL", needs.database && self.database.is_none()),
         ]
         .into_iter()
         .filter_map(|(name, missing)| missing.then_some(name))

@@ -14,7 +14,13 @@ const SAMPLERS: &str = "always_on, always_off, traceidratio, parentbased_always_
                         parentbased_traceidratio";
 
 impl Reader<'_> {
-    pub(super) fn telemetry(&mut self, dev: bool, project_id: Option<&str>, job: &JobConfig) -> TelemetryConfig {
+    pub(super) fn telemetry(
+        &mut self,
+        dev: bool,
+        project_id: Option<&str>,
+        job: &JobConfig,
+        binary: &str,
+    ) -> TelemetryConfig {
         let traces = match self.text("OTEL_TRACES_EXPORTER").as_deref().map(str::trim) {
             None if dev => TraceExport::None,
             None | Some("otlp") => TraceExport::Otlp { endpoint: self.otlp_endpoint() },
@@ -45,7 +51,7 @@ impl Reader<'_> {
             log_filter: self.log_filter(),
             color: self.text("NO_COLOR").is_none(),
             project_id: project_id.map(str::to_owned),
-            service_name: self.service_name(),
+            service_name: self.service_name(binary),
             resource: self.resource(project_id, job),
             export_timeout: Duration::from_millis(timeout),
         }
@@ -66,8 +72,8 @@ impl Reader<'_> {
 
     /// `OTEL_SERVICE_NAME`, else `service.name` in `OTEL_RESOURCE_ATTRIBUTES`
     /// (the specification's order), else the Cloud Run service or job, else
-    /// `whirligig`.
-    fn service_name(&self) -> String {
+    /// the binary's own name.
+    fn service_name(&self, binary: &str) -> String {
         let from_attributes = self.text("OTEL_RESOURCE_ATTRIBUTES").and_then(|attributes| {
             let mut pairs = attributes.rsplit(',').filter_map(|pair| pair.split_once('='));
             pairs.find(|(key, _)| key.trim() == "service.name").map(|(_, value)| value.trim().to_owned())
@@ -76,7 +82,7 @@ impl Reader<'_> {
             .or(from_attributes)
             .or_else(|| self.text("K_SERVICE"))
             .or_else(|| self.text("CLOUD_RUN_JOB"))
-            .unwrap_or_else(|| "whirligig".to_owned())
+            .unwrap_or_else(|| binary.to_owned())
     }
 
     /// Only OTLP over HTTP with protobuf bodies is built in; the endpoint
