@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
-use whirligig_registry::{RawArguments, Registry, Route};
+use whirligig_registry::{RawArguments, Registry, Retry, Route};
 
 use super::{Fatal, postgres, warn_in_memory};
 use crate::config::{Config, JobConfig};
@@ -77,25 +77,55 @@ async fn execute_once<S: ExecutionStore>(
     resources: Resources,
     delivery: Delivery<'_>,
 ) -> Result<ExitCode, Fatal> {
-    let executor = Executor::new(store, Arc::new(resources), CancellationToken::new())
+    let (name, task_id) = (delivery.route.name().to_owned(), delivery.task_id.clone());
+    let executor = Executor::new(Arc::clone(&store), Arc::new(resources), CancellationToken::new())
         .with_kill_switches(config.kill_switches.clone());
-    executor.execute(delivery, exit).await
+    let ended = executor.execute(delivery, |outcome| ended(outcome, &name, &task_id)).await?;
+    if ended == Ended::Ran {
+        print_result(&*store, &task_id).await?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
-/// A job's exit: 0 when the task ran (or had already, or its kill switch is
-/// off), 2 for arguments that can never fit, 1 for every other failure.
-fn exit(outcome: &Outcome) -> Result<ExitCode, Fatal> {
+/// A job's run that did not fail.
+#[derive(Debug, PartialEq, Eq)]
+enum Ended {
+    /// It ran now, or had already: its result is recorded.
+    Ran,
+    /// Its kill switch is off (logged): nothing to print.
+    Skipped,
+}
+
+/// A job's end: the task ran (or had already, or its kill switch is off);
+/// arguments that can never fit are a usage error (exit 2); every other
+/// failure is one line saying what happened (exit 1).
+fn ended(outcome: &Outcome, name: &str, task_id: &str) -> Result<Ended, Fatal> {
+    let failed = |what: String| Err(Fatal::Failed(format!("task {name} ({task_id}) {what}")));
     match outcome {
-        Outcome::Succeeded | Outcome::Duplicate | Outcome::Skipped { .. } => Ok(ExitCode::SUCCESS),
+        Outcome::Succeeded | Outcome::Duplicate => Ok(Ended::Ran),
+        Outcome::Skipped { .. } => Ok(Ended::Skipped),
         Outcome::BadArguments(error) => Err(Fatal::Usage(error.to_string())),
-        _ => Ok(ExitCode::FAILURE),
+        Outcome::Failed { message, retry: Retry::Permanent } => failed(format!("failed for good: {message}")),
+        Outcome::Failed { message, retry: Retry::Retryable } => failed(format!("failed: {message}")),
+        Outcome::AlreadyFailed => failed("had already failed for good: not run again".to_owned()),
+        Outcome::InProgress => failed("is running elsewhere, within its lease: not run".to_owned()),
+        Outcome::Exhausted { attempts } => failed(format!("has no attempts left ({attempts} used): not run")),
+        Outcome::Store(error) => failed(format!("could not be recorded: {error}")),
     }
 }
 
-impl Reply for Result<ExitCode, Fatal> {
+impl Reply for Result<Ended, Fatal> {
     fn status(&self) -> Option<u16> {
         None
     }
+}
+
+/// The task's return value as JSON on stdout, as a command prints its output.
+async fn print_result<S: ExecutionStore>(store: &S, task_id: &str) -> Result<(), Fatal> {
+    let execution = store.get(task_id).await?;
+    let value = execution.and_then(|execution| execution.return_value).unwrap_or(serde_json::Value::Null);
+    println!("{value}");
+    Ok(())
 }
 
 /// Empty counts as unset, as for every other variable.
