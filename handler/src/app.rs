@@ -13,13 +13,13 @@ use hyper::body::Body;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, Span};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-use whirligig_registry::{ReceivedMessage, Registry};
+use whirligig_registry::{RawArguments, ReceivedMessage, Registry, Route, scheduled_task_id};
 
 use crate::answer::{ALIVE, Answer, READY, Refusal, answer};
 use crate::auth::PushAuth;
 use crate::config::KillSwitches;
 use crate::context::Resources;
-use crate::executor::Executor;
+use crate::executor::{Delivery, Executor};
 use crate::push::{Pushed, Wrapping};
 use crate::store::{ExecutionStore, MemoryStore, PostgresStore};
 use crate::telemetry::propagation;
@@ -71,6 +71,12 @@ impl<S: ExecutionStore> App<S> {
         Self { executor: self.executor.with_kill_switches(kill_switches), ..self }
     }
 
+    /// Logs each task's return value (`whirligig dev`, where results are read in the log).
+    #[must_use]
+    pub(crate) fn with_results_logged(self) -> Self {
+        Self { executor: self.executor.with_results_logged(), ..self }
+    }
+
     /// Where the app records executions: what a result lookup reads.
     pub fn store(&self) -> &S {
         self.executor.store()
@@ -107,6 +113,26 @@ impl<S: ExecutionStore> App<S> {
             _ => refuse(&Refusal::NotFound, None),
         };
         answer.into_response()
+    }
+
+    /// Runs `route`'s scheduled message here, as a push of it from Cloud
+    /// Scheduler would, under the execution id `scheduled-{name}-{run_id}`
+    /// (dev cron without an emulator). The status a push would get.
+    pub(crate) async fn run_scheduled(&self, route: &Route, run_id: &str) -> u16 {
+        let delivery = Delivery {
+            route,
+            task_id: format!("{}-{run_id}", scheduled_task_id(route.name())),
+            arguments: RawArguments::empty(),
+            message_id: Some(run_id),
+            subscription: None,
+            delivery_attempt: None,
+            publish_time: None,
+            enqueued_at: None,
+            job: None,
+            lease: route.ack_deadline(),
+            trace_parent: None,
+        };
+        self.executor.execute(delivery, answer).await.status.as_u16()
     }
 
     async fn readiness(&self) -> Answer {

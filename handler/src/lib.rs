@@ -56,6 +56,9 @@ mod context;
 // The demo app's tasks: examples and load-test diagnostics.
 #[cfg(feature = "server")]
 pub mod demo;
+// `whirligig dev`: the Pub/Sub emulator started and stopped, and dev cron.
+#[cfg(feature = "server")]
+mod dev;
 // Claim, run (timeout, panics caught), finish: the one place a task runs.
 mod executor;
 // Google's APIs: credentials, error bodies, retries, and the Pub/Sub publisher.

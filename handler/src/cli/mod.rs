@@ -4,6 +4,7 @@
 //! configuration, picks the store, and reports failure as one line on stderr
 //! with an exit code: 0 done, 1 the work failed, 2 usage or configuration.
 
+mod dev;
 mod enqueue;
 mod job;
 mod provision;
@@ -48,6 +49,9 @@ struct Cli {
 enum Command {
     /// Serve the Pub/Sub push endpoint on 0.0.0.0:$PORT (the default command).
     Serve,
+    /// The whole pipeline on this machine: the Pub/Sub emulator (started if need be), the routes
+    /// provisioned on it, scheduled routes fired at their times, and the server.
+    Dev,
     /// Run one task to completion, as a Cloud Run job does.
     Run {
         /// The task's name.
@@ -104,7 +108,7 @@ enum Command {
 
 /// What stops a command; each says what to fix in one line.
 #[derive(Debug, thiserror::Error)]
-pub(super) enum Fatal {
+pub(crate) enum Fatal {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
@@ -124,7 +128,7 @@ pub(super) enum Fatal {
 }
 
 impl Fatal {
-    fn exit_code(&self) -> ExitCode {
+    pub(crate) fn exit_code(&self) -> ExitCode {
         match self {
             Self::Store(_) | Self::Listen(..) | Self::Failed(_) => ExitCode::FAILURE,
             Self::Config(_) | Self::Registry(_) | Self::Usage(_) | Self::Auth(_) | Self::Telemetry(_) => {
@@ -153,7 +157,7 @@ pub(crate) async fn run(registry: Result<Registry, RegistryError>, binary: Binar
         Ok(telemetry) => telemetry,
         Err(error) => return fail(binary, error.into()),
     };
-    let outcome = execute(command, &config, registry).await;
+    let outcome = execute(command, &config, registry, &loading).await;
     // After the command, so the spans of its last moments are sent too.
     telemetry.shutdown().await;
     outcome.unwrap_or_else(|error| fail(binary, error))
@@ -179,7 +183,8 @@ fn needs(command: &Command) -> Needs {
         Command::Enqueue { .. } | Command::Result { .. } => Needs::PROJECT,
         Command::Provision { .. } => Needs::PROVISION,
         Command::Migrate => Needs::DATABASE,
-        Command::Routes => Needs::NAMES,
+        // Refused outside dev by the command itself, which says so.
+        Command::Routes | Command::Dev => Needs::NAMES,
     }
 }
 
@@ -192,17 +197,23 @@ fn fail(binary: Binary, error: Fatal) -> ExitCode {
 /// Traces for the commands that run tasks; `routes` and `migrate` only log.
 fn telemetry_for(command: &Command, config: &Config) -> TelemetryConfig {
     match command {
-        Command::Serve | Command::Run { .. } | Command::Enqueue { .. } => config.telemetry.clone(),
+        Command::Serve | Command::Dev | Command::Run { .. } | Command::Enqueue { .. } => config.telemetry.clone(),
         Command::Result { .. } | Command::Provision { .. } | Command::Routes | Command::Migrate => {
             TelemetryConfig { traces: TraceExport::None, ..config.telemetry.clone() }
         }
     }
 }
 
-async fn execute(command: Command, config: &Config, registry: Registry) -> Result<ExitCode, Fatal> {
+async fn execute(
+    command: Command,
+    config: &Config,
+    registry: Registry,
+    loading: &Loading<'_>,
+) -> Result<ExitCode, Fatal> {
     registry.check_names(&config.naming)?;
     match command {
         Command::Serve => serve_command(config, registry).await,
+        Command::Dev => dev::run(config, registry, loading).await,
         Command::Run { name, args, kwargs, task_id } => {
             let job = job::JobRun { name, args, kwargs, task_id };
             job::run(config, &registry, job).await
@@ -230,19 +241,19 @@ async fn execute(command: Command, config: &Config, registry: Registry) -> Resul
 }
 
 /// The PostgreSQL store, its migrations applied.
-pub(super) async fn postgres(database: &DatabaseConfig) -> Result<PostgresStore, Fatal> {
+pub(crate) async fn postgres(database: &DatabaseConfig) -> Result<PostgresStore, Fatal> {
     migrated(database).await?;
     Ok(PostgresStore::new(&database.url, database.pool_size, database.pool_timeout)?)
 }
 
 /// Applies the migrations that are missing.
-pub(super) async fn migrated(database: &DatabaseConfig) -> Result<(), Fatal> {
+pub(crate) async fn migrated(database: &DatabaseConfig) -> Result<(), Fatal> {
     let applied = migrate(&database.url).await?;
     tracing::info!(database = %redact(&database.url), applied = applied.len(), "migrations up to date");
     Ok(())
 }
 
-pub(super) fn warn_in_memory() {
+pub(crate) fn warn_in_memory() {
     tracing::warn!("DATABASE_URL is not set: executions are kept in memory and NOT persisted (dev only)");
 }
 
@@ -262,7 +273,7 @@ async fn serve_command(config: &Config, registry: Registry) -> Result<ExitCode, 
     }
 }
 
-fn push_auth(config: &Config) -> Result<PushAuth, Fatal> {
+pub(crate) fn push_auth(config: &Config) -> Result<PushAuth, Fatal> {
     let auth = match &config.auth {
         AuthConfig::None => {
             tracing::warn!("TASKS_AUTH=none: push requests are NOT authenticated (dev only)");

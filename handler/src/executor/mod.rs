@@ -81,12 +81,19 @@ pub(crate) struct Executor<S> {
     shutdown: CancellationToken,
     kill_switches: KillSwitches,
     remembered: Remembered,
+    log_results: bool,
 }
 
 impl<S: ExecutionStore> Executor<S> {
     pub(crate) fn new(store: Arc<S>, resources: Arc<Resources>, shutdown: CancellationToken) -> Self {
         let kill_switches = KillSwitches::default();
-        Self { store, resources, shutdown, kill_switches, remembered: Remembered::default() }
+        Self { store, resources, shutdown, kill_switches, remembered: Remembered::default(), log_results: false }
+    }
+
+    /// Logs each return value as it is recorded (`whirligig dev`: results
+    /// are read in the log). Never on otherwise: a result may hold anything.
+    pub(crate) fn with_results_logged(self) -> Self {
+        Self { log_results: true, ..self }
     }
 
     /// Turns away the deliveries of routes these switches turn off.
@@ -162,6 +169,9 @@ impl<S: ExecutionStore> Executor<S> {
     ) -> Outcome {
         let failure = match result {
             Ok(output) => {
+                if self.log_results {
+                    tracing::info!(result = output.get(), "returned");
+                }
                 match self.store.finish(task_id, attempt, Ending::Succeeded { return_value: &output }).await {
                     // The task ran; only its result cannot be kept. Running it
                     // again would produce the same value.
