@@ -16,7 +16,7 @@ use whirligig_registry::{Registry, Route, Tz};
 
 use super::{Fatal, postgres, push_auth, warn_in_memory};
 use crate::app::App;
-use crate::config::{Config, Loading};
+use crate::config::{Backend, Config, Loading};
 use crate::dev::cron::{self, WallClock};
 use crate::dev::emulator::{self, Emulator};
 use crate::provision::{self, Options};
@@ -31,9 +31,15 @@ pub(super) async fn run(config: &Config, registry: Registry, loading: &Loading<'
         let environment = config.naming.environment();
         return Err(Fatal::Usage(format!("dev runs only where TASKS_ENVIRONMENT is dev, not {environment:?}")));
     }
-    let emulator = emulator::ensure(emulator_host(config), std::env::var_os("PATH").as_deref())
-        .await
-        .map_err(|error| Fatal::Failed(error.to_string()))?;
+    let emulator = if config.enqueue.backend == Backend::Immediate && config.enqueue.backend_chosen {
+        Emulator::Unavailable { reason: "TASKS_BACKEND=immediate".to_owned() }
+    } else {
+        // PATH, read here and not by the configuration: where to find a launcher is not a setting.
+        let path = std::env::var_os("PATH");
+        emulator::ensure(emulator_host(config), path.as_deref())
+            .await
+            .map_err(|error| Fatal::Failed(error.to_string()))?
+    };
     tracing::info!("{emulator}");
     let served = serve_dev(config, registry, loading, &emulator, started).await;
     let stopped = emulator.stop().await.map_err(|error| Fatal::Failed(error.to_string()));
@@ -193,5 +199,34 @@ impl<S: ExecutionStore> Fire<S> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone as _;
+    use whirligig_registry::{TaskContext, TaskRoute};
+
+    use super::*;
+    use crate::auth::PushAuth;
+    use crate::store::Status;
+
+    #[tokio::test]
+    async fn a_fire_without_an_emulator_runs_the_scheduled_task_here_once_per_fire_time() {
+        let nightly = TaskRoute::new("nightly", |_: TaskContext| async {}).schedule("0 3 * * *");
+        let registry = Arc::new(Registry::builder().route(nightly).build().unwrap());
+        let app = Arc::new(App::in_memory(Arc::clone(&registry), PushAuth::none()));
+        let fire = Fire::Here { app: Arc::clone(&app), registry };
+        let at = Tz::Europe__London.with_ymd_and_hms(2026, 12, 2, 3, 0, 0).unwrap();
+
+        let ran = fire.fire("nightly".to_owned(), at).await.unwrap();
+        assert_eq!(ran, "ran here as scheduled-nightly-2026-12-02T03:00:00Z");
+        let execution = app.store().get("scheduled-nightly-2026-12-02T03:00:00Z").await.unwrap().unwrap();
+        assert_eq!((execution.status, execution.attempts), (Status::Successful, 1));
+        // The same fire time again (a clock stepped back) is a duplicate, not a second run.
+        fire.fire("nightly".to_owned(), at).await.unwrap();
+        let again = app.store().get("scheduled-nightly-2026-12-02T03:00:00Z").await.unwrap().unwrap();
+        assert_eq!(again.attempts, 1);
+        assert_eq!(fire.fire("gone".to_owned(), at).await, Err("no route gone".to_owned()));
     }
 }

@@ -42,7 +42,11 @@ pub(super) async fn enqueue(config: &Config, registry: Registry, run: EnqueueRun
         ));
     }
     if run.wait.is_some() && config.enqueue.backend == Backend::PubSub && config.database.is_none() {
-        return Err(Fatal::Usage("--wait needs DATABASE_URL: the execution is recorded in the database".into()));
+        return Err(Fatal::Usage(
+            "--wait needs DATABASE_URL: the execution is recorded in the database (whirligig dev without one logs \
+             each result)"
+                .into(),
+        ));
     }
     let tasks = tasks(config, registry).await?;
     let enqueued = async {
@@ -77,10 +81,7 @@ pub(super) async fn result(config: &Config, registry: Registry, task_id: &str) -
     let tasks = tasks(config, registry).await?;
     match tasks.result(task_id).await.map_err(fatal)? {
         Some(execution) => Ok(print(&execution)),
-        None => {
-            eprintln!("whirligig: no execution recorded under {task_id:?}");
-            Ok(ExitCode::FAILURE)
-        }
+        None => Err(Fatal::Failed(format!("no execution recorded under {task_id:?}"))),
     }
 }
 
@@ -104,8 +105,7 @@ async fn wait(tasks: &Tasks, queued: &Queued, within: Duration, backend: Backend
         last = execution.or(last);
         if Instant::now() + POLL > deadline {
             let status = last.as_ref().map_or("not recorded".to_owned(), |execution| execution.status.to_string());
-            eprintln!("whirligig: {} had not ended within {within:?} ({status})", queued.task_id());
-            return Ok(ExitCode::FAILURE);
+            return Err(Fatal::Failed(format!("{} had not ended within {within:?} ({status})", queued.task_id())));
         }
         tokio::time::sleep(POLL).await;
     }
@@ -125,7 +125,7 @@ fn has_ended(execution: &Execution, backend: Backend) -> bool {
 fn print(execution: &Execution) -> ExitCode {
     match serde_json::to_string_pretty(execution) {
         Ok(json) => println!("{json}"),
-        Err(error) => eprintln!("whirligig: the execution could not be printed: {error}"),
+        Err(error) => eprintln!("the execution could not be printed: {error}"),
     }
     if execution.status == Status::Successful { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }

@@ -41,6 +41,8 @@ pub struct EnqueueConfig {
     pub publish_timeout: Duration,
     /// True when `PUBSUB_EMULATOR_HOST` is set.
     pub emulator: bool,
+    /// True when `TASKS_BACKEND` chose the backend (not the default).
+    pub backend_chosen: bool,
 }
 
 impl Reader<'_> {
@@ -48,6 +50,7 @@ impl Reader<'_> {
         let emulator = self.text("PUBSUB_EMULATOR_HOST").map(|host| self.emulator_host(host));
         let publish_timeout = Duration::from_millis(self.number("TASKS_PUBLISH_TIMEOUT_MS", 60_000_u64, |ms| *ms > 0));
         let backend = self.backend(dev, emulator.is_some());
+        let backend_chosen = self.text("TASKS_BACKEND").is_some();
         let (pubsub_url, credentials) = match &emulator {
             Some(host) => (format!("http://{host}"), CredentialSource::None),
             None => {
@@ -56,7 +59,14 @@ impl Reader<'_> {
                 (url.trim_end_matches('/').to_owned(), self.credentials())
             }
         };
-        EnqueueConfig { backend, pubsub_url, credentials, publish_timeout, emulator: emulator.is_some() }
+        EnqueueConfig {
+            backend,
+            pubsub_url,
+            credentials,
+            publish_timeout,
+            emulator: emulator.is_some(),
+            backend_chosen,
+        }
     }
 
     fn backend(&mut self, dev: bool, emulator: bool) -> Backend {

@@ -66,34 +66,55 @@ impl Server {
 
     /// Spawns `serve` on `port`, chosen earlier (a push subscription points at it).
     pub async fn start_on(port: u16, env: &[(&str, &str)]) -> Self {
+        Self::start_command("serve", port, env, WAIT).await
+    }
+
+    /// Spawns `command` (`serve` or `dev`) on `port` and waits up to `within` for `/healthz`.
+    pub async fn start_command(command: &str, port: u16, env: &[(&str, &str)], within: Duration) -> Self {
         let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("process-{}.log", uuid::Uuid::new_v4()));
         let file = std::fs::File::create(&log).expect("create the log file");
         let child = app(env)
-            .arg("serve")
+            .arg(command)
             .env("PORT", port.to_string())
             .stdout(file.try_clone().expect("share the log file"))
             .stderr(file)
             .spawn()
             .expect("spawn the test app");
         let mut server = Self { child, addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)), log };
-        server.wait_ready().await;
+        server.wait_ready(command, within).await;
         server
     }
 
-    /// Polls until the port accepts connections: process start cannot be awaited otherwise.
-    async fn wait_ready(&mut self) {
-        for _ in 0..400 {
+    /// Polls until the port answers: process start cannot be awaited otherwise.
+    async fn wait_ready(&mut self, command: &str, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        while tokio::time::Instant::now() < deadline {
             if let Some(status) = self.child.try_wait().expect("child status") {
-                panic!("serve exited before it was ready ({status}); log:\n{}", self.log());
+                panic!("{command} exited before it was ready ({status}); log:\n{}", self.log());
             }
             if tokio::net::TcpStream::connect(self.addr).await.is_ok() {
-                let health = super::get(self.addr, "/healthz").await;
+                let health = timeout(deadline - tokio::time::Instant::now(), super::get(self.addr, "/healthz")).await;
+                let health = health
+                    .unwrap_or_else(|_| panic!("{command} did not answer within {within:?}; log:\n{}", self.log()));
                 assert_eq!(health.status, 200, "{}", health.body);
                 return;
             }
             sleep(Duration::from_millis(25)).await;
         }
-        panic!("serve did not listen on {} within 10 s; log:\n{}", self.addr, self.log());
+        panic!("{command} did not listen on {} within {within:?}; log:\n{}", self.addr, self.log());
+    }
+
+    /// Waits up to `within` for the log to contain `text`.
+    pub async fn wait_for_log(&self, text: &str, within: Duration) -> String {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let log = self.log();
+            if log.contains(text) {
+                return log;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no {text:?} within {within:?} in:\n{log}");
+            sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Everything the server wrote so far.
