@@ -11,9 +11,10 @@ COPY Cargo.toml Cargo.lock rustfmt.toml clippy.toml ./
 COPY registry/Cargo.toml registry/
 COPY handler/Cargo.toml handler/
 COPY tests/Cargo.toml tests/
-RUN mkdir -p registry/src handler/src tests/src tests/benches \
- && touch registry/src/lib.rs handler/src/lib.rs \
- && for main in handler/src/main.rs tests/src/main.rs tests/benches/push.rs tests/benches/telemetry.rs tests/benches/hot_path.rs tests/src/bench_helper.rs; do \
+COPY handler/examples/my-service/Cargo.toml handler/examples/my-service/
+RUN mkdir -p registry/src handler/src tests/src tests/benches handler/examples/my-service/src \
+ && touch registry/src/lib.rs handler/src/lib.rs handler/examples/my-service/src/lib.rs \
+ && for main in handler/src/main.rs tests/src/main.rs tests/benches/push.rs tests/benches/telemetry.rs tests/benches/hot_path.rs tests/src/bench_helper.rs handler/examples/my-service/src/main.rs; do \
       echo 'fn main() {}' > "$main"; \
     done \
  && RUSTFLAGS="-C target-feature=+crt-static" cargo build --locked --release \

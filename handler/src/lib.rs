@@ -96,7 +96,7 @@ pub use crate::cli::Binary;
 #[cfg(feature = "server")]
 pub use crate::config::{AuthConfig, ProvisionConfig};
 pub use crate::config::{
-    Backend, Config, ConfigError, DatabaseConfig, EnqueueConfig, JobConfig, KillSwitches, Problem,
+    Backend, Config, ConfigError, DatabaseConfig, EnqueueConfig, JobConfig, KillSwitches, Needs, Problem,
 };
 #[cfg(feature = "postgres")]
 pub use crate::context::TaskContextExt;

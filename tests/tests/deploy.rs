@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
-use whirligig_handler::{App, AuthConfig, Config, PushAuth};
+use whirligig_handler::{App, AuthConfig, Config, Needs, PushAuth};
 use whirligig_registry::MAX_ACK_DEADLINE;
 use yaml_rust2::{Yaml, YamlLoader};
 
@@ -243,7 +243,9 @@ async fn the_service_is_deployed_as_the_configuration_and_the_routes_expect() {
 fn provision_runs_with_the_services_names_and_push_settings() {
     let registry = whirligig_handler::demo::registry().unwrap();
     let (service, provision) = (environment(&step("deploy")), environment(&step("provision")));
-    let config = Config::from_lookup(&registry, &|name| provision.get(name).cloned()).unwrap();
+    assert!(step("provision").flag("--set-secrets").is_none(), "provision never connects to the database");
+    let lookup = |name: &str| provision.get(name).cloned();
+    let config = Config::from_lookup_needing(&registry, &lookup, Needs::PROVISION).unwrap();
     let shared = ["TASKS_ENVIRONMENT", "TASKS_NAMESPACE", "GCP_PROJECT_ID", "CLOUD_RUN_SERVICE_URL"];
     for name in shared.into_iter().chain(["TASKS_SERVICE_ACCOUNT", "SCHEDULER_LOCATION"]) {
         assert_eq!(provision.get(name), service.get(name), "{name}");

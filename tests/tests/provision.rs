@@ -509,6 +509,7 @@ async fn configuration_that_cannot_provision_is_exit_2_before_any_call() {
     let prod = cloud.provision_with(&[], &[("TASKS_ENVIRONMENT", "prod"), ("CLOUD_RUN_SERVICE_URL", "")]).await;
     assert_exit(&prod, 2, "prod without a service URL");
     assert!(text(&prod.stderr).contains("CLOUD_RUN_SERVICE_URL"), "{}", text(&prod.stderr));
+    assert!(!text(&prod.stderr).contains("DATABASE_URL"), "provision never connects: {}", text(&prod.stderr));
     let attempts = cloud.provision_with(&[], &[("TASKS_MAX_DELIVERY_ATTEMPTS", "3")]).await;
     assert_exit(&attempts, 2, "attempts below Pub/Sub's minimum");
     assert!(cloud.front.requests().is_empty());

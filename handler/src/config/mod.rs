@@ -76,28 +76,27 @@ pub struct Config {
     pub provision: ProvisionConfig,
 }
 
-/// What a command needs set outside dev.
+/// What a command needs set outside dev: each command of the CLI asks for
+/// its own (`routes` needs only names; `provision` no database).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Needs {
-    /// `GCP_PROJECT_ID`.
-    pub(crate) project: bool,
-    /// `CLOUD_RUN_SERVICE_URL` and `TASKS_SERVICE_ACCOUNT`: who pushes, and where to.
-    pub(crate) push: bool,
-    /// `DATABASE_URL`.
-    pub(crate) database: bool,
+pub struct Needs {
+    project: bool,
+    push: bool,
+    database: bool,
 }
 
 impl Needs {
     /// Serving pushes and running tasks: the project, who signs pushes, where results go.
-    pub(crate) const EVERYTHING: Self = Self { project: true, push: true, database: true };
+    pub const EVERYTHING: Self = Self { project: true, push: true, database: true };
     /// Resource names: nothing beyond the environment and namespace.
-    pub(crate) const NAMES: Self = Self { project: false, push: false, database: false };
-    /// Talking to Pub/Sub: the project.
-    pub(crate) const PROJECT: Self = Self { project: true, ..Self::NAMES };
-    /// Provisioning: the project, and the push subscriptions' endpoint and account.
-    pub(crate) const PROVISION: Self = Self { project: true, push: true, database: false };
-    /// The database alone (migrations).
-    pub(crate) const DATABASE: Self = Self { database: true, ..Self::NAMES };
+    pub const NAMES: Self = Self { project: false, push: false, database: false };
+    /// Talking to Pub/Sub (enqueue, result): `GCP_PROJECT_ID`.
+    pub const PROJECT: Self = Self { project: true, ..Self::NAMES };
+    /// Provisioning: the project, and the push subscriptions' endpoint
+    /// (`CLOUD_RUN_SERVICE_URL`) and account (`TASKS_SERVICE_ACCOUNT`).
+    pub const PROVISION: Self = Self { project: true, push: true, database: false };
+    /// Migrating: `DATABASE_URL` alone.
+    pub const DATABASE: Self = Self { database: true, ..Self::NAMES };
 }
 
 /// How a configuration is loaded: what is required, and the name spans
@@ -269,6 +268,16 @@ impl Config {
     /// Loads the configuration from `lookup` (the environment, or a test's map).
     pub fn from_lookup(registry: &Registry, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         Self::load(registry, lookup, &Loading::default())
+    }
+
+    /// Loads the configuration from `lookup`, requiring outside dev only what
+    /// `needs` names.
+    pub fn from_lookup_needing(
+        registry: &Registry,
+        lookup: &dyn Fn(&str) -> Option<String>,
+        needs: Needs,
+    ) -> Result<Self, ConfigError> {
+        Self::load(registry, lookup, &Loading { needs, ..Loading::default() })
     }
 
     /// Loads the configuration a command needs: outside dev, only what
