@@ -59,6 +59,9 @@ pub mod demo;
 // `whirligig dev`: the Pub/Sub emulator started and stopped, and dev cron.
 #[cfg(feature = "server")]
 mod dev;
+// The push endpoint as a `tower::Service`, for a web app to nest (feature `tower`).
+#[cfg(feature = "tower")]
+mod embed;
 // Claim, run (timeout, panics caught), finish: the one place a task runs.
 mod executor;
 // Google's APIs: credentials, error bodies, retries, and the Pub/Sub publisher.
@@ -100,6 +103,8 @@ pub use crate::config::{
 };
 #[cfg(feature = "postgres")]
 pub use crate::context::TaskContextExt;
+#[cfg(feature = "tower")]
+pub use crate::embed::{PushService, PushServiceError};
 pub use crate::google::credentials::CredentialSource;
 pub use crate::google::pubsub::{MAX_MESSAGE_BYTES, PublishError};
 pub use crate::google::{ApiError, Code};

@@ -25,7 +25,7 @@ use crate::store::ExecutionStore;
 use crate::tasks::Tasks;
 
 /// Sets up the pipeline, serves until SIGTERM or SIGINT, then stops what it started.
-pub(super) async fn run(config: &Config, registry: Registry, loading: &Loading<'_>) -> Result<ExitCode, Fatal> {
+pub(super) async fn run(config: &Config, registry: Registry, loading: &Loading) -> Result<ExitCode, Fatal> {
     let started = Instant::now();
     if !config.is_dev() {
         let environment = config.naming.environment();
@@ -55,7 +55,7 @@ fn emulator_host(config: &Config) -> Option<&str> {
 async fn serve_dev(
     config: &Config,
     registry: Registry,
-    loading: &Loading<'_>,
+    loading: &Loading,
     emulator: &Emulator,
     started: Instant,
 ) -> Result<ExitCode, Fatal> {
@@ -83,7 +83,7 @@ async fn serve_dev(
 
 /// The configuration with the emulator it runs against, and pushes to this
 /// machine whatever `CLOUD_RUN_SERVICE_URL` says.
-fn local(config: &Config, registry: &Registry, loading: &Loading<'_>, host: Option<&str>) -> Result<Config, Fatal> {
+fn local(config: &Config, registry: &Registry, loading: &Loading, host: Option<&str>) -> Result<Config, Fatal> {
     let mut local = match host {
         Some(host) if !config.enqueue.emulator => {
             let lookup = |name: &str| match name {

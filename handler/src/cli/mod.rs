@@ -204,12 +204,7 @@ fn telemetry_for(command: &Command, config: &Config) -> TelemetryConfig {
     }
 }
 
-async fn execute(
-    command: Command,
-    config: &Config,
-    registry: Registry,
-    loading: &Loading<'_>,
-) -> Result<ExitCode, Fatal> {
+async fn execute(command: Command, config: &Config, registry: Registry, loading: &Loading) -> Result<ExitCode, Fatal> {
     registry.check_names(&config.naming)?;
     match command {
         Command::Serve => serve_command(config, registry).await,

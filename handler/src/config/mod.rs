@@ -102,17 +102,31 @@ impl Needs {
 /// How a configuration is loaded: what is required, and the name spans
 /// carry when no variable names the service.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Loading<'a> {
+pub(crate) struct Loading {
     pub(crate) needs: Needs,
-    pub(crate) service_name: &'a str,
+    /// Spans' `service.name` when no variable names it (traces are built
+    /// only with the server).
+    #[cfg(feature = "server")]
+    pub(crate) service_name: &'static str,
 }
 
-impl Default for Loading<'_> {
+impl Default for Loading {
     /// What the public loaders require: everything a serving process needs
     /// (with the server built), else the project alone.
     fn default() -> Self {
         let needs = if cfg!(feature = "server") { Needs::EVERYTHING } else { Needs::PROJECT };
-        Self { needs, service_name: "whirligig" }
+        Self::needing(needs)
+    }
+}
+
+impl Loading {
+    /// What `needs` names, traces named `whirligig`.
+    fn needing(needs: Needs) -> Self {
+        Self {
+            needs,
+            #[cfg(feature = "server")]
+            service_name: "whirligig",
+        }
     }
 }
 
@@ -277,7 +291,7 @@ impl Config {
         lookup: &dyn Fn(&str) -> Option<String>,
         needs: Needs,
     ) -> Result<Self, ConfigError> {
-        Self::load(registry, lookup, &Loading { needs, ..Loading::default() })
+        Self::load(registry, lookup, &Loading::needing(needs))
     }
 
     /// Loads the configuration a command needs: outside dev, only what
@@ -285,7 +299,7 @@ impl Config {
     pub(crate) fn load(
         registry: &Registry,
         lookup: &dyn Fn(&str) -> Option<String>,
-        loading: &Loading<'_>,
+        loading: &Loading,
     ) -> Result<Self, ConfigError> {
         let mut reader = Reader::new(lookup);
         let environment = reader.text("TASKS_ENVIRONMENT").unwrap_or_else(|| DEFAULT_ENVIRONMENT.to_owned());

@@ -90,6 +90,7 @@ impl<S: ExecutionStore> Executor<S> {
         Self { store, resources, shutdown, kill_switches, remembered: Remembered::default(), log_results: false }
     }
 
+    #[cfg(feature = "server")]
     /// Logs each return value as it is recorded (`whirligig dev`: results
     /// are read in the log). Never on otherwise: a result may hold anything.
     pub(crate) fn with_results_logged(self) -> Self {
