@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use whirligig_registry::{Kwargs, Registry, RegistryError, Task, TaskContext, TaskError, task, task_route};
 
-use crate::context::TaskContextExt as _;
+use crate::TaskContextExt as _;
 
 /// Does nothing: the framework's own overhead.
 pub async fn noop(_ctx: TaskContext) {}

@@ -362,7 +362,7 @@ async fn an_unreachable_database_at_start_is_one_line_and_a_failure() {
     let output = run_app(&["serve"], &env).await;
     assert!(!output.status.success(), "serve exited {} without a database", output.status);
     let stderr = text(&output.stderr);
-    let lines: Vec<&str> = stderr.lines().filter(|line| line.starts_with("whirligig:")).collect();
+    let lines: Vec<&str> = stderr.lines().filter(|line| line.starts_with("whirligig-test-app:")).collect();
     assert_eq!(lines.len(), 1, "{stderr}");
     assert!(lines[0].contains("database") && lines[0].contains("unreachable"), "{stderr}");
 }

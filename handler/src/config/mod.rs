@@ -418,6 +418,33 @@ mod tests {
     }
 
     #[test]
+    fn outside_dev_a_command_needs_only_what_it_uses() {
+        let registry = crate::demo::registry().unwrap();
+        let prod = |name: &str| (name == "TASKS_ENVIRONMENT").then(|| "prod".to_owned());
+        let needing = |needs| Config::from_lookup_needing(&registry, &prod, needs).err().map(|e| e.problems().to_vec());
+        let missing = |variable| Problem::Missing { variable, environment: "prod".into() };
+        assert_eq!(needing(Needs::NAMES), None, "routes: names alone");
+        assert_eq!(needing(Needs::PROJECT), Some(vec![missing("GCP_PROJECT_ID")]));
+        let provision = ["GCP_PROJECT_ID", "CLOUD_RUN_SERVICE_URL", "TASKS_SERVICE_ACCOUNT"].map(missing);
+        assert_eq!(needing(Needs::PROVISION), Some(provision.to_vec()), "no database");
+        assert_eq!(needing(Needs::DATABASE), Some(vec![missing("DATABASE_URL")]));
+        assert_eq!(needing(Needs::EVERYTHING).map(|problems| problems.len()), Some(4));
+    }
+
+    #[test]
+    fn traces_are_named_after_the_binary_unless_a_variable_names_them() {
+        let registry = crate::demo::registry().unwrap();
+        let loading = Loading { service_name: "my-service", ..Loading::default() };
+        let named = |vars: &'static [(&str, &str)]| {
+            let lookup = |name: &str| vars.iter().find(|(set, _)| *set == name).map(|(_, value)| (*value).to_owned());
+            Config::load(&registry, &lookup, &loading).unwrap().telemetry.service_name
+        };
+        assert_eq!(named(&[]), "my-service");
+        assert_eq!(named(&[("K_SERVICE", "tasks")]), "tasks");
+        assert_eq!(named(&[("OTEL_SERVICE_NAME", "billing")]), "billing");
+    }
+
+    #[test]
     fn production_with_everything_set() {
         let config = load(&[
             ("TASKS_ENVIRONMENT", "prod"),
