@@ -68,13 +68,19 @@ pub use crate::task::{
 /// `send_welcome_email` with path `shop.tasks.send_welcome_email`. `crate::`,
 /// `self::` and `super::` resolve as Rust resolves them; any other path is read
 /// relative to the calling module, so write the path from the crate root when
-/// the function was brought in with `use`, or set [`TaskRoute::path`]. A path
-/// that starts with the module it is written in, or one around it
-/// (`task_route!(tasks::send)` inside `mod tasks`, which would name the module
-/// twice), is refused when the registry is built, with what to write instead.
+/// the function was brought in with `use`, or set [`TaskRoute::path`]. The
+/// path is checked against where the function is defined (its type's name):
+/// one that differs (`task_route!(tasks::send)` inside `mod tasks`, which
+/// names the module twice; a function reached through `use`, or in another
+/// crate) is refused when the registry is built, with what to write instead.
 #[macro_export]
 macro_rules! task_route {
     ($($segment:ident)::+) => {
-        $crate::TaskRoute::at_module_path(::core::module_path!(), ::core::stringify!($($segment)::+), $($segment)::+)
+        $crate::TaskRoute::at_module_path(
+            ::core::module_path!(),
+            ::core::stringify!($($segment)::+),
+            ::core::any::type_name_of_val(&$($segment)::+),
+            $($segment)::+,
+        )
     };
 }

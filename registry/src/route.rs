@@ -40,8 +40,8 @@ pub struct TaskRoute {
     schedule: Option<String>,
     timezone: Option<String>,
     max_attempts: Option<u32>,
-    /// A `task_route!` path that names its own module twice.
-    doubled: Option<RouteError>,
+    /// A `task_route!` path that is not where the function is defined.
+    misplaced: Option<RouteError>,
 }
 
 /// A registered task: checked, with every option settled.
@@ -78,16 +78,22 @@ impl TaskRoute {
             timeout: None,
             max_attempts: None,
         };
-        Self { route, schedule: None, timezone: None, max_attempts: None, doubled: None }
+        Self { route, schedule: None, timezone: None, max_attempts: None, misplaced: None }
     }
 
     /// What [`task_route!`](crate::task_route) expands to: the route named after
-    /// the last segment of `written`, with the path it resolves to from `module_path`.
+    /// the last segment of `written`, with the path it resolves to from
+    /// `module_path`, checked against `function`, the function's type name.
     #[doc(hidden)]
-    pub fn at_module_path<M: Parameters>(module_path: &str, written: &str, task: impl TaskFn<M>) -> Self {
+    pub fn at_module_path<M: Parameters>(
+        module_path: &str,
+        written: &str,
+        function: &str,
+        task: impl TaskFn<M>,
+    ) -> Self {
         let (name, path) = resolve_function_path(module_path, written);
-        let doubled = doubled_module(module_path, written, &path);
-        Self { doubled, ..Self::new(name, task).path(path) }
+        let misplaced = misplaced(module_path, written, function, &path);
+        Self { misplaced, ..Self::new(name, task).path(path) }
     }
 
     /// The name the route was created with.
@@ -99,6 +105,7 @@ impl TaskRoute {
     #[must_use]
     pub fn path(mut self, path: impl Into<String>) -> Self {
         self.route.path = path.into();
+        self.misplaced = None;
         self
     }
 
@@ -166,7 +173,7 @@ impl TaskRoute {
     /// The checked route, or every problem with it.
     pub(crate) fn into_route(self) -> Result<Route, Vec<RouteError>> {
         let mut route = self.route;
-        let mut problems: Vec<RouteError> = self.doubled.into_iter().chain(route.identifier_problems()).collect();
+        let mut problems: Vec<RouteError> = self.misplaced.into_iter().chain(route.identifier_problems()).collect();
         if let Some(expression) = self.schedule {
             match Schedule::parse(&expression) {
                 Ok(schedule) => route.schedule = Some(schedule),
@@ -372,18 +379,54 @@ fn resolve_function_path(module_path: &str, written: &str) -> (String, String) {
     (name, base.into_iter().chain(rest).collect::<Vec<_>>().join("."))
 }
 
-/// `tasks::send` written inside `shop::tasks` (whose `use super::*` brings
-/// `tasks` itself into scope) would resolve to `shop.tasks.tasks.send`, and
-/// every resource name with it: refused, with what to write. A first segment
-/// naming the module itself or one around it (the crate, from a binary) is
-/// read as that doubling; `self::` says a child module of that name is meant.
+/// Why `path`, derived from what was written, is not where the function is
+/// defined: `function` (its type's name, `my_service::tasks::send`) says
+/// where. They differ when `tasks::send` is written inside `mod tasks` (whose
+/// `use super::*` brings `tasks` itself into scope), or the function was
+/// reached through a `use` or from another crate. Refused rather than
+/// derived from the type name, which the compiler does not promise to keep:
+/// resource names must not change with a compiler. A type name that is not a
+/// plain path (a closure's) is not compared, but a doubled module still is.
+fn misplaced(module_path: &str, written: &str, function: &str, path: &str) -> Option<RouteError> {
+    let Some(defined) = plain_path(function) else { return doubled_module(module_path, written, path) };
+    if defined == path {
+        return None;
+    }
+    let write = match function.split_once("::") {
+        Some((krate, rest)) if module_path.split("::").next() == Some(krate) => format!("task_route!(crate::{rest})"),
+        _ => format!(".path(\"{defined}\"), or declare the route in the crate that defines the task"),
+    };
+    let written = written.split("::").map(str::trim).collect::<Vec<_>>().join("::");
+    Some(RouteError::Misplaced {
+        written,
+        module: module_path.to_owned(),
+        path: path.to_owned(),
+        function: function.to_owned(),
+        write,
+    })
+}
+
+/// `a::b::c` as `a.b.c`, when it is a path of identifiers and nothing else.
+fn plain_path(type_name: &str) -> Option<String> {
+    let segments: Vec<&str> = type_name.split("::").collect();
+    let identifier = |segment: &&str| {
+        segment.starts_with(|c: char| c.is_alphabetic() || c == '_')
+            && segment.chars().all(|c| c.is_alphanumeric() || c == '_')
+    };
+    (segments.len() > 1 && segments.iter().all(identifier)).then(|| segments.join("."))
+}
+
+/// Without a type name to compare with: `tasks::send` written inside
+/// `shop::tasks`, a first segment naming the module itself or one around it
+/// (the crate, from a binary), is read as the module named twice; `self::`
+/// says a child module of that name is meant.
 fn doubled_module(module_path: &str, written: &str, path: &str) -> Option<RouteError> {
     let segments: Vec<&str> = written.split("::").map(str::trim).collect();
-    let (first, rest) = segments.split_first()?;
+    let (first, rest) = segments.split_first().filter(|(_, rest)| !rest.is_empty())?;
     let modules: Vec<&str> = module_path.split("::").collect();
     let at = modules.iter().position(|module| module == first)?;
+    let intended = modules[..=at].iter().chain(rest).copied().collect::<Vec<_>>().join(".");
     let rest = rest.join("::");
-    let intended = modules[..=at].iter().copied().chain(rest.split("::")).collect::<Vec<_>>().join(".");
     let write = match at {
         0 => format!("task_route!(crate::{rest}) in crate {first}, or .path(\"{intended}\")"),
         _ if at == modules.len() - 1 => {
@@ -450,7 +493,26 @@ pub enum RouteError {
     /// `max_attempts(0)`.
     #[error("max_attempts must be at least 1")]
     MaxAttempts,
-    /// `task_route!` was given a path that repeats the module it is written in.
+    /// `task_route!` was given a path that is not where the function is
+    /// defined (its own module named twice, a `use`, another crate).
+    #[error(
+        "task_route!({written}) in module {module} would get path {path}, but the function is {function}: write \
+         {write}"
+    )]
+    Misplaced {
+        /// The path as written.
+        written: String,
+        /// The module it was written in.
+        module: String,
+        /// The path it would have resolved to.
+        path: String,
+        /// Where the function is defined.
+        function: String,
+        /// What to write instead.
+        write: String,
+    },
+    /// `task_route!` was given a path that repeats the module it is written
+    /// in (checked so when the function's type name is not a plain path).
     #[error(
         "task_route!({written}) in module {module} would get path {path}, naming its module twice; write {write} \
          (or self::{written} if a module inside {module} is meant)"
@@ -672,10 +734,41 @@ mod tests {
     }
 
     #[test]
-    fn a_path_that_repeats_its_own_module_is_refused_with_what_to_write() {
+    fn a_path_that_is_not_where_the_function_is_defined_is_refused_with_what_to_write() {
+        let refused = |module, written: &str, function| {
+            let (_, path) = resolve_function_path(module, written);
+            misplaced(module, written, function, &path).map(|error| error.to_string())
+        };
+        let inside = refused("shop::tasks", "tasks::send", "shop::tasks::send").unwrap();
+        assert_eq!(
+            inside,
+            "task_route!(tasks::send) in module shop::tasks would get path shop.tasks.tasks.send, but the function \
+             is shop::tasks::send: write task_route!(crate::tasks::send)"
+        );
+        let sibling = refused("shop::tasks", "emails::send", "shop::emails::send").unwrap();
+        assert!(sibling.ends_with("write task_route!(crate::emails::send)"), "{sibling}");
+        let imported = refused("shop::jobs", "send", "shop::emails::send").unwrap();
+        assert!(imported.contains("would get path shop.jobs.send"), "{imported}");
+        let from_binary = refused("worker", "my_service::tasks::send", "my_service::tasks::send").unwrap();
+        assert!(from_binary.contains(r#"write .path("my_service.tasks.send"), or declare"#), "{from_binary}");
+        let fine = [
+            ("send", "shop::tasks::send"),
+            ("crate::emails::send", "shop::emails::send"),
+            ("super::send", "shop::send"),
+        ];
+        for (written, function) in fine {
+            assert_eq!(refused("shop::tasks", written, function), None, "{written}");
+        }
+        // A function named like its own module, in a module of its own.
+        assert_eq!(refused("shop::cleanup", "cleanup", "shop::cleanup::cleanup"), None);
+    }
+
+    #[test]
+    fn without_a_plain_type_name_a_doubled_module_is_still_refused() {
+        let closure = "shop::tasks::registry::{{closure}}";
         let refused = |module, written: &str| {
             let (_, path) = resolve_function_path(module, written);
-            doubled_module(module, written, &path).map(|error| error.to_string())
+            misplaced(module, written, closure, &path).map(|error| error.to_string())
         };
         let inside = refused("shop::tasks", "tasks::send").unwrap();
         assert_eq!(
@@ -684,21 +777,23 @@ mod tests {
              twice; write task_route!(send) or task_route!(crate::tasks::send) (or self::tasks::send if a module \
              inside shop::tasks is meant)"
         );
-        let nested = refused("shop::tasks::email", "tasks::send").unwrap();
-        assert!(nested.contains("write task_route!(crate::tasks::send) "), "{nested}");
         let from_binary = refused("my_service", "my_service::tasks::send").unwrap();
-        assert!(from_binary.contains("path my_service.my_service.tasks.send"), "{from_binary}");
         assert!(from_binary.contains(r#".path("my_service.tasks.send")"#), "{from_binary}");
-        for fine in ["send", "crate::tasks::send", "self::tasks::send", "super::send", "emails::send"] {
+        for fine in ["send", "cleanup", "crate::tasks::send", "self::tasks::send", "super::send", "emails::send"] {
             assert_eq!(refused("shop::tasks", fine), None, "{fine}");
         }
+        assert_eq!(refused("shop::cleanup", "cleanup"), None, "one segment is never doubled");
     }
 
     #[test]
     fn the_macro_refuses_a_doubled_module_when_the_route_is_checked() {
         let errors = emails::doubled().into_route().err().unwrap();
         let doubled = |path: &str| path.ends_with("emails.emails.send_welcome_email");
-        assert!(matches!(&errors[..], [RouteError::DoubledModule { path, .. }] if doubled(path)), "{errors:?}");
+        assert!(matches!(&errors[..], [RouteError::Misplaced { path, .. }] if doubled(path)), "{errors:?}");
+        let fixed = emails::doubled().path("app.emails.send_welcome_email").into_route();
+        assert!(fixed.is_ok(), "setting the path as the error says is enough");
+        let type_name = std::any::type_name_of_val(&emails::send_welcome_email);
+        assert_eq!(type_name, "whirligig_registry::route::tests::emails::send_welcome_email");
     }
 
     mod emails {

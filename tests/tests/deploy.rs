@@ -244,6 +244,7 @@ fn provision_runs_with_the_services_names_and_push_settings() {
     let registry = whirligig_handler::demo::registry().unwrap();
     let (service, provision) = (environment(&step("deploy")), environment(&step("provision")));
     assert!(step("provision").flag("--set-secrets").is_none(), "provision never connects to the database");
+    assert!(step("provision").has("--clear-secrets"), "a secret an earlier build gave the job would stay");
     let lookup = |name: &str| provision.get(name).cloned();
     let config = Config::from_lookup_needing(&registry, &lookup, Needs::PROVISION).unwrap();
     let shared = ["TASKS_ENVIRONMENT", "TASKS_NAMESPACE", "GCP_PROJECT_ID", "CLOUD_RUN_SERVICE_URL"];

@@ -79,7 +79,7 @@ async fn dev_starts_an_emulator_where_none_answers_and_stops_it_on_exit() {
     let env = [("PUBSUB_EMULATOR_HOST", host.as_str()), ("TASKS_NAMESPACE", namespace.as_str())];
     let mut dev = Server::start_command("dev", port, &env, START).await;
     let log = dev.log();
-    assert!(log.contains(&format!("Pub/Sub emulator on {host} (started by whirligig dev")), "{log}");
+    assert!(log.contains(&format!("Pub/Sub emulator on {host} (started here")), "{log}");
     assert!(log.contains("DATABASE_URL is not set"), "memory without a database: {log}");
 
     let enqueued =
@@ -101,7 +101,8 @@ async fn without_an_emulator_dev_says_so_and_tasks_run_at_once() {
         [("TASKS_BACKEND", "immediate"), ("TASKS_NAMESPACE", namespace.as_str()), ("DATABASE_URL", db.url.as_str())];
     let mut dev = Server::start_command("dev", free_port(), &env, START).await;
     let log = dev.log();
-    assert!(log.contains("no Pub/Sub emulator (TASKS_BACKEND=immediate): tasks run at once in this process"), "{log}");
+    assert!(log.contains("no Pub/Sub emulator (TASKS_BACKEND=immediate): scheduled routes run in this process, and an enqueue runs in \
+             the enqueuing one"), "{log}");
     assert!(!log.contains("provisioned"), "{log}");
 
     let enqueued = run_app(&["enqueue", "echo", "--kwargs", "{}", "--task-id", "dev-now", "--wait"], &env).await;
@@ -128,4 +129,36 @@ async fn dev_is_refused_outside_the_dev_environment() {
         text(&output.stderr),
         "whirligig-test-app: dev runs only where TASKS_ENVIRONMENT is dev, not \"prod\"\n"
     );
+}
+
+#[tokio::test]
+async fn a_signal_while_the_emulator_starts_stops_dev_and_the_emulator() {
+    let (namespace, _) = isolated();
+    let emulator_port = free_port();
+    let host = format!("127.0.0.1:{emulator_port}");
+    let env = [("PUBSUB_EMULATOR_HOST", host.as_str()), ("TASKS_NAMESPACE", namespace.as_str())];
+    let dev = support::process::app(&env)
+        .arg("dev")
+        .env("PORT", free_port().to_string())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The emulator's log appears when its JVM is spawned, a second or more before it answers.
+    let log = std::env::temp_dir().join(format!("whirligig-pubsub-emulator-{emulator_port}.log"));
+    let spawned = tokio::time::Instant::now();
+    while !log.exists() {
+        assert!(spawned.elapsed() < START, "the emulator was never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let pid = dev.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let output = tokio::time::timeout(START, dev.wait_with_output()).await.unwrap().unwrap();
+    assert_exit(&output, 0, "dev stopped while its emulator started");
+    assert!(text(&output.stderr).contains("stopped before serving"), "{}", text(&output.stderr));
+    // A JVM left behind would answer within seconds; none comes up.
+    for _ in 0..30 {
+        assert!(tokio::net::TcpStream::connect(&host).await.is_err(), "the emulator dev was starting came up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -4,6 +4,7 @@
 //! serving. Without an emulator, scheduled routes run in this process and an
 //! enqueue elsewhere runs in its own. Refused outside the dev environment.
 
+use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use whirligig_registry::{Registry, Route, Tz};
+use whirligig_registry::{CallArguments, Registry, Route, Tz, scheduled_task_id};
 
 use super::{Fatal, postgres, push_auth, warn_in_memory};
 use crate::app::App;
@@ -24,26 +25,32 @@ use crate::server::{SHUTDOWN_GRACE, serve, shutdown_signal};
 use crate::store::ExecutionStore;
 use crate::tasks::Tasks;
 
-/// Sets up the pipeline, serves until SIGTERM or SIGINT, then stops what it started.
+/// Sets up the pipeline, serves until SIGTERM or SIGINT, then stops what it
+/// started. A signal during set-up (an emulator starting, provisioning,
+/// migrations) stops it there, the emulator with it.
 pub(super) async fn run(config: &Config, registry: Registry, loading: &Loading) -> Result<ExitCode, Fatal> {
     let started = Instant::now();
     if !config.is_dev() {
         let environment = config.naming.environment();
         return Err(Fatal::Usage(format!("dev runs only where TASKS_ENVIRONMENT is dev, not {environment:?}")));
     }
-    let emulator = if config.enqueue.backend == Backend::Immediate && config.enqueue.backend_chosen {
-        Emulator::Unavailable { reason: "TASKS_BACKEND=immediate".to_owned() }
-    } else {
-        // PATH, read here and not by the configuration: where to find a launcher is not a setting.
-        let path = std::env::var_os("PATH");
-        emulator::ensure(emulator_host(config), path.as_deref())
-            .await
-            .map_err(|error| Fatal::Failed(error.to_string()))?
-    };
+    let stop = CancellationToken::new();
+    tokio::spawn(stop_on_signal(stop.clone()));
+    let Some(emulator) = until(&stop, emulator(config)).await.transpose()? else { return Ok(stopped_early()) };
     tracing::info!("{emulator}");
-    let served = serve_dev(config, registry, loading, &emulator, started).await;
-    let stopped = emulator.stop().await.map_err(|error| Fatal::Failed(error.to_string()));
+    let served = serve_dev(config, registry, loading, &emulator, Start { at: started, stop }).await;
+    let stopped = emulator.stop().await.map_err(Fatal::from);
     served.and_then(|code| stopped.map(|()| code))
+}
+
+/// The emulator dev runs against: none when `TASKS_BACKEND=immediate` says so.
+async fn emulator(config: &Config) -> Result<Emulator, Fatal> {
+    if config.enqueue.backend == Backend::Immediate && config.enqueue.backend_chosen {
+        return Ok(Emulator::Unavailable { reason: "TASKS_BACKEND=immediate".to_owned() });
+    }
+    // PATH, read here and not by the configuration: where a launcher is found is not a setting.
+    let path = std::env::var_os("PATH");
+    Ok(emulator::ensure(emulator_host(config), path.as_deref()).await?)
 }
 
 /// The emulator the configuration names: `PUBSUB_EMULATOR_HOST`, which the
@@ -52,27 +59,57 @@ fn emulator_host(config: &Config) -> Option<&str> {
     config.enqueue.emulator.then(|| config.enqueue.pubsub_url.trim_start_matches("http://"))
 }
 
+async fn stop_on_signal(stop: CancellationToken) {
+    shutdown_signal().await;
+    stop.cancel();
+}
+
+/// `work`, or `None` if a signal came first (what `work` holds is dropped:
+/// an emulator being started is killed).
+async fn until<T>(stop: &CancellationToken, work: impl Future<Output = T>) -> Option<T> {
+    tokio::select! {
+        done = work => Some(done),
+        () = stop.cancelled() => None,
+    }
+}
+
+fn stopped_early() -> ExitCode {
+    tracing::info!("stopped before serving");
+    ExitCode::SUCCESS
+}
+
+/// When dev started, and the signal that stops it.
+struct Start {
+    at: Instant,
+    stop: CancellationToken,
+}
+
 async fn serve_dev(
     config: &Config,
     registry: Registry,
     loading: &Loading,
     emulator: &Emulator,
-    started: Instant,
+    start: Start,
 ) -> Result<ExitCode, Fatal> {
     let config = local(config, &registry, loading, emulator.host())?;
-    // Bound before provisioning: the emulator may push as soon as a subscription exists.
-    let address = SocketAddr::from((Ipv4Addr::UNSPECIFIED, config.port));
+    // Loopback only: pushes are not authenticated in dev, and the emulator
+    // pushes to localhost. Bound before provisioning: it pushes as soon as a
+    // subscription exists.
+    let address = SocketAddr::from((Ipv4Addr::LOCALHOST, config.port));
     let listener = TcpListener::bind(address).await.map_err(|error| Fatal::Listen(address, error))?;
     if emulator.host().is_some() {
-        provision_on_emulator(&registry, &config).await?;
+        let Some(provisioned) = until(&start.stop, provision_on_emulator(&registry, &config)).await else {
+            return Ok(stopped_early());
+        };
+        provisioned?;
     }
     let registry = Arc::new(registry);
     let auth = push_auth(&config)?;
-    let ready = Ready { listener, started, emulator: emulator.host() };
+    let ready = Ready { listener, start, emulator: emulator.host() };
     match &config.database {
         Some(database) => {
-            let store = postgres(database).await?;
-            pipeline(&config, App::postgres(Arc::clone(&registry), store, auth), registry, ready).await
+            let Some(store) = until(&ready.start.stop, postgres(database)).await else { return Ok(stopped_early()) };
+            pipeline(&config, App::postgres(Arc::clone(&registry), store?, auth), registry, ready).await
         }
         None => {
             warn_in_memory();
@@ -101,15 +138,14 @@ fn local(config: &Config, registry: &Registry, loading: &Loading, host: Option<&
 /// Every route's topic and push subscription on the emulator, pushing to
 /// `http://localhost:$PORT/tasks/pubsub/`; each line at debug, the summary at info.
 async fn provision_on_emulator(registry: &Registry, config: &Config) -> Result<(), Fatal> {
-    let mut lines = Vec::new();
-    let summary = provision::provision(registry, config, Options::default(), &mut |line| lines.push(line))
-        .await
-        .map_err(|error| Fatal::Failed(format!("provisioning on the emulator: {error}")))?;
-    let failed: Vec<&String> = lines.iter().filter(|line| line.contains("-> FAILED")).collect();
-    lines.iter().for_each(|line| tracing::debug!("provision: {line}"));
-    if summary.failed > 0 {
-        let failed = failed.iter().map(|line| line.as_str()).collect::<Vec<_>>().join("; ");
-        return Err(Fatal::Failed(format!("provisioning on the emulator: {failed}")));
+    let failed = |what: String| Fatal::Failed(format!("provisioning on the emulator: {what}"));
+    let summary = provision::provision(registry, config, Options::default(), &mut |line| {
+        tracing::debug!("provision: {line}");
+    })
+    .await
+    .map_err(|error| failed(error.to_string()))?;
+    if !summary.problems.is_empty() {
+        return Err(failed(summary.problems.join("; ")));
     }
     let pushes = format!("http://localhost:{}/tasks/pubsub/", config.port);
     tracing::info!(
@@ -124,7 +160,7 @@ async fn provision_on_emulator(registry: &Registry, config: &Config) -> Result<(
 /// What serving starts from.
 struct Ready<'a> {
     listener: TcpListener,
-    started: Instant,
+    start: Start,
     emulator: Option<&'a str>,
 }
 
@@ -138,7 +174,8 @@ async fn pipeline<S: ExecutionStore>(
     let app = Arc::new(app.with_kill_switches(config.kill_switches.clone()).with_results_logged());
     let fire = Fire::new(config, &registry, &app, ready.emulator.is_some()).await?;
     say_ready(config, &ready);
-    let stop = CancellationToken::new();
+    let stop = ready.start.stop.clone();
+    // Cron stops at the signal, while the server drains what is in flight.
     let cron = cron::run(
         Arc::clone(&registry),
         config.kill_switches.clone(),
@@ -146,25 +183,33 @@ async fn pipeline<S: ExecutionStore>(
         |route: &Route, at: DateTime<Tz>| fire.fire(route.name().to_owned(), at),
         stop.clone(),
     );
-    let serving = async {
-        serve(ready.listener, Arc::clone(&app), shutdown_signal(), SHUTDOWN_GRACE).await;
-        stop.cancel();
-    };
-    tokio::join!(serving, cron);
+    let serving = serve(ready.listener, Arc::clone(&app), stop.clone().cancelled_owned(), SHUTDOWN_GRACE);
+    tokio::join!(serving, within_grace(cron, &stop));
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }
 
+/// Dev cron, with the fires still running at the signal given the grace
+/// period the server gives requests, then dropped.
+async fn within_grace(cron: impl Future<Output = ()>, stop: &CancellationToken) {
+    let grace_over = async {
+        stop.cancelled().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        () = cron => {}
+        () = grace_over => tracing::warn!("cron: fires still running after {SHUTDOWN_GRACE:?} were dropped"),
+    }
+}
+
 fn say_ready(config: &Config, ready: &Ready<'_>) {
     let url = format!("http://localhost:{}", config.port);
-    let elapsed_ms = ready.started.elapsed().as_millis();
+    let elapsed_ms = ready.start.at.elapsed().as_millis();
     match ready.emulator {
         Some(host) => tracing::info!(
-            "ready in {elapsed_ms} ms on {url}: enqueue from another shell with PUBSUB_EMULATOR_HOST={host} set"
+            "ready in {elapsed_ms} ms on {url}; to enqueue from another shell: export PUBSUB_EMULATOR_HOST={host}"
         ),
-        None => tracing::info!(
-            "ready in {elapsed_ms} ms on {url}: without an emulator an enqueue runs in its own process (immediate backend)"
-        ),
+        None => tracing::info!("ready in {elapsed_ms} ms on {url}"),
     }
 }
 
@@ -187,19 +232,29 @@ impl<S: ExecutionStore> Fire<S> {
     async fn fire(&self, name: String, at: DateTime<Tz>) -> Result<String, String> {
         match self {
             Self::Publish(tasks) => {
-                let queued = tasks.enqueue_scheduled(&name).await.map_err(|error| error.to_string())?;
-                Ok(format!("published to the emulator, message {}", queued.message_id().unwrap_or("-")))
+                // Recorded under its fire time, not the emulator's message id:
+                // the emulator counts messages from 1 each time it starts, so
+                // with a database kept across restarts an id would repeat.
+                let task_id = Some(format!("{}-{}", scheduled_task_id(&name), fire_time(at)));
+                let queued = tasks.enqueue_json(&name, CallArguments::default(), task_id).await;
+                let queued = queued.map_err(|error| error.to_string())?;
+                Ok(format!("published to the emulator as {}", queued.task_id()))
             }
             Self::Here { app, registry } => {
                 let route = registry.get(&name).ok_or_else(|| format!("no route {name}"))?;
-                let run_id = at.with_timezone(&Utc).format("%Y-%m-%dT%H:%M:%SZ").to_string();
+                let run_id = fire_time(at);
                 match app.run_scheduled(route, &run_id).await {
-                    200 => Ok(format!("ran here as {}-{run_id}", whirligig_registry::scheduled_task_id(&name))),
+                    200 => Ok(format!("ran here as {}-{run_id}", scheduled_task_id(&name))),
                     status => Err(format!("ran here, answered {status}")),
                 }
             }
         }
     }
+}
+
+/// A fire time as it goes into an execution id: `2026-12-02T03:00:00Z`.
+fn fire_time(at: DateTime<Tz>) -> String {
+    at.with_timezone(&Utc).format("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
 #[cfg(test)]

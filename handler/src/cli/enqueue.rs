@@ -43,8 +43,8 @@ pub(super) async fn enqueue(config: &Config, registry: Registry, run: EnqueueRun
     }
     if run.wait.is_some() && config.enqueue.backend == Backend::PubSub && config.database.is_none() {
         return Err(Fatal::Usage(
-            "--wait needs DATABASE_URL: the execution is recorded in the database (whirligig dev without one logs \
-             each result)"
+            "--wait needs DATABASE_URL: the execution is recorded in the database (dev without one logs each \
+             result)"
                 .into(),
         ));
     }

@@ -22,6 +22,7 @@ use whirligig_registry::{Registry, RegistryError};
 use crate::app::App;
 use crate::auth::{AuthSetupError, Clock, PushAuth};
 use crate::config::{AuthConfig, Config, ConfigError, DatabaseConfig, Loading, Needs, redact};
+use crate::dev::emulator::EmulatorError;
 use crate::server::{SHUTDOWN_GRACE, serve, shutdown_signal};
 use crate::store::{ExecutionStore, PostgresStore, StoreError, migrate};
 use crate::telemetry::{ExportError, Telemetry, TelemetryConfig, TraceExport};
@@ -121,6 +122,8 @@ pub(crate) enum Fatal {
     Listen(SocketAddr, std::io::Error),
     #[error(transparent)]
     Telemetry(#[from] ExportError),
+    #[error(transparent)]
+    Emulator(#[from] EmulatorError),
     #[error("{0}")]
     Usage(String),
     #[error("{0}")]
@@ -130,7 +133,8 @@ pub(crate) enum Fatal {
 impl Fatal {
     pub(crate) fn exit_code(&self) -> ExitCode {
         match self {
-            Self::Store(_) | Self::Listen(..) | Self::Failed(_) => ExitCode::FAILURE,
+            Self::Emulator(EmulatorError::InvalidHost(_)) => ExitCode::from(2),
+            Self::Store(_) | Self::Listen(..) | Self::Failed(_) | Self::Emulator(_) => ExitCode::FAILURE,
             Self::Config(_) | Self::Registry(_) | Self::Usage(_) | Self::Auth(_) | Self::Telemetry(_) => {
                 ExitCode::from(2)
             }
@@ -179,12 +183,14 @@ fn parse(binary: Binary) -> Result<Command, ExitCode> {
 /// What each command needs set outside dev: names need nothing.
 fn needs(command: &Command) -> Needs {
     match command {
-        Command::Serve | Command::Run { .. } => Needs::EVERYTHING,
+        Command::Serve => Needs::EVERYTHING,
+        Command::Run { .. } => Needs::JOB,
         Command::Enqueue { .. } | Command::Result { .. } => Needs::PROJECT,
         Command::Provision { .. } => Needs::PROVISION,
         Command::Migrate => Needs::DATABASE,
+        Command::Routes => Needs::NAMES,
         // Refused outside dev by the command itself, which says so.
-        Command::Routes | Command::Dev => Needs::NAMES,
+        Command::Dev => Needs::NAMES,
     }
 }
 

@@ -95,6 +95,9 @@ impl Needs {
     /// Provisioning: the project, and the push subscriptions' endpoint
     /// (`CLOUD_RUN_SERVICE_URL`) and account (`TASKS_SERVICE_ACCOUNT`).
     pub const PROVISION: Self = Self { project: true, push: true, database: false };
+    /// Running a task as a job: the project (its log lines' traces) and
+    /// `DATABASE_URL`; nothing about pushes.
+    pub const JOB: Self = Self { project: true, push: false, database: true };
     /// Migrating: `DATABASE_URL` alone.
     pub const DATABASE: Self = Self { database: true, ..Self::NAMES };
 }
@@ -428,6 +431,7 @@ mod tests {
         let provision = ["GCP_PROJECT_ID", "CLOUD_RUN_SERVICE_URL", "TASKS_SERVICE_ACCOUNT"].map(missing);
         assert_eq!(needing(Needs::PROVISION), Some(provision.to_vec()), "no database");
         assert_eq!(needing(Needs::DATABASE), Some(vec![missing("DATABASE_URL")]));
+        assert_eq!(needing(Needs::JOB), Some(vec![missing("GCP_PROJECT_ID"), missing("DATABASE_URL")]));
         assert_eq!(needing(Needs::EVERYTHING).map(|problems| problems.len()), Some(4));
     }
 

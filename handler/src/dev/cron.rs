@@ -81,7 +81,8 @@ impl WallClock {
 /// cancelled; returns at once if no route is scheduled. A route whose kill
 /// switch is off is not fired, and says so at each of its times. `fire`
 /// answers what it fired (a task or message id) or why it could not; fires
-/// still running when `stop` is cancelled are dropped.
+/// still running when `stop` is cancelled are waited for (the caller bounds
+/// how long).
 pub(crate) async fn run<F, Fut>(
     registry: Arc<Registry>,
     kill_switches: KillSwitches,
@@ -99,11 +100,7 @@ pub(crate) async fn run<F, Fut>(
     }
     let start = clock.now();
     tracing::info!("cron: firing {}", summary(&routes, start));
-    let keeping = join_all(routes.iter().map(|route| route.keep(start, clock, &fire)));
-    tokio::select! {
-        _ = keeping => {}
-        () = stop.cancelled() => {}
-    }
+    join_all(routes.iter().map(|route| route.keep(start, clock, &fire, &stop))).await;
 }
 
 /// A scheduled route, with the variable that turns it off if its kill switch
@@ -128,7 +125,7 @@ impl Scheduled<'_> {
     /// Fires the route at each of its times after `start`. A fire does not
     /// wait for the one before it to end, as Cloud Scheduler does not, so a
     /// slow fire delays no other.
-    async fn keep<F, Fut>(&self, start: DateTime<Utc>, clock: WallClock, fire: &F)
+    async fn keep<F, Fut>(&self, start: DateTime<Utc>, clock: WallClock, fire: &F, stop: &CancellationToken)
     where
         F: Fn(&Route, DateTime<Tz>) -> Fut,
         Fut: Future<Output = Result<String, String>>,
@@ -146,6 +143,7 @@ impl Scheduled<'_> {
             tokio::select! {
                 () = clock.sleep_until(time.to_utc()) => {}
                 Some(()) = in_flight.next() => {}
+                () = stop.cancelled() => break,
             }
         }
         while in_flight.next().await.is_some() {}

@@ -1,6 +1,7 @@
 //! The Pub/Sub emulator `whirligig dev` publishes to: one already answering is
 //! reused, and one on a loopback address is started from an installed launcher
-//! and stopped on exit. It never starts one on another host, and never installs one.
+//! (on PATH, or in gcloud's SDK) and stopped on exit. It never starts one on
+//! another host, and never installs one.
 
 use std::ffi::OsStr;
 use std::fmt;
@@ -18,18 +19,19 @@ use crate::config::EMULATOR_PROJECT;
 
 /// Where the emulator is looked for, and started, when `PUBSUB_EMULATOR_HOST` is unset.
 const DEFAULT_HOST: &str = "127.0.0.1:8085";
-/// The emulator's own launcher, as `google-cloud-cli-pubsub-emulator` installs it.
+/// The emulator's own launcher: a Gradle start script that ends in `exec java`.
 const LAUNCHER: &str = "cloud-pubsub-emulator";
 /// Where gcloud's SDK keeps that launcher, from the SDK's root.
 const SDK_LAUNCHER: &str = "platform/pubsub-emulator/bin/cloud-pubsub-emulator";
+/// How long `gcloud info` may take to name its SDK's root.
+const GCLOUD_INFO_TIMEOUT: Duration = Duration::from_secs(10);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 const POLL_EVERY: Duration = Duration::from_millis(100);
 const START_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long stopping waits for the port of gcloud's JVM to close.
-const GROUP_EXIT: Duration = Duration::from_secs(2);
-const POLL_GROUP_EVERY: Duration = Duration::from_millis(10);
 /// How much of the log a failed start quotes.
 const LOG_TAIL_LINES: usize = 10;
+const NO_COMPONENT: &str = "gcloud is on PATH but its SDK has no Pub/Sub emulator: \
+    gcloud components install pubsub-emulator, or apt-get install google-cloud-cli-pubsub-emulator";
 const INSTALL: &str = "install the emulator and a Java 17 runtime (Debian, with Google's Cloud SDK apt repository: \
     apt-get install google-cloud-cli-pubsub-emulator openjdk-17-jre-headless), \
     or start one yourself and set PUBSUB_EMULATOR_HOST=host:port";
@@ -46,9 +48,9 @@ pub(crate) enum Emulator {
     Started {
         /// `host:port`.
         host: String,
-        /// The launcher's process (boxed: a `Child` is ten times the other variants).
-        process: Box<Process>,
-        /// Its stdout and stderr.
+        /// The launcher, which became the JVM (boxed: a `Child` is ten times the other variants).
+        process: Box<Child>,
+        /// Its stdout and stderr; removed by [`Emulator::stop`].
         log: PathBuf,
         /// From spawning to the first answer.
         ready_in: Duration,
@@ -70,7 +72,7 @@ pub(crate) enum EmulatorError {
     )]
     NotEmulator { host: String },
     #[error(
-        "no Pub/Sub emulator answers on {host} (PUBSUB_EMULATOR_HOST), and whirligig dev starts one only on a \
+        "no Pub/Sub emulator answers on {host} (PUBSUB_EMULATOR_HOST), and dev starts one only on a \
          loopback address: start it there, point PUBSUB_EMULATOR_HOST at a running one, or unset it"
     )]
     Unreachable { host: String },
@@ -117,7 +119,12 @@ async fn ensure_at(
 ) -> Result<Emulator, EmulatorError> {
     let client = probe_client()?;
     let answer = probe(&client, &address.host).await;
-    match decide(answer, &address, explicit, find_launcher(path, java_home))? {
+    // Finding a launcher may ask gcloud, which takes a second: not worth it when one answers.
+    let launcher = match answer {
+        Probe::Emulator => Err(String::new()),
+        Probe::Other | Probe::Nothing => find_launcher(path, java_home).await,
+    };
+    match decide(answer, &address, explicit, launcher)? {
         Plan::Reuse => Ok(Emulator::Reused { host: address.host }),
         Plan::Without(reason) => Ok(Emulator::Unavailable { reason }),
         Plan::Start(launcher) => start(&client, address, &launcher, path).await,
@@ -133,11 +140,14 @@ impl Emulator {
         }
     }
 
-    /// Kills the emulator if it was started here, and waits for it to exit; it keeps nothing worth a clean shutdown.
+    /// Kills the emulator if it was started here, waits for it to exit, and
+    /// removes its log; it keeps nothing worth a clean shutdown.
     pub(crate) async fn stop(self) -> Result<(), EmulatorError> {
         match self {
-            Self::Started { host, mut process, .. } => {
-                process.kill(&host).await.map_err(|source| EmulatorError::Stop { host, source })
+            Self::Started { host, mut process, log, .. } => {
+                process.kill().await.map_err(|source| EmulatorError::Stop { host, source })?;
+                discard(&log);
+                Ok(())
             }
             Self::Reused { .. } | Self::Unavailable { .. } => Ok(()),
         }
@@ -151,13 +161,14 @@ impl fmt::Display for Emulator {
             Self::Reused { host } => write!(f, "Pub/Sub emulator on {host} (already running)"),
             Self::Started { host, log, ready_in, .. } => write!(
                 f,
-                "Pub/Sub emulator on {host} (started by whirligig dev, ready in {:.1} s, stopped on exit; log: {})",
+                "Pub/Sub emulator on {host} (started here, ready in {:.1} s, stopped on exit; log: {})",
                 ready_in.as_secs_f64(),
                 log.display()
             ),
-            Self::Unavailable { reason } => {
-                write!(f, "no Pub/Sub emulator ({reason}): tasks run at once in this process")
-            }
+            Self::Unavailable { reason } => write!(
+                f,
+                "no Pub/Sub emulator ({reason}): scheduled routes run in this process, and an enqueue runs in the enqueuing one"
+            ),
         }
     }
 }
@@ -233,7 +244,8 @@ fn is_json_object(body: &[u8]) -> bool {
 #[derive(Debug, PartialEq, Eq)]
 enum Plan {
     Reuse,
-    Start(Launcher),
+    /// With this launcher.
+    Start(PathBuf),
     Without(String),
 }
 
@@ -242,7 +254,7 @@ fn decide(
     answer: Probe,
     address: &Address,
     explicit: bool,
-    launcher: Result<Launcher, String>,
+    launcher: Result<PathBuf, String>,
 ) -> Result<Plan, EmulatorError> {
     let host = || address.host.clone();
     match (answer, launcher) {
@@ -256,24 +268,16 @@ fn decide(
     }
 }
 
-/// A program that starts the emulator.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Launcher {
-    /// The emulator's start script: it ends in `exec java`, so its process is the JVM.
-    Script(PathBuf),
-    /// `gcloud beta emulators pubsub start`: python, with the JVM as its child.
-    Gcloud(PathBuf),
-}
-
-/// The emulator's launcher on `path`, else gcloud's copy, else gcloud; or why none will run.
-fn find_launcher(path: Option<&OsStr>, java_home: Option<&OsStr>) -> Result<Launcher, String> {
-    let gcloud = on_path("gcloud", path);
-    let launcher = on_path(LAUNCHER, path)
-        .or_else(|| gcloud.as_deref().and_then(sdk_launcher))
-        .map(Launcher::Script)
-        .or_else(|| gcloud.map(Launcher::Gcloud))
-        .ok_or_else(|| format!("neither {LAUNCHER} nor gcloud is on PATH"))?;
-    // Both launchers only exec java: without it they die at once, less clearly.
+/// The emulator's launcher on `path`, else the one in gcloud's SDK; or why none will run.
+async fn find_launcher(path: Option<&OsStr>, java_home: Option<&OsStr>) -> Result<PathBuf, String> {
+    let launcher = match on_path(LAUNCHER, path) {
+        Some(launcher) => launcher,
+        None => {
+            let gcloud = on_path("gcloud", path).ok_or_else(|| format!("neither {LAUNCHER} nor gcloud is on PATH"))?;
+            sdk_launcher(&gcloud, path).await.ok_or_else(|| NO_COMPONENT.to_owned())?
+        }
+    };
+    // The launcher only execs java: without it, it dies at once, less clearly.
     if java_home.is_none_or(OsStr::is_empty) && on_path("java", path).is_none() {
         return Err("no java on PATH and JAVA_HOME unset".to_owned());
     }
@@ -285,11 +289,39 @@ fn on_path(name: &str, path: Option<&OsStr>) -> Option<PathBuf> {
     std::env::split_paths(path?).map(|dir| dir.join(name)).find(|candidate| is_executable(candidate))
 }
 
-/// gcloud's own copy of the launcher: `gcloud` resolves to `<sdk>/bin/gcloud`.
-fn sdk_launcher(gcloud: &Path) -> Option<PathBuf> {
-    let real = std::fs::canonicalize(gcloud).ok()?;
-    let launcher = real.parent()?.parent()?.join(SDK_LAUNCHER);
+/// gcloud's copy of the launcher: under the SDK that `gcloud` resolves into
+/// (`<sdk>/bin/gcloud`), else under the SDK root gcloud reports.
+async fn sdk_launcher(gcloud: &Path, path: Option<&OsStr>) -> Option<PathBuf> {
+    let resolved = std::fs::canonicalize(gcloud).ok();
+    let root = resolved.as_deref().and_then(Path::parent).and_then(Path::parent);
+    match root.and_then(launcher_under) {
+        Some(launcher) => Some(launcher),
+        None => launcher_under(&reported_sdk_root(gcloud, path).await?),
+    }
+}
+
+fn launcher_under(sdk_root: &Path) -> Option<PathBuf> {
+    let launcher = sdk_root.join(SDK_LAUNCHER);
     is_executable(&launcher).then_some(launcher)
+}
+
+/// `gcloud info`'s SDK root; `None` if gcloud fails, says nothing, or takes too long.
+async fn reported_sdk_root(gcloud: &Path, path: Option<&OsStr>) -> Option<PathBuf> {
+    let mut command = Command::new(gcloud);
+    command.args(["info", "--format=value(installation.sdk_root)"]).env("CLOUDSDK_CORE_DISABLE_PROMPTS", "1");
+    with_path(&mut command, path);
+    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null()).kill_on_drop(true);
+    let output = tokio::time::timeout(GCLOUD_INFO_TIMEOUT, command.output()).await.ok()?.ok()?;
+    let root = String::from_utf8(output.stdout).ok()?;
+    let root = root.trim();
+    (output.status.success() && !root.is_empty()).then(|| PathBuf::from(root))
+}
+
+/// Runs `command` with PATH as it was searched.
+fn with_path(command: &mut Command, path: Option<&OsStr>) {
+    if let Some(path) = path {
+        command.env("PATH", path);
+    }
 }
 
 #[cfg(unix)]
@@ -303,48 +335,18 @@ fn is_executable(path: &Path) -> bool {
     path.is_file()
 }
 
-impl Launcher {
-    fn program(&self) -> &Path {
-        match self {
-            Self::Script(program) | Self::Gcloud(program) => program,
-        }
-    }
+/// Spawns the launcher with its output to `log`; it execs java, so killing it kills the JVM.
+fn spawn(launcher: &Path, address: &Address, path: Option<&OsStr>, log: &Path) -> Result<Child, EmulatorError> {
+    let mut command = Command::new(launcher);
+    command.arg(format!("--host={}", address.name)).arg(format!("--port={}", address.port));
+    with_path(&mut command, path);
+    let (stdout, stderr) = log_files(log)?;
+    command.stdin(Stdio::null()).stdout(stdout).stderr(stderr).kill_on_drop(true);
+    command.spawn().map_err(|source| EmulatorError::Spawn { program: launcher.display().to_string(), source })
+}
 
-    /// gcloud's JVM is its grandchild, out of kill_on_drop's reach: it runs in
-    /// a process group of its own, killed whole.
-    fn grouped(&self) -> bool {
-        matches!(self, Self::Gcloud(_))
-    }
-
-    fn command(&self, address: &Address) -> Command {
-        let mut command = Command::new(self.program());
-        match self {
-            Self::Script(_) => command.arg(format!("--host={}", address.name)).arg(format!("--port={}", address.port)),
-            Self::Gcloud(_) => {
-                command.args(["beta", "emulators", "pubsub", "start"]).arg(format!("--host-port={}", address.host))
-            }
-        };
-        #[cfg(unix)]
-        if self.grouped() {
-            command.process_group(0);
-        }
-        command
-    }
-
-    /// Spawns it with its output to `log`, and PATH as it was searched.
-    fn spawn(&self, address: &Address, path: Option<&OsStr>, log: &Path) -> Result<Process, EmulatorError> {
-        let mut command = self.command(address);
-        if let Some(path) = path {
-            command.env("PATH", path);
-        }
-        let (stdout, stderr) = log_files(log)?;
-        command.stdin(Stdio::null()).stdout(stdout).stderr(stderr).kill_on_drop(true);
-        let child = command
-            .spawn()
-            .map_err(|source| EmulatorError::Spawn { program: self.program().display().to_string(), source })?;
-        let group = if self.grouped() { child.id() } else { None };
-        Ok(Process { child, group })
-    }
+fn log_path(port: u16) -> PathBuf {
+    std::env::temp_dir().join(format!("whirligig-pubsub-emulator-{port}.log"))
 }
 
 /// The log, truncated, open twice: once for stdout, once for stderr.
@@ -355,54 +357,9 @@ fn log_files(log: &Path) -> Result<(File, File), EmulatorError> {
     Ok((stdout, stderr))
 }
 
-/// A launcher started here; killed when dropped, with its process group if it has one.
-#[derive(Debug)]
-pub(crate) struct Process {
-    child: Child,
-    /// The group id of `gcloud`'s group, which holds the JVM.
-    group: Option<u32>,
-}
-
-impl Process {
-    /// Kills it and waits for it, then for `host` to close: gcloud's JVM is not
-    /// our child, so its exit cannot be awaited, and a zombie's group lingers.
-    async fn kill(&mut self, host: &str) -> io::Result<()> {
-        let group = self.group.take();
-        if let Some(group) = group {
-            Command::from(kill_group(group)).status().await?;
-        }
-        self.child.kill().await?;
-        if group.is_some() {
-            closed(host).await;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        // A few milliseconds of blocking, on a path taken only when stop() was not.
-        if let Some(group) = self.group.take() {
-            let _ignored = kill_group(group).status();
-        }
-    }
-}
-
-/// Returns once nothing accepts connections on `host`, or after [`GROUP_EXIT`].
-async fn closed(host: &str) {
-    let deadline = Instant::now() + GROUP_EXIT;
-    while Instant::now() < deadline && tokio::net::TcpStream::connect(host).await.is_ok() {
-        tokio::time::sleep(POLL_GROUP_EVERY).await;
-    }
-}
-
-/// `kill -KILL -- -GROUP`: the workspace forbids the `unsafe` a direct
-/// `kill(2)` takes, and this fallback path is not worth a dependency.
-fn kill_group(group: u32) -> std::process::Command {
-    let mut command = std::process::Command::new("kill");
-    command.args(["-KILL", "--"]).arg(format!("-{group}"));
-    command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-    command
+/// Removes a log no one needs to read; one already gone, or that cannot go, is not worth an error.
+fn discard(log: &Path) {
+    let _ignored = std::fs::remove_file(log);
 }
 
 /// How a start ended.
@@ -413,26 +370,25 @@ enum Startup {
     TimedOut,
 }
 
-/// Starts the emulator at `address` and waits for its first answer; a failed one is killed and its log quoted.
+/// Starts the emulator at `address` and waits for its first answer; a failed
+/// one is killed and its log kept and quoted.
 async fn start(
     client: &reqwest::Client,
     address: Address,
-    launcher: &Launcher,
+    launcher: &Path,
     path: Option<&OsStr>,
 ) -> Result<Emulator, EmulatorError> {
-    let log = std::env::temp_dir().join(format!("whirligig-pubsub-emulator-{}.log", address.port));
+    let log = log_path(address.port);
     let began = Instant::now();
-    let mut process = launcher.spawn(&address, path, &log)?;
-    let startup = come_up(client, &address.host, &mut process.child).await;
+    // A launcher that never ran wrote nothing worth keeping.
+    let mut process = spawn(launcher, &address, path, &log).inspect_err(|_| discard(&log))?;
+    let startup = come_up(client, &address.host, &mut process).await;
     let host = address.host;
     match startup {
         Startup::Ready => Ok(Emulator::Started { host, process: Box::new(process), log, ready_in: began.elapsed() }),
-        Startup::Exited(status) => {
-            let _ignored = process.kill(&host).await;
-            Err(EmulatorError::Exited { host, status, tail: tail(&log), log })
-        }
+        Startup::Exited(status) => Err(EmulatorError::Exited { host, status, tail: tail(&log), log }),
         Startup::TimedOut => {
-            let _ignored = process.kill(&host).await;
+            let _ignored = process.kill().await;
             Err(EmulatorError::TimedOut { host, tail: tail(&log), log })
         }
     }
@@ -477,7 +433,7 @@ mod tests {
     use std::os::unix::fs::{PermissionsExt, symlink};
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::{TcpListener, TcpStream};
+    use tokio::net::TcpListener;
 
     use super::*;
 
@@ -503,12 +459,27 @@ mod tests {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
             path
         }
+
+        /// `bin/gcloud`, which answers only `gcloud info` for the SDK root, with `root`.
+        fn gcloud_reporting(&self, root: &Path) -> std::ffi::OsString {
+            let body = format!(
+                "[ \"$*\" = 'info --format=value(installation.sdk_root)' ] || exit 2\necho '{}'",
+                root.display()
+            );
+            self.script("bin/gcloud", 0o755, &body);
+            self.0.join("bin").into_os_string()
+        }
     }
 
     impl Drop for Scratch {
         fn drop(&mut self) {
             let _ignored = std::fs::remove_dir_all(&self.0);
         }
+    }
+
+    /// A JAVA_HOME, so that the java check passes.
+    fn java_home() -> Option<&'static OsStr> {
+        Some(OsStr::new("/opt/java"))
     }
 
     fn address(host: &str) -> Address {
@@ -535,6 +506,8 @@ mod tests {
         host
     }
 
+    const TOPICS: &str = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}";
+
     #[test]
     fn path_search_skips_a_file_that_is_not_executable() {
         let scratch = Scratch::new("path");
@@ -547,37 +520,73 @@ mod tests {
         assert_eq!(on_path("tool", None), None);
     }
 
-    #[test]
-    fn gcloud_on_path_leads_to_its_sdks_launcher() {
+    #[tokio::test]
+    async fn gcloud_on_path_leads_to_its_sdks_launcher() {
         let scratch = Scratch::new("sdk");
-        let gcloud = scratch.file("sdk/bin/gcloud", 0o755);
+        // A gcloud that would fail if asked: the SDK it resolves into is enough.
+        let gcloud = scratch.script("sdk/bin/gcloud", 0o755, "exit 1");
         let launcher = scratch.file(&format!("sdk/{SDK_LAUNCHER}"), 0o755);
         std::fs::create_dir_all(scratch.0.join("bin")).unwrap();
         symlink(&gcloud, scratch.0.join("bin/gcloud")).unwrap();
         let path = scratch.0.join("bin").into_os_string();
-        let found = find_launcher(Some(&path), Some(OsStr::new("/opt/java")));
-        assert_eq!(found, Ok(Launcher::Script(std::fs::canonicalize(launcher).unwrap())));
+        let found = find_launcher(Some(&path), java_home()).await;
+        assert_eq!(found, Ok(std::fs::canonicalize(launcher).unwrap()));
     }
 
-    #[test]
-    fn gcloud_without_the_emulator_is_the_last_resort_and_java_is_needed() {
-        let scratch = Scratch::new("gcloud");
-        let gcloud = scratch.file("bin/gcloud", 0o755);
-        let path = scratch.0.join("bin").into_os_string();
-        assert_eq!(find_launcher(Some(&path), Some(OsStr::new("/opt/java"))), Ok(Launcher::Gcloud(gcloud)));
-        let without_java = find_launcher(Some(&path), None).unwrap_err();
-        assert!(without_java.contains("java"), "{without_java}");
-        scratch.file("bin/java", 0o755);
-        assert!(find_launcher(Some(&path), None).is_ok());
+    #[tokio::test]
+    async fn gcloud_outside_its_sdk_is_asked_for_the_sdk_root() {
+        let scratch = Scratch::new("info");
+        let launcher = scratch.file(&format!("sdk/{SDK_LAUNCHER}"), 0o755);
+        let path = scratch.gcloud_reporting(&scratch.0.join("sdk"));
+        assert_eq!(find_launcher(Some(&path), java_home()).await, Ok(launcher));
+
+        let path = scratch.gcloud_reporting(&scratch.0.join("elsewhere"));
+        assert_eq!(find_launcher(Some(&path), java_home()).await, Err(NO_COMPONENT.to_owned()));
     }
 
-    #[test]
-    fn the_launcher_on_path_comes_before_gcloud() {
+    #[tokio::test]
+    async fn a_gcloud_that_fails_or_says_nothing_has_no_sdk_root() {
+        let scratch = Scratch::new("info-fails");
+        for body in ["echo /usr/lib/google-cloud-sdk; exit 1", "exit 0"] {
+            let gcloud = scratch.script("bin/gcloud", 0o755, body);
+            assert_eq!(reported_sdk_root(&gcloud, None).await, None, "{body}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_gcloud_that_hangs_is_given_up_on() {
+        let scratch = Scratch::new("info-hangs");
+        let gcloud = scratch.script("bin/gcloud", 0o755, "exec sleep 600");
+        let asked = tokio::time::Instant::now();
+        assert_eq!(reported_sdk_root(&gcloud, None).await, None);
+        assert_eq!(asked.elapsed(), GCLOUD_INFO_TIMEOUT);
+    }
+
+    #[tokio::test]
+    async fn gcloud_without_the_component_says_how_to_install_it() {
+        let scratch = Scratch::new("component");
+        let path = scratch.gcloud_reporting(&scratch.0.join("sdk"));
+        let host = free_host().await;
+        let emulator = ensure_at(address(&host), false, Some(&path), java_home()).await.unwrap();
+        let Emulator::Unavailable { reason } = &emulator else { panic!("{emulator:?}") };
+        assert!(reason.contains("gcloud components install pubsub-emulator"), "{reason}");
+
+        let error = ensure_at(address(&host), true, Some(&path), java_home()).await.unwrap_err();
+        assert!(matches!(error, EmulatorError::NoLauncher { .. }), "{error:?}");
+        assert!(error.to_string().contains("gcloud components install pubsub-emulator"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn the_launcher_on_path_comes_before_gcloud_and_needs_java() {
         let scratch = Scratch::new("order");
-        scratch.file("bin/gcloud", 0o755);
+        scratch.script("bin/gcloud", 0o755, "exit 1");
         let launcher = scratch.file(&format!("bin/{LAUNCHER}"), 0o755);
         let path = scratch.0.join("bin").into_os_string();
-        assert_eq!(find_launcher(Some(&path), Some(OsStr::new("/opt/java"))), Ok(Launcher::Script(launcher)));
+        assert_eq!(find_launcher(Some(&path), java_home()).await, Ok(launcher.clone()));
+        let without_java = find_launcher(Some(&path), None).await.unwrap_err();
+        assert!(without_java.contains("java"), "{without_java}");
+        scratch.file("bin/java", 0o755);
+        assert_eq!(find_launcher(Some(&path), None).await, Ok(launcher));
     }
 
     #[test]
@@ -597,7 +606,7 @@ mod tests {
     fn what_answers_and_what_is_installed_decide() {
         let local = address("127.0.0.1:8085");
         let remote = address("pubsub:8085");
-        let script = || Ok(Launcher::Script(PathBuf::from("/bin/cloud-pubsub-emulator")));
+        let script = || Ok(PathBuf::from("/bin/cloud-pubsub-emulator"));
         let missing = || Err("missing".to_owned());
         assert_eq!(decide(Probe::Emulator, &remote, true, missing()).unwrap(), Plan::Reuse);
         assert_eq!(decide(Probe::Nothing, &local, false, script()).unwrap(), Plan::Start(script().unwrap()));
@@ -617,7 +626,12 @@ mod tests {
         let Emulator::Unavailable { reason } = &emulator else { panic!("{emulator:?}") };
         assert!(reason.contains("PATH"), "{reason}");
         assert_eq!(emulator.host(), None);
-        assert!(emulator.to_string().starts_with("no Pub/Sub emulator ("), "{emulator}");
+        assert_eq!(
+            emulator.to_string(),
+            format!(
+                "no Pub/Sub emulator ({reason}): scheduled routes run in this process, and an enqueue runs in the enqueuing one"
+            )
+        );
         emulator.stop().await.unwrap();
     }
 
@@ -645,10 +659,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_topics_list_is_what_marks_the_emulator() {
-        let host = answering("HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}").await;
+    async fn the_topics_list_is_what_marks_the_emulator_and_one_answering_is_reused() {
+        let host = answering(TOPICS).await;
         assert_eq!(probe(&probe_client().unwrap(), &host).await, Probe::Emulator);
         assert_eq!(probe(&probe_client().unwrap(), &free_host().await).await, Probe::Nothing);
+
+        let reused = ensure(Some(&host), Some(OsStr::new(""))).await.unwrap();
+        assert!(matches!(&reused, Emulator::Reused { host: reused } if *reused == host), "{reused:?}");
+        assert_eq!(reused.to_string(), format!("Pub/Sub emulator on {host} (already running)"));
+        reused.stop().await.unwrap();
+        assert_eq!(probe(&probe_client().unwrap(), &host).await, Probe::Emulator, "a reused one is left running");
     }
 
     #[test]
@@ -660,11 +680,32 @@ mod tests {
         assert!(tail(Path::new("/nonexistent/whirligig.log")).contains("cannot be read"));
     }
 
+    /// The fake launcher stands in for the JVM; the test's server answers as the emulator.
+    #[tokio::test]
+    async fn one_started_here_is_killed_on_stop_and_its_log_removed() {
+        let scratch = Scratch::new("starts");
+        let launcher = scratch.script("cloud-pubsub-emulator", 0o755, "echo \"$*\"; exec sleep 600");
+        let host = answering(TOPICS).await;
+        let emulator = start(&probe_client().unwrap(), address(&host), &launcher, None).await.unwrap();
+        let Emulator::Started { process, log, .. } = &emulator else { panic!("{emulator:?}") };
+        let (pid, log) = (process.id().unwrap().to_string(), log.clone());
+        assert_eq!(log, log_path(address(&host).port));
+        assert_eq!(emulator.host(), Some(host.as_str()));
+        let line = emulator.to_string();
+        let started = format!("Pub/Sub emulator on {host} (started here, ready in ");
+        assert!(line.starts_with(&started) && line.ends_with(&format!("stopped on exit; log: {})", log.display())));
+
+        emulator.stop().await.unwrap();
+        assert!(!log.exists(), "{} is left behind", log.display());
+        let alive = std::process::Command::new("kill").args(["-0", &pid]).stderr(Stdio::null()).status().unwrap();
+        assert!(!alive.success(), "the launcher {pid} still runs");
+    }
+
     #[tokio::test]
     async fn a_launcher_that_exits_is_reported_with_its_log() {
         let scratch = Scratch::new("exits");
         let body = "for n in 1 2 3 4 5 6 7 8 9 10 11; do echo \"line $n $*\"; done; echo 'no java' >&2; exit 3";
-        let launcher = Launcher::Script(scratch.script("cloud-pubsub-emulator", 0o755, body));
+        let launcher = scratch.script("cloud-pubsub-emulator", 0o755, body);
         let address = address(&free_host().await);
         let error = start(&probe_client().unwrap(), address.clone(), &launcher, None).await.unwrap_err();
         let EmulatorError::Exited { status, tail, log, .. } = &error else { panic!("{error:?}") };
@@ -672,71 +713,33 @@ mod tests {
         let arguments = format!("--host=127.0.0.1 --port={}", address.port);
         assert!(tail.starts_with(&format!("  line 3 {arguments}\n")) && tail.ends_with("  no java"), "{tail}");
         assert!(error.to_string().contains(&log.display().to_string()), "{error}");
-        let _ignored = std::fs::remove_file(log);
+        assert!(log.exists(), "a failed start's log is kept");
+        std::fs::remove_file(log).unwrap();
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_launcher_that_never_answers_is_stopped_after_a_minute() {
         let scratch = Scratch::new("hangs");
-        let launcher =
-            Launcher::Script(scratch.script("cloud-pubsub-emulator", 0o755, "echo starting; exec sleep 600"));
+        let launcher = scratch.script("cloud-pubsub-emulator", 0o755, "echo starting; exec sleep 600");
         let address = address(&free_host().await);
         let error = start(&probe_client().unwrap(), address, &launcher, None).await.unwrap_err();
         let EmulatorError::TimedOut { log, .. } = &error else { panic!("{error:?}") };
         // Whether the shell got to its echo within the paused minute is a race.
         let message = error.to_string();
         assert!(message.contains("within 60s") && message.contains(&log.display().to_string()), "{message}");
-        let _ignored = std::fs::remove_file(log);
-    }
-
-    /// The real emulator, as this machine has it installed (and Java 17).
-    #[tokio::test]
-    async fn starts_the_real_emulator_reuses_it_and_stops_it() {
-        let host = free_host().await;
-        let path = std::env::var_os("PATH");
-        let emulator = ensure(Some(&host), path.as_deref()).await.unwrap();
-        let Emulator::Started { log, .. } = &emulator else { panic!("{emulator:?}") };
-        let log = log.clone();
-        eprintln!("{emulator}");
-        assert_eq!(emulator.host(), Some(host.as_str()));
-        assert_eq!(probe(&probe_client().unwrap(), &host).await, Probe::Emulator);
-
-        let again = ensure(Some(&host), path.as_deref()).await.unwrap();
-        assert!(matches!(&again, Emulator::Reused { host: reused } if *reused == host), "{again:?}");
-        assert_eq!(again.to_string(), format!("Pub/Sub emulator on {host} (already running)"));
-        again.stop().await.unwrap();
-        assert_eq!(probe(&probe_client().unwrap(), &host).await, Probe::Emulator, "a reused one is left running");
-
-        assert!(matches!(&emulator, Emulator::Started { ready_in, .. } if *ready_in < START_TIMEOUT));
-        emulator.stop().await.unwrap();
-        assert!(TcpStream::connect(&host).await.is_err(), "still listening on {host}");
+        assert!(log.exists(), "a failed start's log is kept");
         std::fs::remove_file(log).unwrap();
     }
 
-    /// gcloud's way, as this machine has it: the JVM is gcloud's grandchild, stopped with its group.
     #[tokio::test]
-    async fn starts_the_real_emulator_through_gcloud_and_stops_its_group() {
-        let gcloud = on_path("gcloud", std::env::var_os("PATH").as_deref()).expect("gcloud on PATH");
-        for stop in [true, false] {
-            let address = address(&free_host().await);
-            let launcher = Launcher::Gcloud(gcloud.clone());
-            let emulator = start(&probe_client().unwrap(), address.clone(), &launcher, None).await.unwrap();
-            eprintln!("{emulator}");
-            let _ignored = std::fs::remove_file(
-                std::env::temp_dir().join(format!("whirligig-pubsub-emulator-{}.log", address.port)),
-            );
-            let stopped = Instant::now();
-            if stop {
-                emulator.stop().await.unwrap();
-                assert!(TcpStream::connect(&address.host).await.is_err(), "still listening on {}", address.host);
-            } else {
-                drop(emulator);
-            }
-            // Dropping kills without waiting.
-            while TcpStream::connect(&address.host).await.is_ok() {
-                assert!(stopped.elapsed() < Duration::from_secs(2), "still listening on {}", address.host);
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
+    async fn a_launcher_that_cannot_be_spawned_leaves_no_log() {
+        let scratch = Scratch::new("spawn");
+        let launcher = scratch.0.join("cloud-pubsub-emulator");
+        std::fs::write(&launcher, "#!/nonexistent/interpreter\n").unwrap();
+        std::fs::set_permissions(&launcher, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let address = address(&free_host().await);
+        let error = start(&probe_client().unwrap(), address.clone(), &launcher, None).await.unwrap_err();
+        assert!(matches!(error, EmulatorError::Spawn { .. }), "{error:?}");
+        assert!(!log_path(address.port).exists());
     }
 }

@@ -45,14 +45,16 @@ pub(crate) enum ProvisionError {
     Read { what: &'static str, error: CallError },
 }
 
-/// How many steps ended how.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// How many steps ended how, and the lines of those that failed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Summary {
     pub(crate) writes: usize,
     pub(crate) unchanged: usize,
     pub(crate) orphans: usize,
     pub(crate) skipped: usize,
     pub(crate) failed: usize,
+    /// The printed line of each step that failed or is in conflict.
+    pub(crate) problems: Vec<String>,
 }
 
 /// Reads the cloud, plans, and (unless a dry run) applies, printing each
@@ -232,7 +234,11 @@ fn line(step: &Step, outcome: &Outcome) -> String {
 fn summarise(steps: &[Step], outcomes: Option<&[Outcome]>) -> Summary {
     let mut summary = Summary::default();
     for (index, step) in steps.iter().enumerate() {
-        let failed = outcomes.is_some_and(|outcomes| matches!(outcomes.get(index), Some(Outcome::Failed(_))));
+        let outcome = outcomes.and_then(|outcomes| outcomes.get(index));
+        let failed = matches!(outcome, Some(Outcome::Failed(_)));
+        if failed || matches!(step.action, Action::Conflict(_)) {
+            summary.problems.push(outcome.map_or_else(|| step.to_string(), |outcome| line(step, outcome)));
+        }
         let count = match &step.action {
             _ if failed => &mut summary.failed,
             Action::Conflict(_) => &mut summary.failed,
