@@ -272,14 +272,20 @@ mod tests {
             fires
         }
 
-        /// Cancels `stop` and checks that `run` returns without waiting for
-        /// anything: no time passes, even with fires in flight.
+        /// Cancels `stop` and checks that `run` returns once the fires in
+        /// flight have ended (the slowest here takes 90 s), starting none.
         async fn stop(self) -> UnboundedReceiver<Fired> {
+            self.stop_waiting().await.0
+        }
+
+        /// [`stop`](Self::stop), and how long `run` took to return.
+        async fn stop_waiting(self) -> (UnboundedReceiver<Fired>, Duration) {
             let stopped = Instant::now();
             self.stop.cancel();
-            tokio::time::timeout(Duration::from_secs(1), self.handle).await.expect("run returns").unwrap();
-            assert_eq!(Instant::now(), stopped);
-            self.fires
+            tokio::time::timeout(Duration::from_secs(91), self.handle).await.expect("run returns").unwrap();
+            let waited = Instant::now() - stopped;
+            assert!(waited <= Duration::from_secs(90), "run waited for more than its fires");
+            (self.fires, waited)
         }
     }
 
@@ -342,7 +348,12 @@ mod tests {
         let clock = WallClock::starting_at(utc(11, 59, 30));
         let mut running = start(registry, KillSwitches::default(), clock, slow_minutely);
         let fires = running.until(|fires| fires.iter().filter(|fired| fired.route == "hourly").count() == 2).await;
-        running.stop().await;
+        let stopped_at = clock.now();
+        let (mut rest, waited) = running.stop_waiting().await;
+        assert!(waited > Duration::ZERO, "the minutely fires in flight at the stop were waited for");
+        while let Ok(fired) = rest.try_recv() {
+            assert!(fired.called <= stopped_at, "a fire started after the stop: {fired:?}");
+        }
         let (hourly, minutely): (Vec<_>, Vec<_>) = fires.into_iter().partition(|fired| fired.route == "hourly");
         let hourly_local: Vec<_> = hourly.iter().map(|fired| fired.time.to_string()).collect();
         assert_eq!(hourly_local, ["2024-07-01 13:00:00 BST", "2024-07-01 14:00:00 BST"]);
