@@ -392,8 +392,13 @@ fn misplaced(module_path: &str, written: &str, function: &str, path: &str) -> Op
     if defined == path {
         return None;
     }
+    // `crate::` means the caller's crate: not the library a binary of the
+    // same name links (`my_service::tasks::send` from its main.rs).
+    let from_outside = written.split("::").next().map(str::trim) == function.split("::").next();
     let write = match function.split_once("::") {
-        Some((krate, rest)) if module_path.split("::").next() == Some(krate) => format!("task_route!(crate::{rest})"),
+        Some((krate, rest)) if !from_outside && module_path.split("::").next() == Some(krate) => {
+            format!("task_route!(crate::{rest})")
+        }
         _ => format!(".path(\"{defined}\"), or declare the route in the crate that defines the task"),
     };
     let written = written.split("::").map(str::trim).collect::<Vec<_>>().join("::");
@@ -751,6 +756,8 @@ mod tests {
         assert!(imported.contains("would get path shop.jobs.send"), "{imported}");
         let from_binary = refused("worker", "my_service::tasks::send", "my_service::tasks::send").unwrap();
         assert!(from_binary.contains(r#"write .path("my_service.tasks.send"), or declare"#), "{from_binary}");
+        let same_name = refused("my_service", "my_service::tasks::send", "my_service::tasks::send").unwrap();
+        assert!(same_name.contains(r#"write .path("my_service.tasks.send")"#), "{same_name}");
         let fine = [
             ("send", "shop::tasks::send"),
             ("crate::emails::send", "shop::emails::send"),
