@@ -41,13 +41,19 @@ impl Registry {
 
     /// Why `task_name` is not a task here, with the closest name, or the known ones.
     pub fn unknown(&self, task_name: &str) -> UnknownTask {
+        // The distance is at least the difference in length: a name far
+        // longer than any task (a pushed message can say anything) is never
+        // compared, so its cost stays linear in its length.
+        let length = task_name.chars().count();
         let closest = self
             .routes
             .keys()
-            .map(|known| (strsim::damerau_levenshtein(task_name, known), known))
-            .filter(|(distance, known)| *distance <= (known.chars().count() / 3).max(1))
-            .min_by_key(|(distance, _)| *distance)
-            .map(|(_, known)| known.clone());
+            .map(|known| (known, (known.chars().count() / 3).max(1)))
+            .filter(|(known, within)| known.chars().count().abs_diff(length) <= *within)
+            .map(|(known, within)| (strsim::damerau_levenshtein(task_name, known), within, known))
+            .filter(|(distance, within, _)| distance <= within)
+            .min_by_key(|(distance, ..)| *distance)
+            .map(|(.., known)| known.clone());
         let known = if closest.is_some() { Vec::new() } else { self.routes.keys().cloned().collect() };
         UnknownTask { name: task_name.to_owned(), closest, known }
     }
@@ -235,6 +241,12 @@ mod tests {
         let many = (0..20).fold(Registry::builder(), |b, i| b.route(TaskRoute::new(format!("task_{i:02}"), noop)));
         let listed = many.build().unwrap().unknown("zzzzzzzzzzzz").to_string();
         assert!(listed.ends_with("task_11 and 8 more"), "{listed}");
+        let huge = "e".repeat(1 << 20);
+        assert_eq!(
+            registry.unknown(&huge).closest,
+            None,
+            "a megabyte name gets an answer (its cost is not asserted here)"
+        );
         let empty = Registry::builder().build().unwrap().unknown("x").to_string();
         assert_eq!(empty, r#"unknown task "x": the registry has no tasks"#);
     }
