@@ -73,6 +73,10 @@ impl From<AuthError> for Refusal {
     }
 }
 
+/// Seconds a push refused for an unreachable database is told to wait
+/// (`Retry-After`): Pub/Sub keeps to its own backoff, other callers may not.
+const DATABASE_RETRY_AFTER: u32 = 5;
+
 /// The status for each outcome of a delivery, per the status table.
 pub(crate) fn answer(outcome: &Outcome) -> Answer {
     use StatusCode as Code;
@@ -95,9 +99,10 @@ pub(crate) fn answer(outcome: &Outcome) -> Answer {
         Outcome::Store(StoreError::PoolTimeout(_) | StoreError::Refused { .. }) => {
             Answer { retry_after: Some(1), ..Answer::new(Code::TOO_MANY_REQUESTS, "database at capacity; retry") }
         }
-        Outcome::Store(StoreError::Unavailable { .. }) => {
-            Answer::new(Code::SERVICE_UNAVAILABLE, "database unavailable; retry")
-        }
+        Outcome::Store(StoreError::Unavailable { .. }) => Answer {
+            retry_after: Some(DATABASE_RETRY_AFTER),
+            ..Answer::new(Code::SERVICE_UNAVAILABLE, "database unavailable; retry")
+        },
         Outcome::Store(StoreError::Rejected { reason, .. }) => {
             Answer::bad_request(format_args!("the database rejected the message: {reason}"))
         }
@@ -112,7 +117,7 @@ pub(crate) fn answer(outcome: &Outcome) -> Answer {
 pub(crate) struct Answer {
     pub(crate) status: StatusCode,
     pub(crate) body: Cow<'static, str>,
-    /// Seconds, for `Retry-After` on a 429.
+    /// Seconds, for `Retry-After` on a 429 or 503.
     pub(crate) retry_after: Option<u32>,
 }
 
@@ -200,6 +205,8 @@ mod tests {
         assert_eq!(store(StoreError::Database { reason: reason(), source: None }), 500);
         let busy = answer(&Outcome::Store(StoreError::PoolTimeout(Duration::ZERO)));
         assert_eq!(busy.retry_after, Some(1));
+        let down = answer(&Outcome::Store(StoreError::Unavailable { reason: reason(), source: None }));
+        assert_eq!(down.retry_after, Some(DATABASE_RETRY_AFTER), "a database that is down says when to come back");
     }
 
     #[test]

@@ -18,7 +18,7 @@ use whirligig_registry::{Registry, RegistryError};
 
 use crate::answer::INTERNAL_ERROR;
 use crate::app::App;
-use crate::cli::{Binary, Fatal, postgres, push_auth, warn_in_memory};
+use crate::cli::{Binary, Fatal, push_auth, serving_store, warn_in_memory};
 use crate::config::{Config, Loading, Needs};
 use crate::server::shutdown_signal;
 use crate::store::{MemoryStore, PostgresStore};
@@ -163,7 +163,7 @@ async fn open(config: &Config, registry: Registry) -> Result<(Served, Tasks), Ca
     let registry = Arc::new(registry);
     let auth = push_auth(config)?;
     let app = match &config.database {
-        Some(database) => Served::Postgres(App::postgres(Arc::clone(&registry), postgres(database).await?, auth)),
+        Some(database) => Served::Postgres(App::postgres(Arc::clone(&registry), serving_store(database)?, auth)),
         None => {
             warn_in_memory();
             Served::Memory(App::in_memory(Arc::clone(&registry), auth))

@@ -30,8 +30,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 use tracing::field::Empty;
 use whirligig_registry::{
-    ArgumentError, CallArguments, IntoCall, RawArguments, ReceivedMessage, Registry, Route, Task, TaskMessage,
-    UnknownTask,
+    ArgumentError, CallArguments, IntoCall, MAX_TASK_ID_BYTES, RawArguments, ReceivedMessage, Registry, Route, Task,
+    TaskMessage, UnknownTask,
 };
 
 use crate::config::{Backend, Config};
@@ -149,6 +149,9 @@ pub enum EnqueueError {
     /// The store could not record the call or read the result.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The caller's task id is longer than a message may carry.
+    #[error("the task id is {0} bytes, over the limit of {MAX_TASK_ID_BYTES}")]
+    TaskIdTooLong(usize),
     /// Results are kept by the store of the process that runs the tasks.
     #[error("results need DATABASE_URL: executions are recorded in the database of the service that runs them")]
     NoResults,
@@ -205,6 +208,9 @@ impl Tasks {
         let route = self.route(task_name)?;
         let mut message = TaskMessage::new(route.name(), call.args, call.kwargs);
         if let Some(task_id) = task_id {
+            if task_id.len() > MAX_TASK_ID_BYTES {
+                return Err(EnqueueError::TaskIdTooLong(task_id.len()));
+            }
             message.task_id = task_id;
         }
         let span = self.span(route, &message.task_id);

@@ -45,7 +45,7 @@ pub use chrono_tz::Tz;
 pub use crate::call::{CallArguments, IntoArgument, IntoCall, Task};
 pub use crate::context::{JobShard, TaskContext};
 pub use crate::error::{ArgumentError, ArgumentPart, ResultExt, Retry, TaskError};
-pub use crate::message::{MessageError, ReceivedMessage, TaskMessage, scheduled_task_id};
+pub use crate::message::{MAX_TASK_ID_BYTES, MessageError, ReceivedMessage, TaskMessage, scheduled_task_id};
 pub use crate::naming::{
     DEFAULT_ENVIRONMENT, DEFAULT_NAMESPACE, NameError, NameKind, NameRule, Naming, check_pubsub_name,
     check_scheduler_job_id,
@@ -57,8 +57,8 @@ pub use crate::route::{
 };
 pub use crate::schedule::{Schedule, ScheduleError, parse_timezone};
 pub use crate::task::{
-    Args, ArgumentShapeError, FromArguments, IntoTaskResult, Kwargs, Parameters, RawArguments, TaskFn, TaskFuture,
-    TaskOutput,
+    Args, ArgumentShapeError, FromArguments, IntoTaskResult, Kwargs, MAX_NESTING, Parameters, RawArguments, TaskFn,
+    TaskFuture, TaskOutput,
 };
 
 /// A [`TaskRoute`] named after a task function, with its path derived from the

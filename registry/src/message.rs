@@ -110,6 +110,9 @@ impl<'a> ReceivedMessage<'a> {
         if wire.task_name.is_empty() {
             return Err(MessageError::EmptyTaskName);
         }
+        if let Some(task_id) = wire.task_id.as_deref().filter(|task_id| task_id.len() > MAX_TASK_ID_BYTES) {
+            return Err(MessageError::TaskIdTooLong(task_id.len()));
+        }
         let empty = RawArguments::empty();
         let arguments = RawArguments::new(wire.args.unwrap_or(empty.args()), wire.kwargs.unwrap_or(empty.kwargs()))?;
         Ok(Self { task_id: wire.task_id, task_name: wire.task_name, arguments, enqueued_at: wire.enqueued_at })
@@ -162,10 +165,18 @@ pub enum MessageError {
     /// `task_name` is an empty string.
     #[error("the message has an empty task_name")]
     EmptyTaskName,
-    /// `args` is not a list or `kwargs` not an object.
+    /// `task_id` is longer than [`MAX_TASK_ID_BYTES`].
+    #[error("the message's task_id is {0} bytes, over the limit of {MAX_TASK_ID_BYTES}")]
+    TaskIdTooLong(usize),
+    /// `args` is not a list or `kwargs` not an object, or they nest too deep.
     #[error("the message's {0}")]
     Arguments(#[from] ArgumentShapeError),
 }
+
+/// The longest task id a message may carry, in bytes: Pub/Sub's limit for an
+/// attribute value (where a task id would go). The database indexes it, and
+/// an index row holds at most about 2.7 KB; a task id is usually a UUID.
+pub const MAX_TASK_ID_BYTES: usize = 1024;
 
 /// `enqueued_at` as Python's `datetime.isoformat()` writes an aware UTC time:
 /// `2024-01-15T10:30:00+00:00`, with `.ffffff` only when there are microseconds.
@@ -301,6 +312,18 @@ mod tests {
             assert_eq!(error(data.as_bytes()), MessageError::Arguments(ArgumentShapeError::KwargsNotObject));
         }
         assert_eq!(error(br#"{"task_name": "x", "args": {}}"#).to_string(), "the message's args is not a list");
+        let deep = format!(r#"{{"task_name": "x", "args": {}{}}}"#, "[".repeat(100_000), "]".repeat(100_000));
+        assert_eq!(error(deep.as_bytes()), MessageError::Arguments(ArgumentShapeError::TooDeep));
+    }
+
+    #[test]
+    fn a_task_id_over_the_limit_is_refused_and_one_at_it_is_read() {
+        let message = |task_id: &str| format!(r#"{{"task_id": "{task_id}", "task_name": "x"}}"#);
+        let longest = "a".repeat(MAX_TASK_ID_BYTES);
+        assert_eq!(ReceivedMessage::parse(message(&longest).as_bytes()).unwrap().task_id(), Some(&*longest));
+        let over = "é".repeat(MAX_TASK_ID_BYTES / 2 + 1);
+        let error = ReceivedMessage::parse(message(&over).as_bytes()).unwrap_err();
+        assert_eq!(error, MessageError::TaskIdTooLong(MAX_TASK_ID_BYTES + 2), "counted in bytes, not characters");
     }
 
     #[test]

@@ -29,13 +29,17 @@ pub struct RawArguments<'a> {
 }
 
 impl<'a> RawArguments<'a> {
-    /// Pairs `args` and `kwargs`, checking that one is a JSON list and the other an object.
+    /// Pairs `args` and `kwargs`, checking that one is a JSON list and the
+    /// other an object, neither nested deeper than [`MAX_NESTING`].
     pub fn new(args: &'a RawValue, kwargs: &'a RawValue) -> Result<Self, ArgumentShapeError> {
         if !is_container(args, b'[') {
             return Err(ArgumentShapeError::ArgsNotList);
         }
         if !is_container(kwargs, b'{') {
             return Err(ArgumentShapeError::KwargsNotObject);
+        }
+        if nesting_over(args.get(), MAX_NESTING) || nesting_over(kwargs.get(), MAX_NESTING) {
+            return Err(ArgumentShapeError::TooDeep);
         }
         Ok(Self { args, kwargs })
     }
@@ -77,6 +81,37 @@ pub enum ArgumentShapeError {
     /// `kwargs` is not a JSON object.
     #[error("kwargs is not an object")]
     KwargsNotObject,
+    /// `args` or `kwargs` nests lists and objects deeper than [`MAX_NESTING`].
+    #[error("arguments are nested deeper than {MAX_NESTING} levels")]
+    TooDeep,
+}
+
+/// How deep `args` and `kwargs` may nest lists and objects, themselves
+/// included: serde_json's own limit when it decodes a task's types, so no
+/// deeper argument could ever reach a task; and far below the depth at which
+/// PostgreSQL's jsonb gives up (about 10,000 levels is fine, 100,000 is not).
+pub const MAX_NESTING: usize = 128;
+
+/// Whether valid JSON `text` nests lists and objects deeper than `limit`.
+fn nesting_over(text: &str, limit: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0_usize, false, false);
+    for &byte in text.as_bytes() {
+        match byte {
+            _ if escaped => escaped = false,
+            b'\\' if in_string => escaped = true,
+            b'"' => in_string = !in_string,
+            _ if in_string => {}
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > limit {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
 }
 
 fn raw(json: &'static str) -> &'static RawValue {
@@ -257,6 +292,24 @@ mod tests {
             Poll::Ready(output) => output,
             Poll::Pending => panic!("a test task waited"),
         }
+    }
+
+    #[test]
+    fn arguments_nested_past_the_limit_are_refused_whatever_their_strings_say() {
+        let nested = |depth: usize, open: &str, close: &str| format!("{}{}", open.repeat(depth), close.repeat(depth));
+        let raw = |text: &str| serde_json::from_str::<Box<RawValue>>(text).unwrap();
+        let (deepest, too_deep) = (raw(&nested(MAX_NESTING, "[", "]")), raw(&nested(MAX_NESTING + 1, "[", "]")));
+        let empty = raw("{}");
+        assert!(RawArguments::new(&deepest, &empty).is_ok());
+        assert_eq!(RawArguments::new(&too_deep, &empty).unwrap_err(), ArgumentShapeError::TooDeep);
+        let deep_kwargs = raw(&format!("{{\"a\": {}}}", nested(MAX_NESTING, "[", "]")));
+        assert_eq!(RawArguments::new(&raw("[]"), &deep_kwargs).unwrap_err(), ArgumentShapeError::TooDeep);
+        // Brackets inside strings, escaped quotes included, are not nesting.
+        let brackets = raw(&format!("[\"\\\"{}\"]", "[".repeat(MAX_NESTING * 2)));
+        assert!(RawArguments::new(&brackets, &empty).is_ok());
+        // serde_json reads a RawValue at any depth: the check is what stops it.
+        let hundred_thousand = raw(&nested(100_000, "[", "]"));
+        assert_eq!(RawArguments::new(&hundred_thousand, &empty).unwrap_err(), ArgumentShapeError::TooDeep);
     }
 
     fn arguments<'a>(args: &'a str, kwargs: &'a str) -> RawArguments<'a> {

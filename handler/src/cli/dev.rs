@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use whirligig_registry::{CallArguments, Registry, Route, Tz, scheduled_task_id};
 
-use super::{Fatal, postgres, push_auth, warn_in_memory};
+use super::{Fatal, push_auth, serving_store, warn_in_memory};
 use crate::app::App;
 use crate::config::{Backend, Config, Loading};
 use crate::dev::cron::{self, WallClock};
@@ -108,8 +108,8 @@ async fn serve_dev(
     let ready = Ready { listener, start, emulator: emulator.host() };
     match &config.database {
         Some(database) => {
-            let Some(store) = until(&ready.start.stop, postgres(database)).await else { return Ok(stopped_early()) };
-            pipeline(&config, App::postgres(Arc::clone(&registry), store?, auth), registry, ready).await
+            let store = serving_store(database)?;
+            pipeline(&config, App::postgres(Arc::clone(&registry), store, auth), registry, ready).await
         }
         None => {
             warn_in_memory();

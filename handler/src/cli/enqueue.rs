@@ -156,6 +156,7 @@ fn fatal(error: EnqueueError) -> Fatal {
         EnqueueError::Publish(_) | EnqueueError::Store(_) => Fatal::Failed(error.to_string()),
         EnqueueError::UnknownTask(_)
         | EnqueueError::Arguments(_)
+        | EnqueueError::TaskIdTooLong(_)
         | EnqueueError::NoResults
         | EnqueueError::Setup(_) => Fatal::Usage(error.to_string()),
     }

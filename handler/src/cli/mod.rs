@@ -24,7 +24,7 @@ use crate::auth::{AuthSetupError, Clock, PushAuth};
 use crate::config::{AuthConfig, Config, ConfigError, DatabaseConfig, Loading, Needs, redact};
 use crate::dev::emulator::EmulatorError;
 use crate::server::{SHUTDOWN_GRACE, serve, shutdown_signal};
-use crate::store::{ExecutionStore, PostgresStore, StoreError, migrate};
+use crate::store::{ExecutionStore, PostgresStore, StoreError, migrate, migrate_within};
 use crate::telemetry::{ExportError, Telemetry, TelemetryConfig, TraceExport};
 
 /// Who the running binary is: a service's own binary reports its own name and
@@ -241,9 +241,29 @@ async fn execute(command: Command, config: &Config, registry: Registry, loading:
     }
 }
 
-/// The PostgreSQL store, its migrations applied.
+/// How long `run` waits for a database that is not there before it gives up.
+const JOB_DATABASE_WAIT: Duration = Duration::from_secs(60);
+
+/// The store of a server, which listens whether or not the database is
+/// there: until the migrations are applied, in the background, pushes are
+/// answered 503 and `/readyz` says why.
+pub(crate) fn serving_store(database: &DatabaseConfig) -> Result<PostgresStore, Fatal> {
+    tracing::info!(database = %redact(&database.url), "connecting to the database and migrating, in the background");
+    Ok(PostgresStore::migrating(&database.url, database.pool_size, database.pool_timeout)?)
+}
+
+/// The PostgreSQL store, its migrations applied, for a command that runs
+/// once (`run`): a database that is not there yet is tried again with
+/// backoff for [`JOB_DATABASE_WAIT`], then the command fails with the reason.
 pub(crate) async fn postgres(database: &DatabaseConfig) -> Result<PostgresStore, Fatal> {
-    migrated(database).await?;
+    let failed = |error: &StoreError, tries: u32| {
+        tracing::warn!(%error, tries, "the database is not there yet: trying again");
+        true
+    };
+    let applied = migrate_within(&database.url, Some(JOB_DATABASE_WAIT), failed).await.map_err(|error| {
+        Fatal::Failed(format!("the database did not answer within {}s: {error}", JOB_DATABASE_WAIT.as_secs()))
+    })?;
+    tracing::info!(database = %redact(&database.url), applied = applied.len(), "migrations up to date");
     Ok(PostgresStore::new(&database.url, database.pool_size, database.pool_timeout)?)
 }
 
@@ -264,7 +284,7 @@ async fn serve_command(config: &Config, registry: Registry) -> Result<ExitCode, 
     let auth = push_auth(config)?;
     match &config.database {
         Some(database) => {
-            let store = postgres(database).await?;
+            let store = serving_store(database)?;
             serve_app(config, App::postgres(registry, store, auth)).await
         }
         None => {

@@ -24,7 +24,7 @@ use self::remembered::Remembered;
 pub(crate) use self::report::Reply;
 use crate::config::KillSwitches;
 use crate::context::Resources;
-use crate::store::{Claim, ClaimRequest, Ending, ExecutionStore, Finished, StoreError};
+use crate::store::{Attempt, Claim, ClaimRequest, Ending, ExecutionStore, Finished, StoreError};
 
 /// One delivery of a task: everything the executor needs, already decoded.
 #[derive(Debug)]
@@ -140,14 +140,14 @@ impl<S: ExecutionStore> Executor<S> {
             Ok(attempt) => attempt,
             Err(outcome) => return outcome,
         };
-        report::attempt(span, attempt);
+        report::attempt(span, attempt.number);
         let result = run(delivery.route, self.context(delivery, attempt), &delivery.arguments).await;
         self.record(&delivery.task_id, attempt, delivery.route, result, span).await
     }
 
-    fn context(&self, delivery: &Delivery<'_>, attempt: u32) -> TaskContext {
+    fn context(&self, delivery: &Delivery<'_>, attempt: Attempt) -> TaskContext {
         let ctx = TaskContext::new(delivery.task_id.clone())
-            .with_attempt(attempt)
+            .with_attempt(attempt.number)
             .with_cancellation(self.shutdown.clone())
             .with_extension(self.resources.clone());
         let ctx = match delivery.message_id {
@@ -163,7 +163,7 @@ impl<S: ExecutionStore> Executor<S> {
     async fn record(
         &self,
         task_id: &str,
-        attempt: u32,
+        attempt: Attempt,
         route: &Route,
         result: Result<TaskOutput, Failure>,
         span: &Span,
@@ -186,7 +186,7 @@ impl<S: ExecutionStore> Executor<S> {
         report::failed(span, failure.kind(), &failure.summary(&message));
         let ending = Ending::Failed { message: &message, traceback: &traceback, retry: failure.retry() };
         let finished = self.store.finish(task_id, attempt, ending).await;
-        let last_attempt = route.max_attempts().is_some_and(|max| attempt >= max.get());
+        let last_attempt = route.max_attempts().is_some_and(|max| attempt.number >= max.get());
         conclude(task_id, attempt, finished, failure.outcome(message, last_attempt))
     }
 }
@@ -207,9 +207,9 @@ impl Delivery<'_> {
 }
 
 /// The attempt a claim took, or the outcome of a delivery that took none.
-fn claimed(claim: Result<Claim, StoreError>) -> Result<u32, Outcome> {
+fn claimed(claim: Result<Claim, StoreError>) -> Result<Attempt, Outcome> {
     match claim {
-        Ok(Claim::Claimed { attempt }) => Ok(attempt),
+        Ok(Claim::Claimed(attempt)) => Ok(attempt),
         Ok(Claim::AlreadySucceeded) => Err(Outcome::Duplicate),
         Ok(Claim::AlreadyFailed) => Err(Outcome::AlreadyFailed),
         Ok(Claim::Running) => Err(Outcome::InProgress),
@@ -220,10 +220,11 @@ fn claimed(claim: Result<Claim, StoreError>) -> Result<u32, Outcome> {
 
 /// The outcome once the finish is known: a fenced finish means a newer
 /// attempt owns the execution.
-fn conclude(task_id: &str, attempt: u32, finished: Result<Finished, StoreError>, outcome: Outcome) -> Outcome {
+fn conclude(task_id: &str, attempt: Attempt, finished: Result<Finished, StoreError>, outcome: Outcome) -> Outcome {
     match finished {
         Ok(Finished::Recorded) => outcome,
         Ok(Finished::Fenced) => {
+            let attempt = attempt.number;
             tracing::warn!(task_id, attempt, "a newer attempt owns this execution; this attempt's ending was dropped");
             Outcome::InProgress
         }

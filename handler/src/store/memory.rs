@@ -11,18 +11,27 @@ use serde_json::value::RawValue;
 use whirligig_registry::Retry;
 
 use super::{
-    ABANDONED, Claim, ClaimRequest, Ending, Enqueued, Execution, ExecutionStore, Finished, NOT_PUBLISHED, ReadyRequest,
-    Status, StoreError,
+    ABANDONED, Attempt, Claim, ClaimRequest, Ending, Enqueued, Execution, ExecutionStore, Finished, NOT_PUBLISHED,
+    ReadyRequest, Status, StoreError,
 };
 
 /// Executions in a map; for `TASKS_ENVIRONMENT=dev` without `DATABASE_URL`.
+/// A RUNNING row's lease is not renewed: its task runs in this process, which
+/// is alive for as long as the row exists.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    rows: Mutex<HashMap<String, Execution>>,
+    rows: Mutex<HashMap<String, Row>>,
+}
+
+/// An execution and the fence of its latest claim.
+#[derive(Debug)]
+struct Row {
+    execution: Execution,
+    fence: Option<i64>,
 }
 
 impl MemoryStore {
-    fn rows(&self) -> MutexGuard<'_, HashMap<String, Execution>> {
+    fn rows(&self) -> MutexGuard<'_, HashMap<String, Row>> {
         // A panic while holding the lock cannot leave a row half-written.
         self.rows.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -32,8 +41,8 @@ fn json(raw: &RawValue) -> Value {
     serde_json::from_str(raw.get()).unwrap_or(Value::Null)
 }
 
-fn new_row(request: &ClaimRequest<'_>, status: Status, attempts: u32) -> Execution {
-    Execution {
+fn new_row(request: &ClaimRequest<'_>, status: Status, attempts: u32) -> Row {
+    let execution = Execution {
         task_id: request.task_id.to_owned(),
         task_name: request.task_name.to_owned(),
         status,
@@ -48,11 +57,12 @@ fn new_row(request: &ClaimRequest<'_>, status: Status, attempts: u32) -> Executi
         enqueued_at: request.enqueued_at,
         started_at: None,
         finished_at: None,
-    }
+    };
+    Row { execution, fence: None }
 }
 
 /// The same decision the PostgreSQL claim makes in SQL.
-fn claim_row(row: &mut Execution, request: &ClaimRequest<'_>) -> Claim {
+fn claim_row(Row { execution: row, fence }: &mut Row, request: &ClaimRequest<'_>) -> Claim {
     let now = Utc::now();
     let lease = chrono::TimeDelta::from_std(request.lease).unwrap_or(chrono::TimeDelta::MAX);
     let lease_over = row.started_at.is_none_or(|started| now - started >= lease);
@@ -75,7 +85,9 @@ fn claim_row(row: &mut Execution, request: &ClaimRequest<'_>) -> Claim {
             row.message_id = request.message_id.map(str::to_owned);
             row.started_at = Some(now);
             row.finished_at = None;
-            Claim::Claimed { attempt: row.attempts }
+            let attempt = Attempt::drawn(row.attempts);
+            *fence = Some(attempt.fence);
+            Claim::Claimed(attempt)
         }
     }
 }
@@ -87,9 +99,9 @@ impl ExecutionStore for MemoryStore {
         Ok(claim_row(row, request))
     }
 
-    async fn finish(&self, task_id: &str, attempt: u32, ending: Ending<'_>) -> Result<Finished, StoreError> {
+    async fn finish(&self, task_id: &str, attempt: Attempt, ending: Ending<'_>) -> Result<Finished, StoreError> {
         let mut rows = self.rows();
-        let Some(row) = rows.get_mut(task_id).filter(|row| row.status == Status::Running && row.attempts == attempt)
+        let Some(Row { execution: row, .. }) = rows.get_mut(task_id).filter(|row| row.fence == Some(attempt.fence))
         else {
             return Ok(Finished::Fenced);
         };
@@ -116,6 +128,7 @@ impl ExecutionStore for MemoryStore {
     async fn skip(&self, request: &ClaimRequest<'_>, reason: &str) -> Result<(), StoreError> {
         let mut rows = self.rows();
         let row = rows.entry(request.task_id.to_owned()).or_insert_with(|| new_row(request, Status::Ready, 0));
+        let row = &mut row.execution;
         if matches!(row.status, Status::Ready | Status::Failed) && !row.permanent {
             row.status = Status::Failed;
             row.error_message = Some(reason.to_owned());
@@ -127,7 +140,7 @@ impl ExecutionStore for MemoryStore {
 
     async fn enqueue(&self, request: &ReadyRequest<'_>) -> Result<Enqueued, StoreError> {
         let mut rows = self.rows();
-        if let Some(row) = rows.get(request.task_id)
+        if let Some(Row { execution: row, .. }) = rows.get(request.task_id)
             && !(row.status == Status::Failed && row.attempts == 0)
         {
             return Ok(Enqueued::Known(row.status));
@@ -148,7 +161,8 @@ impl ExecutionStore for MemoryStore {
 
     async fn not_published(&self, task_id: &str, reason: &str) -> Result<(), StoreError> {
         let mut rows = self.rows();
-        if let Some(row) = rows.get_mut(task_id).filter(|row| row.status == Status::Ready && row.attempts == 0) {
+        let ready = |row: &&mut Row| row.execution.status == Status::Ready && row.execution.attempts == 0;
+        if let Some(Row { execution: row, .. }) = rows.get_mut(task_id).filter(ready) {
             row.status = Status::Failed;
             row.error_message = Some(format!("{NOT_PUBLISHED}{reason}"));
             row.finished_at = Some(Utc::now());
@@ -157,7 +171,7 @@ impl ExecutionStore for MemoryStore {
     }
 
     async fn get(&self, task_id: &str) -> Result<Option<Execution>, StoreError> {
-        Ok(self.rows().get(task_id).cloned())
+        Ok(self.rows().get(task_id).map(|row| row.execution.clone()))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -1,7 +1,7 @@
 //! The execution store: where each task_id's state lives (READY → RUNNING →
 //! SUCCESSFUL | FAILED, FAILED → RUNNING on a retry). [`ExecutionStore`] is the
 //! contract the executor relies on: a claim and a finish of one round trip
-//! each, fenced by the attempt number. Two implementations: PostgreSQL for
+//! each, the finish fenced by a token drawn for its claim. Two implementations: PostgreSQL for
 //! production, memory for dev. Statuses and HTTP are not decided here.
 
 mod memory;
@@ -23,9 +23,9 @@ pub use self::memory::MemoryStore;
 #[cfg(feature = "bench")]
 pub(crate) use self::postgres::claim_and_finish;
 #[cfg(feature = "postgres")]
-pub use self::postgres::migrate;
-#[cfg(feature = "postgres")]
 pub use self::postgres::{ConnectError, Connector, DbConnection, PgConnection, PostgresStore};
+#[cfg(feature = "postgres")]
+pub use self::postgres::{migrate, migrate_within};
 
 /// The start of the error recorded for an enqueued call that was not published.
 pub const NOT_PUBLISHED: &str = "not published: ";
@@ -80,14 +80,34 @@ pub enum Enqueued {
     Known(Status),
 }
 
+/// A claimed attempt: its number, counted from 1 for people, and the fence
+/// drawn for this claim alone, which its finish must carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attempt {
+    /// How many attempts have been claimed, this one included.
+    pub number: u32,
+    /// Random, drawn per claim: no crash or lost commit can repeat it.
+    pub fence: i64,
+}
+
+impl Attempt {
+    /// Attempt `number` under a newly drawn fence.
+    pub(crate) fn drawn(number: u32) -> Self {
+        Self { number, fence: draw_fence() }
+    }
+}
+
+/// A fence no other claim has: 64 random bits.
+pub(crate) fn draw_fence() -> i64 {
+    let (high, _) = uuid::Uuid::new_v4().as_u64_pair();
+    i64::from_ne_bytes(high.to_ne_bytes())
+}
+
 /// The answer to a claim.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Claim {
-    /// The caller now runs the task as this attempt (from 1).
-    Claimed {
-        /// The attempt number that fences the finish.
-        attempt: u32,
-    },
+    /// The caller now runs the task as this attempt.
+    Claimed(Attempt),
     /// The task already succeeded: do not run it again.
     AlreadySucceeded,
     /// The task already failed permanently: do not run it again.
@@ -125,9 +145,9 @@ pub enum Ending<'a> {
 /// Whether a finish was recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Finished {
-    /// The row was RUNNING at this attempt and now holds the ending.
+    /// The row was still this attempt's and now holds the ending.
     Recorded,
-    /// A newer attempt owns the row (or it is no longer RUNNING): nothing changed.
+    /// A newer claim owns the row: nothing changed.
     Fenced,
 }
 
@@ -284,19 +304,44 @@ impl StoreError {
     }
 }
 
+#[cfg(feature = "postgres")]
+impl StoreError {
+    /// The driver's error behind this one, if there is one.
+    fn driver(&self) -> Option<&tokio_postgres::Error> {
+        match self {
+            Self::PoolTimeout(_) => None,
+            Self::Refused { source, .. }
+            | Self::Unavailable { source, .. }
+            | Self::Rejected { source, .. }
+            | Self::Database { source, .. } => source.as_deref(),
+        }
+    }
+
+    /// The SQLSTATE the server answered with, if it answered.
+    pub(crate) fn code(&self) -> Option<&tokio_postgres::error::SqlState> {
+        self.driver()?.code()
+    }
+
+    /// The connection closed under the call (the server restarted, say): the
+    /// same call on a fresh connection may well succeed.
+    pub(crate) fn connection_closed(&self) -> bool {
+        matches!(self, Self::Unavailable { .. }) && self.driver().is_some_and(tokio_postgres::Error::is_closed)
+    }
+}
+
 /// The state of every execution, one round trip per transition.
 pub trait ExecutionStore: Send + Sync + 'static {
     /// Takes the task for one attempt, or says why not: already succeeded,
     /// running under another delivery's lease, or out of attempts.
     fn claim(&self, request: &ClaimRequest<'_>) -> impl Future<Output = Result<Claim, StoreError>> + Send;
 
-    /// Records the ending of `attempt`, only if the row is still RUNNING at it.
-    /// Never waits on the pool that claims use: the task has run, and losing
-    /// its ending would run it again after the lease.
+    /// Records the ending of `attempt`, only if no newer claim has taken the
+    /// row. Never waits on the pool that claims use: the task has run, and
+    /// losing its ending would run it again after the lease.
     fn finish(
         &self,
         task_id: &str,
-        attempt: u32,
+        attempt: Attempt,
         ending: Ending<'_>,
     ) -> impl Future<Output = Result<Finished, StoreError>> + Send;
 

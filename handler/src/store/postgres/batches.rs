@@ -8,11 +8,12 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{Json, ToSql};
 use whirligig_registry::Retry;
 
-use super::errors::classify;
+use super::errors::rejects_the_data;
+use super::leases::takeover_after;
 use super::pool::{DbConnection, FinishConnection, PgConnection};
 use super::statements::{attempts, storable};
 use crate::group_commit::{Row, Waiting};
-use crate::store::{ABANDONED, Claim, ClaimRequest, Ending, Finished, Status, StoreError};
+use crate::store::{ABANDONED, Attempt, Claim, ClaimRequest, Ending, Finished, Status, StoreError};
 
 /// A claim as it waits for a batch: owned, since the batch runs on a task of its own.
 #[derive(Debug)]
@@ -25,10 +26,12 @@ pub(super) struct ClaimRow {
     enqueued_at: Option<DateTime<Utc>>,
     lease: f64,
     max_attempts: Option<i32>,
+    fence: i64,
 }
 
 impl ClaimRow {
-    pub(super) fn of(request: &ClaimRequest<'_>) -> Self {
+    /// The claim of `request` under `fence`.
+    pub(super) fn of(request: &ClaimRequest<'_>, fence: i64) -> Self {
         Self {
             task_id: request.task_id.to_owned(),
             task_name: request.task_name.to_owned(),
@@ -36,8 +39,9 @@ impl ClaimRow {
             kwargs: request.kwargs.to_owned(),
             message_id: request.message_id.map(str::to_owned),
             enqueued_at: request.enqueued_at,
-            lease: request.lease.as_secs_f64(),
+            lease: takeover_after(request.lease).as_secs_f64(),
             max_attempts: request.max_attempts.map(|max| i32::try_from(max.get()).unwrap_or(i32::MAX)),
+            fence,
         }
     }
 }
@@ -60,6 +64,7 @@ struct Seen {
     exhausted: bool,
     lease_over: bool,
     permanent: bool,
+    fence: Option<i64>,
 }
 
 /// Claims a batch and answers each call. A batch that failed for one row
@@ -76,7 +81,7 @@ pub(super) async fn claim_batch(connection: DbConnection, batch: Vec<Waiting<Cla
         Ok(_) => answer_all(batch, &unanswered()),
         Err(error) if batch.len() > 1 && one_row_may_be_at_fault(&error) => {
             for waiting in batch {
-                let seen = claim_rows(&connection, std::slice::from_ref(&waiting)).await.map_err(classify);
+                let seen = claim_rows(&connection, std::slice::from_ref(&waiting)).await;
                 let claim = match seen.map(|mut seen| seen.pop()) {
                     Ok(Some(seen)) => settle(&connection, &waiting.row, seen).await,
                     Ok(None) => Err(unanswered()),
@@ -85,21 +90,21 @@ pub(super) async fn claim_batch(connection: DbConnection, batch: Vec<Waiting<Cla
                 waiting.answer(claim);
             }
         }
-        Err(error) => answer_all(batch, &classify(error)),
+        Err(error) => answer_all(batch, &error),
     }
 }
 
-/// Errors one row can cause for a whole batch: its data (class 22, such as a
-/// NUL in jsonb), or a lock held elsewhere on it.
-fn one_row_may_be_at_fault(error: &tokio_postgres::Error) -> bool {
-    error.code().is_some_and(|code| code.code().starts_with("22") || *code == SqlState::LOCK_NOT_AVAILABLE)
+/// Errors one row can cause for a whole batch: its data (such as a NUL in
+/// jsonb, or a key too long for the index), or a lock held elsewhere on it.
+fn one_row_may_be_at_fault(error: &StoreError) -> bool {
+    error.code().is_some_and(|code| rejects_the_data(code) || *code == SqlState::LOCK_NOT_AVAILABLE)
 }
 
 /// The rows as the claim statement saw them, in the batch's order.
 async fn claim_rows(
     connection: &PgConnection,
     batch: &[Waiting<ClaimRow, Claim, StoreError>],
-) -> Result<Vec<Seen>, tokio_postgres::Error> {
+) -> Result<Vec<Seen>, StoreError> {
     let rows: Vec<&ClaimRow> = batch.iter().map(|waiting| &waiting.row).collect();
     let task_ids: Vec<&str> = rows.iter().map(|row| row.task_id.as_str()).collect();
     let names: Vec<&str> = rows.iter().map(|row| row.task_name.as_str()).collect();
@@ -109,9 +114,10 @@ async fn claim_rows(
     let enqueued: Vec<Option<DateTime<Utc>>> = rows.iter().map(|row| row.enqueued_at).collect();
     let leases: Vec<f64> = rows.iter().map(|row| row.lease).collect();
     let limits: Vec<Option<i32>> = rows.iter().map(|row| row.max_attempts).collect();
-    let parameters: [&(dyn ToSql + Sync); 8] =
-        [&task_ids, &names, &args, &kwargs, &message_ids, &enqueued, &leases, &limits];
-    let mut answers = connection.query(&connection.statements.claims, &parameters).await?;
+    let fences: Vec<i64> = rows.iter().map(|row| row.fence).collect();
+    let parameters: [&(dyn ToSql + Sync); 9] =
+        [&task_ids, &names, &args, &kwargs, &message_ids, &enqueued, &leases, &limits, &fences];
+    let mut answers = connection.within(connection.query(&connection.statements.claims, &parameters)).await?;
     answers.sort_unstable_by_key(|row| row.get::<_, i64>(0));
     Ok(answers.iter().map(seen).collect())
 }
@@ -124,6 +130,7 @@ fn seen(row: &tokio_postgres::Row) -> Seen {
         exhausted: row.get::<_, Option<bool>>(4) == Some(true),
         lease_over: row.get::<_, Option<bool>>(5) == Some(true),
         permanent: row.get::<_, Option<bool>>(6) == Some(true),
+        fence: row.get(7),
     }
 }
 
@@ -135,12 +142,12 @@ async fn settle(connection: &PgConnection, row: &ClaimRow, seen: Seen) -> Result
     let count = seen.attempts.unwrap_or(0);
     let exhausted = Claim::Exhausted { attempts: attempts(count) };
     Ok(match seen.status {
-        _ if seen.claimed => Claim::Claimed { attempt: attempts(count) },
+        _ if seen.claimed => Claim::Claimed(Attempt { number: attempts(count), fence: row.fence }),
         Some(Status::Successful) => Claim::AlreadySucceeded,
         Some(Status::Failed) if seen.permanent => Claim::AlreadyFailed,
         Some(Status::Running) if seen.exhausted && seen.lease_over => {
-            let parameters: [&(dyn ToSql + Sync); 3] = [&row.task_id, &count, &ABANDONED];
-            connection.execute(&connection.statements.abandon, &parameters).await.map_err(classify)?;
+            let parameters: [&(dyn ToSql + Sync); 3] = [&row.task_id, &seen.fence, &ABANDONED];
+            connection.within(connection.execute(&connection.statements.abandon, &parameters)).await?;
             exhausted
         }
         Some(Status::Ready | Status::Failed) if seen.exhausted => exhausted,
@@ -150,7 +157,7 @@ async fn settle(connection: &PgConnection, row: &ClaimRow, seen: Seen) -> Result
 }
 
 /// A finish as it waits for a batch.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) struct FinishRow {
     task_id: String,
     attempt: i32,
@@ -159,10 +166,11 @@ pub(super) struct FinishRow {
     message: Option<String>,
     traceback: Option<String>,
     permanent: bool,
+    fence: i64,
 }
 
 impl FinishRow {
-    pub(super) fn of(task_id: &str, attempt: u32, ending: Ending<'_>) -> Self {
+    pub(super) fn of(task_id: &str, attempt: Attempt, ending: Ending<'_>) -> Self {
         let (status, return_value, message, traceback, permanent) = match ending {
             Ending::Succeeded { return_value } => {
                 (Status::Successful, Some(return_value.to_owned()), None, None, false)
@@ -172,8 +180,18 @@ impl FinishRow {
                 (Status::Failed, None, Some(storable(message)), Some(storable(traceback)), permanent)
             }
         };
-        let attempt = i32::try_from(attempt).unwrap_or(i32::MAX);
-        Self { task_id: task_id.to_owned(), attempt, status, return_value, message, traceback, permanent }
+        let (fence, attempt) = (attempt.fence, i32::try_from(attempt.number).unwrap_or(i32::MAX));
+        Self { task_id: task_id.to_owned(), attempt, status, return_value, message, traceback, permanent, fence }
+    }
+
+    /// The execution's id.
+    pub(super) fn task_id(&self) -> &str {
+        &self.task_id
+    }
+
+    /// The fence of the claim whose ending this is.
+    pub(super) fn fence(&self) -> i64 {
+        self.fence
     }
 }
 
@@ -200,12 +218,12 @@ pub(super) async fn finish_batch(connection: FinishConnection, batch: Vec<Waitin
         }
         Err(error) if batch.len() > 1 && one_row_may_be_at_fault(&error) => {
             for waiting in batch {
-                let recorded = finish_rows(&connection, std::slice::from_ref(&waiting)).await.map_err(classify);
+                let recorded = finish_rows(&connection, std::slice::from_ref(&waiting)).await;
                 let finished = recorded.map(|recorded| finished(&recorded, &waiting.row));
                 waiting.answer(finished);
             }
         }
-        Err(error) => answer_all(batch, &classify(error)),
+        Err(error) => answer_all(batch, &error),
     }
 }
 
@@ -213,7 +231,7 @@ pub(super) async fn finish_batch(connection: FinishConnection, batch: Vec<Waitin
 async fn finish_rows(
     connection: &PgConnection,
     batch: &[Waiting<FinishRow, Finished, StoreError>],
-) -> Result<Vec<String>, tokio_postgres::Error> {
+) -> Result<Vec<String>, StoreError> {
     let rows: Vec<&FinishRow> = batch.iter().map(|waiting| &waiting.row).collect();
     let task_ids: Vec<&str> = rows.iter().map(|row| row.task_id.as_str()).collect();
     let attempts: Vec<i32> = rows.iter().map(|row| row.attempt).collect();
@@ -222,9 +240,10 @@ async fn finish_rows(
     let messages: Vec<Option<&str>> = rows.iter().map(|row| row.message.as_deref()).collect();
     let tracebacks: Vec<Option<&str>> = rows.iter().map(|row| row.traceback.as_deref()).collect();
     let permanent: Vec<bool> = rows.iter().map(|row| row.permanent).collect();
-    let parameters: [&(dyn ToSql + Sync); 7] =
-        [&task_ids, &attempts, &statuses, &values, &messages, &tracebacks, &permanent];
-    let recorded = connection.query(&connection.statements.finishes, &parameters).await?;
+    let fences: Vec<i64> = rows.iter().map(|row| row.fence).collect();
+    let parameters: [&(dyn ToSql + Sync); 8] =
+        [&task_ids, &attempts, &statuses, &values, &messages, &tracebacks, &permanent, &fences];
+    let recorded = connection.within(connection.query(&connection.statements.finishes, &parameters)).await?;
     Ok(recorded.iter().map(|row| row.get(0)).collect())
 }
 

@@ -26,11 +26,18 @@ pub(super) fn classify(error: tokio_postgres::Error) -> StoreError {
     let source = Some(Arc::new(error));
     if code == SqlState::TOO_MANY_CONNECTIONS || code == SqlState::CANNOT_CONNECT_NOW {
         StoreError::Refused { reason: format!("{message} ({})", code.code()), source }
-    } else if code.code().starts_with("22") {
+    } else if rejects_the_data(&code) {
         StoreError::Rejected { reason: message, source }
     } else {
         StoreError::Database { reason: format!("{message} ({})", code.code()), source }
     }
+}
+
+/// The data itself is at fault, and sending it again cannot help: class 22
+/// (data exceptions, such as a NUL in jsonb) and class 54 (program limits: a
+/// key over the index's row size, JSON nested past the stack depth).
+pub(super) fn rejects_the_data(code: &SqlState) -> bool {
+    code.code().starts_with("22") || code.code().starts_with("54")
 }
 
 /// An error the server did not send: the connection, or the driver itself.

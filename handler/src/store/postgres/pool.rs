@@ -5,7 +5,9 @@
 //! finish always finds one. When none comes, the error says why: busy, or a
 //! database that would not give one.
 
+use std::future::Future;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,7 +15,7 @@ use bb8::{ErrorSink, ManageConnection, PooledConnection, RunError};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_postgres::{Client, Config, NoTls};
 
-use super::errors::classify_connect;
+use super::errors::{classify, classify_connect};
 use super::statements::Prepared;
 use crate::store::StoreError;
 
@@ -28,16 +30,48 @@ pub(super) const FINISH_WAIT: Duration = Duration::from_secs(4);
 
 /// Opening a connection (TCP, startup, the prepares) never takes longer than
 /// this; a server that accepts and then says nothing must not hold a slot.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A connection whose peer stops acknowledging is dropped after this.
 const TCP_USER_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The longest any statement of the store may take, well inside the
+/// smallest ack deadline (10 s): a database that stalls fails the push in
+/// time for Pub/Sub to retry it, rather than holding it to its deadline.
+pub(super) const STATEMENT_DEADLINE: Duration = Duration::from_secs(5);
 
 /// A pooled connection with the store's statements prepared on it.
 #[derive(Debug)]
 pub struct PgConnection {
     client: Client,
     pub(super) statements: Prepared,
+    /// A statement outlived its deadline: what the connection would answer
+    /// next is that statement's, so it is never handed out again.
+    broken: AtomicBool,
+}
+
+impl PgConnection {
+    /// Runs one of the store's statements within [`STATEMENT_DEADLINE`].
+    /// Past it, the connection is given up and the statement counts as not
+    /// answered: the caller cannot know whether it was applied.
+    pub(super) async fn within<T>(
+        &self,
+        statement: impl Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(STATEMENT_DEADLINE, statement).await {
+            Ok(answered) => answered.map_err(classify),
+            Err(_) => {
+                self.broken.store(true, Ordering::Relaxed);
+                let reason = format!("no answer from the database within {STATEMENT_DEADLINE:?}");
+                Err(StoreError::Unavailable { reason, source: None })
+            }
+        }
+    }
+
+    /// Closed by the server or the network, or given up after a deadline.
+    fn is_broken(&self) -> bool {
+        self.client.is_closed() || self.broken.load(Ordering::Relaxed)
+    }
 }
 
 impl std::ops::Deref for PgConnection {
@@ -73,7 +107,7 @@ impl ManageConnection for Connector {
         let connecting = async {
             let client = connect(&self.config).await?;
             let statements = Prepared::on(&client).await?;
-            Ok(PgConnection { client, statements })
+            Ok(PgConnection { client, statements, broken: AtomicBool::new(false) })
         };
         tokio::time::timeout(CONNECT_TIMEOUT, connecting).await.unwrap_or(Err(ConnectError::TimedOut(CONNECT_TIMEOUT)))
     }
@@ -83,7 +117,7 @@ impl ManageConnection for Connector {
     }
 
     fn has_broken(&self, connection: &mut PgConnection) -> bool {
-        connection.client.is_closed()
+        connection.is_broken()
     }
 }
 
@@ -183,10 +217,24 @@ impl Pool {
         let waiting = tokio::time::timeout_at(deadline.into(), Arc::clone(&self.places).acquire_owned());
         // The semaphore is never closed.
         let place = waiting.await.map_err(|_| busy.clone())?.map_err(|_| busy)?;
-        match tokio::time::timeout_at(deadline.into(), self.pool.get_owned()).await {
+        match tokio::time::timeout_at(deadline.into(), self.live_connection()).await {
             Ok(Ok(connection)) => Ok(DbConnection { connection, _place: place }),
             Ok(Err(RunError::User(error))) => Err(classify_connect(error)),
             Ok(Err(RunError::TimedOut)) | Err(_) => Err(self.why_none(start)),
+        }
+    }
+
+    /// An idle connection that is not broken, or a new one. A connection the
+    /// server closed while it sat idle (a restart) is discarded here, as bb8
+    /// discards a broken one given back, rather than failing a statement.
+    async fn live_connection(&self) -> Result<FinishConnection, RunError<ConnectError>> {
+        loop {
+            let connection = self.pool.get_owned().await?;
+            if !connection.is_broken() {
+                return Ok(connection);
+            }
+            // Given back broken: bb8 closes it and opens another in its place.
+            drop(connection);
         }
     }
 
@@ -207,7 +255,7 @@ impl Pool {
     pub(super) async fn finish_connection_until(&self, deadline: Instant) -> Result<FinishConnection, StoreError> {
         let start = Instant::now();
         let timed_out = || self.failures.since(start).unwrap_or(StoreError::PoolTimeout(FINISH_WAIT));
-        match tokio::time::timeout_at(deadline.into(), self.pool.get_owned()).await {
+        match tokio::time::timeout_at(deadline.into(), self.live_connection()).await {
             Ok(Ok(connection)) => Ok(connection),
             Ok(Err(RunError::User(error))) => Err(classify_connect(error)),
             Ok(Err(RunError::TimedOut)) | Err(_) => Err(timed_out()),

@@ -1,6 +1,7 @@
 //! Every statement the store sends, prepared once per connection, and what
-//! their rows mean: the SQL of the batched claim and finish, the abandon, the
-//! skip, the enqueue and the lookup of one execution.
+//! their rows mean: the SQL of the batched claim and finish, the renewal of
+//! live leases, the abandon, the skip, the enqueue and the lookup of one
+//! execution.
 //!
 //! The batched statements wait at most a second for a row lock
 //! (`lock_timeout`): a row locked elsewhere must not hold up the batch around
@@ -17,69 +18,90 @@ use tokio_postgres::{Client, Row, Statement};
 use crate::store::{Execution, Status, StoreError};
 
 /// Claims a batch of executions (see `batches`): each row as one claim would,
-/// answered by its position `n`. The commit is asynchronous: a claim lost in a
-/// crash only means a redelivery Pub/Sub makes anyway, since nothing is acked
-/// before a finish, and a finish's synchronous commit makes the WAL before it,
-/// this claim included, durable too.
+/// answered by its position `n`. Each claim draws its fence (`$9`); a row
+/// RUNNING under the same fence is this claim's own, sent again after a lost
+/// connection, and is taken again. A RUNNING row is taken over once its
+/// renewals have stopped for the lease (see `leases`). The commit is
+/// asynchronous: a claim lost in a crash only means a redelivery Pub/Sub makes
+/// anyway, since nothing is acked before a finish, and a finish's synchronous
+/// commit makes the WAL before it, this claim included, durable too.
 pub(super) const CLAIMS: &str = r"
 with input as (
     select *
     from unnest($1::text[], $2::text[], $3::jsonb[], $4::jsonb[], $5::text[], $6::timestamptz[], $7::float8[],
-                $8::int4[])
-        with ordinality as i(task_id, task_name, args, kwargs, message_id, enqueued_at, lease, max_attempts, n)
+                $8::int4[], $9::int8[])
+        with ordinality as i(task_id, task_name, args, kwargs, message_id, enqueued_at, lease, max_attempts, fence, n)
 ),
 claimed as (
     insert into task_executions as t
-        (task_id, task_name, status, args, kwargs, attempts, message_id, enqueued_at, started_at)
-    select task_id, task_name, 'RUNNING', args, kwargs, 1, message_id, enqueued_at, now()
+        (task_id, task_name, status, args, kwargs, attempts, message_id, enqueued_at, started_at, claim_fence,
+         renewed_at)
+    select task_id, task_name, 'RUNNING', args, kwargs, 1, message_id, enqueued_at, now(), fence, now()
     from input, (select set_config('synchronous_commit', 'off', true), set_config('lock_timeout', '1s', true)) as s
     on conflict (task_id) do update
-    set status = 'RUNNING', attempts = t.attempts + 1, message_id = excluded.message_id,
-        started_at = now(), finished_at = null, updated_at = now()
+    set status = 'RUNNING', attempts = t.attempts + 1, message_id = excluded.message_id, claim_fence = excluded.claim_fence,
+        started_at = now(), renewed_at = now(), finished_at = null, updated_at = now()
     where exists (
         select from input as i
         where i.task_id = excluded.task_id
-          and (i.max_attempts is null or t.attempts < i.max_attempts)
-          and ((t.status in ('READY', 'FAILED') and not t.permanent)
-               or (t.status = 'RUNNING' and t.started_at <= now() - make_interval(secs => i.lease))))
+          and ((t.status = 'RUNNING' and t.claim_fence = i.fence)
+               or ((i.max_attempts is null or t.attempts < i.max_attempts)
+                   and ((t.status in ('READY', 'FAILED') and not t.permanent)
+                        or (t.status = 'RUNNING'
+                            and coalesce(t.renewed_at, t.started_at) <= now() - make_interval(secs => i.lease))))))
     returning t.task_id, t.attempts
 )
 select i.n, c.task_id is not null as claimed, coalesce(c.attempts, t.attempts) as attempts, t.status,
        i.max_attempts is not null and t.attempts >= i.max_attempts as exhausted,
-       t.started_at <= now() - make_interval(secs => i.lease) as lease_over, t.permanent
+       coalesce(t.renewed_at, t.started_at) <= now() - make_interval(secs => i.lease) as lease_over, t.permanent,
+       t.claim_fence
 from input as i
 left join claimed as c on c.task_id = i.task_id
 left join lateral (
-    select status, attempts, started_at, permanent
+    select status, attempts, started_at, renewed_at, permanent, claim_fence
     from task_executions
     where task_id = i.task_id and c.task_id is null
     offset 0
 ) as t on true";
 
-/// Finishes a batch of attempts; returns the task ids it recorded. The
-/// commit is synchronous: an ack follows it. An upsert rather than an update
-/// joined with the batch, so the conflict finds each row through the primary
-/// key; rows no claim made are left out, so it inserts nothing (short of a
-/// row deleted between that check and the conflict: it would come back).
+/// Finishes a batch of attempts; returns the task ids it recorded. A row
+/// takes a finish only under the fence of its claim, so a stale run never
+/// overwrites a newer one; the same finish sent twice (after a lost
+/// connection) is recorded twice, with the same values. The commit is
+/// synchronous: an ack follows it. An upsert rather than an update joined with
+/// the batch, so the conflict finds each row through the primary key; rows no
+/// claim made are left out, so it inserts nothing (short of a row deleted
+/// between that check and the conflict: it would come back).
 pub(super) const FINISHES: &str = r"
 insert into task_executions as t
-    (task_id, task_name, status, attempts, return_value, error_message, error_traceback, permanent, finished_at)
-select task_id, '', status, attempt, return_value, error_message, error_traceback, permanent, now()
-from unnest($1::text[], $2::int4[], $3::text[], $4::jsonb[], $5::text[], $6::text[], $7::bool[])
-        as i(task_id, attempt, status, return_value, error_message, error_traceback, permanent),
+    (task_id, task_name, status, attempts, claim_fence, return_value, error_message, error_traceback, permanent,
+     finished_at)
+select task_id, '', status, attempt, fence, return_value, error_message, error_traceback, permanent, now()
+from unnest($1::text[], $2::int4[], $3::text[], $4::jsonb[], $5::text[], $6::text[], $7::bool[], $8::int8[])
+        as i(task_id, attempt, status, return_value, error_message, error_traceback, permanent, fence),
     (select set_config('lock_timeout', '1s', true)) as s
 where (select true from task_executions where task_id = i.task_id)
 on conflict (task_id) do update
 set status = excluded.status, return_value = excluded.return_value, error_message = excluded.error_message,
     error_traceback = excluded.error_traceback, permanent = excluded.permanent, finished_at = now(), updated_at = now()
-where t.attempts = excluded.attempts and t.status = 'RUNNING'
+where t.claim_fence = excluded.claim_fence
 returning t.task_id";
+
+/// Renews the leases of the executions this instance runs (see `leases`):
+/// one statement for all of them, each found through the primary key. The
+/// commit is asynchronous: a renewal lost in a crash is one more reason to
+/// take the execution over, which a crash gives anyway.
+const RENEW: &str = r"
+update task_executions
+set renewed_at = now()
+from (select set_config('synchronous_commit', 'off', true), set_config('lock_timeout', '1s', true)) as s
+where task_id = any($1::text[]) and claim_fence = any($2::int8[]) and status = 'RUNNING'";
 
 /// Records a last attempt that died while RUNNING, found by a claim.
 const ABANDON: &str = r"
 update task_executions
 set status = 'FAILED', error_message = $3, finished_at = now(), updated_at = now()
-where task_id = $1 and attempts = $2 and status = 'RUNNING'";
+where task_id = $1 and claim_fence is not distinct from $2 and status = 'RUNNING'";
 
 /// Records a delivery its kill switch turned away, unless the execution
 /// succeeded, failed for good or is running.
@@ -125,6 +147,7 @@ pub(super) struct Prepared {
     pub(super) claims: Statement,
     pub(super) finishes: Statement,
     pub(super) abandon: Statement,
+    pub(super) renew: Statement,
     pub(super) skip: Statement,
     pub(super) enqueue: Statement,
     pub(super) not_published: Statement,
@@ -134,16 +157,17 @@ pub(super) struct Prepared {
 impl Prepared {
     /// Prepares every statement; issued together, they share one round trip.
     pub(super) async fn on(client: &Client) -> Result<Self, tokio_postgres::Error> {
-        let (claims, finishes, abandon, skip, enqueue, not_published, get) = tokio::try_join!(
+        let (claims, finishes, abandon, renew, skip, enqueue, not_published, get) = tokio::try_join!(
             client.prepare(CLAIMS),
             client.prepare(FINISHES),
             client.prepare(ABANDON),
+            client.prepare(RENEW),
             client.prepare(SKIP),
             client.prepare(ENQUEUE),
             client.prepare(NOT_PUBLISHED),
             client.prepare(GET),
         )?;
-        Ok(Self { claims, finishes, abandon, skip, enqueue, not_published, get })
+        Ok(Self { claims, finishes, abandon, renew, skip, enqueue, not_published, get })
     }
 }
 
