@@ -610,3 +610,40 @@ async fn a_chunked_body_over_the_limit_is_refused_with_413() {
         String::from_utf8_lossy(&response[..read])
     );
 }
+
+/// Random letters and digits, which PostgreSQL cannot compress.
+fn incompressible(length: usize) -> String {
+    use rand::Rng as _;
+    rand::thread_rng().sample_iter(rand::distributions::Alphanumeric).take(length).map(char::from).collect()
+}
+
+/// What can never be stored is refused for good (400: Pub/Sub dead-letters
+/// it), not answered 500 and retried for ever: a task id over the limit and
+/// arguments nested past it, before the database; and whatever else the
+/// database finds past its own limits (SQLSTATE class 54), after it.
+#[tokio::test]
+async fn input_that_can_never_be_stored_is_refused_for_good() {
+    let db = TestDb::new().await;
+    let server = postgres_server(&db, registry(&Runs::default()), 2).await;
+
+    let long_id = incompressible(2_800);
+    let reply = server.push(task(&long_id, "echo", json!({}))).await;
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    assert!(reply.body.contains("task_id is 2800 bytes, over the limit of 1024"), "{}", reply.body);
+
+    let depth = 100_000;
+    let deep =
+        format!(r#"{{"task_id": "deep", "task_name": "echo", "args": {}{}}}"#, "[".repeat(depth), "]".repeat(depth));
+    let reply = server.push(envelope(&deep, "m-deep")).await;
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    assert!(reply.body.contains("nested deeper than 128 levels"), "{}", reply.body);
+    assert!(db.row(&long_id).await.is_none() && db.row("deep").await.is_none(), "refused before the database");
+
+    // A message published without a task id is recorded as msg-{messageId}:
+    // one too long for the index is the database's to refuse.
+    let message_id = incompressible(2_800);
+    let reply = server.push(envelope(r#"{"task_name": "echo"}"#, &message_id)).await;
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    assert!(reply.body.starts_with("bad request: the database rejected the message"), "{}", reply.body);
+    assert_eq!(server.push(task("after", "echo", json!({}))).await.status, 200, "and the server goes on");
+}

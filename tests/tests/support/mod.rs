@@ -9,6 +9,7 @@ pub mod emulator;
 pub mod google;
 pub mod issuer;
 pub mod otlp;
+pub mod pg_proxy;
 pub mod process;
 pub mod pubsub_front;
 pub mod scheduler;
