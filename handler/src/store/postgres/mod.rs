@@ -326,11 +326,11 @@ impl PostgresStore {
             let task_id = task_id.as_str();
             match self.write_finish(row).await {
                 Ok(finished) => {
-                    self.shared.leases.release(&task_id, fence);
+                    self.shared.leases.release(task_id, fence);
                     tracing::info!(task_id, ?finished, "wrote an attempt's ending that could not be written before");
                 }
                 Err(error @ StoreError::Rejected { .. }) => {
-                    self.shared.leases.release(&task_id, fence);
+                    self.shared.leases.release(task_id, fence);
                     tracing::warn!(task_id, %error, "gave up writing an attempt's ending: the database rejects it");
                 }
                 Err(_) => {}
