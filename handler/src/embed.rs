@@ -163,7 +163,7 @@ async fn open(config: &Config, registry: Registry) -> Result<(Served, Tasks), Ca
     let registry = Arc::new(registry);
     let auth = push_auth(config)?;
     let app = match &config.database {
-        Some(database) => Served::Postgres(App::postgres(Arc::clone(&registry), serving_store(database)?, auth)),
+        Some(database) => Served::Postgres(App::postgres(Arc::clone(&registry), serving_store(database).await?, auth)),
         None => {
             warn_in_memory();
             Served::Memory(App::in_memory(Arc::clone(&registry), auth))

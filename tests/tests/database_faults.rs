@@ -20,7 +20,9 @@ use serde_json::value::RawValue;
 use support::pg_proxy::{PgProxy, through};
 use support::process::{APP, Server, free_port, run_app};
 use support::{TestDb, get, task};
-use whirligig_handler::store::{Claim, ClaimRequest, Ending, ExecutionStore, Finished, PostgresStore, Status, migrate};
+use whirligig_handler::store::{
+    Claim, ClaimRequest, Ending, ExecutionStore, Finished, PostgresStore, Status, migrate, migrate_within,
+};
 use whirligig_registry::Retry;
 
 fn raw(json: &str) -> &RawValue {
@@ -168,6 +170,8 @@ async fn a_running_execution_keeps_its_lease_and_loses_it_soon_after_its_instanc
     // The instance dies: its renewals stop, and once they are older than the
     // grace (skipped here: a second ago, the grace ago) the execution is taken over.
     drop(running);
+    // A renewal already under way when the store was dropped may still land.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     client.execute("update task_executions set renewed_at = now() - interval '16 seconds'", &[]).await.unwrap();
     let Claim::Claimed(second) = other.claim(&request("alive")).await.unwrap() else { panic!("taken over") };
     assert_eq!(second.number, 2);
@@ -242,4 +246,20 @@ async fn a_permanent_failure_written_late_is_still_final() {
     let row = db.wait_within("late-permanent", Status::Failed, Duration::from_secs(10)).await;
     assert!(row.permanent, "{row:?}");
     assert_eq!(store.claim(&request("late-permanent")).await.unwrap(), Claim::AlreadyFailed);
+}
+
+#[tokio::test]
+async fn migrations_tried_for_a_bounded_time_give_up_with_the_reason() {
+    let url = "postgres://postgres@127.0.0.1:1/postgres";
+    let mut tries = Vec::new();
+    let started = Instant::now();
+    let error = migrate_within(url, Some(Duration::from_secs(2)), |_, n| {
+        tries.push(n);
+        true
+    })
+    .await
+    .unwrap_err();
+    assert!(error.to_string().contains("unreachable"), "{error}");
+    assert!(tries.len() >= 3 && tries.windows(2).all(|pair| pair[1] == pair[0] + 1), "{tries:?}");
+    assert!(started.elapsed() < Duration::from_secs(5), "gave up after {:?}", started.elapsed());
 }

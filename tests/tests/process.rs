@@ -355,16 +355,14 @@ async fn migrate_twice_applies_once_then_nothing() {
 }
 
 #[tokio::test]
-async fn an_unreachable_database_at_start_is_one_line_and_a_failure() {
-    let mut env = prod(UNREACHABLE_DATABASE);
-    let port = free_port().to_string();
-    env.push(("PORT", &port));
-    let output = run_app(&["serve"], &env).await;
-    assert!(!output.status.success(), "serve exited {} without a database", output.status);
-    let stderr = text(&output.stderr);
-    let lines: Vec<&str> = stderr.lines().filter(|line| line.starts_with("whirligig-test-app:")).collect();
-    assert_eq!(lines.len(), 1, "{stderr}");
-    assert!(lines[0].contains("database") && lines[0].contains("unreachable"), "{stderr}");
+async fn an_unreachable_database_at_start_is_not_ready_but_serving() {
+    let mut server = Server::start(&prod(UNREACHABLE_DATABASE)).await;
+    assert_eq!(support::get(server.addr, "/healthz").await.status, 200, "it listens");
+    let ready = support::get(server.addr, "/readyz").await;
+    assert_eq!(ready.status, 503, "{}", ready.body);
+    server.wait_for_log("the database is not there yet", WAIT).await;
+    server.terminate();
+    assert!(server.exit().await.success(), "a clean exit: {}", server.log());
 }
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";

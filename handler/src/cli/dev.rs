@@ -108,7 +108,10 @@ async fn serve_dev(
     let ready = Ready { listener, start, emulator: emulator.host() };
     match &config.database {
         Some(database) => {
-            let store = serving_store(database)?;
+            let Some(store) = until(&ready.start.stop, serving_store(database)).await else {
+                return Ok(stopped_early());
+            };
+            let store = store?;
             pipeline(&config, App::postgres(Arc::clone(&registry), store, auth), registry, ready).await
         }
         None => {

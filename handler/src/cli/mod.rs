@@ -245,11 +245,13 @@ async fn execute(command: Command, config: &Config, registry: Registry, loading:
 const JOB_DATABASE_WAIT: Duration = Duration::from_secs(60);
 
 /// The store of a server, which listens whether or not the database is
-/// there: until the migrations are applied, in the background, pushes are
-/// answered 503 and `/readyz` says why.
-pub(crate) fn serving_store(database: &DatabaseConfig) -> Result<PostgresStore, Fatal> {
-    tracing::info!(database = %redact(&database.url), "connecting to the database and migrating, in the background");
-    Ok(PostgresStore::migrating(&database.url, database.pool_size, database.pool_timeout)?)
+/// there: migrated before it listens, or, when the database is not there,
+/// in the background, with pushes answered 503 and `/readyz` saying why
+/// until it is.
+pub(crate) async fn serving_store(database: &DatabaseConfig) -> Result<PostgresStore, Fatal> {
+    let store = PostgresStore::migrating(&database.url, database.pool_size, database.pool_timeout).await?;
+    tracing::info!(database = %redact(&database.url), "store open");
+    Ok(store)
 }
 
 /// The PostgreSQL store, its migrations applied, for a command that runs
@@ -284,7 +286,7 @@ async fn serve_command(config: &Config, registry: Registry) -> Result<ExitCode, 
     let auth = push_auth(config)?;
     match &config.database {
         Some(database) => {
-            let store = serving_store(database)?;
+            let store = serving_store(database).await?;
             serve_app(config, App::postgres(registry, store, auth)).await
         }
         None => {

@@ -146,11 +146,19 @@ impl PostgresStore {
     }
 
     /// The store of a server that must listen whether or not the database is
-    /// there: the migrations are applied in the background, tried again with
-    /// backoff until they are, and until then every call is answered
-    /// [`StoreError::Unavailable`] with the reason, and nothing runs.
-    pub fn migrating(url: &str, size: u32, pool_timeout: Duration) -> Result<Self, StoreError> {
+    /// there. The migrations are tried once here: the usual start, ready
+    /// when it listens. If that fails, they are tried again in the
+    /// background with backoff until they are applied, and until then every
+    /// call is answered [`StoreError::Unavailable`] with the reason, and
+    /// nothing runs.
+    pub async fn migrating(url: &str, size: u32, pool_timeout: Duration) -> Result<Self, StoreError> {
+        let error = match migrate(url).await {
+            Ok(_) => return Self::new(url, size, pool_timeout),
+            Err(error) => error,
+        };
         let store = Self::with_readiness(url, size, pool_timeout, false)?;
+        store.shared.readiness.waiting_because(&error);
+        tracing::warn!(%error, "the database is not there yet: serving, and answering 503 until it is");
         tokio::spawn(migrate_in_background(url.to_owned(), Arc::downgrade(&store.shared)));
         Ok(store)
     }
@@ -177,9 +185,9 @@ async fn migrate_in_background(url: String, store: Weak<Shared>) {
     let failed = |error: &StoreError, tries: u32| {
         let Some(shared) = store.upgrade() else { return false };
         shared.readiness.waiting_because(error);
-        // The first failure, then ever more rarely: 1, 2, 4, 8, ... tries.
+        // Ever more rarely: after 2, 4, 8, ... tries (the first was said already).
         if tries.is_power_of_two() {
-            tracing::warn!(%error, tries, "the database is not there yet: answering 503 until it is");
+            tracing::warn!(%error, tries = tries + 1, "the database is not there yet: answering 503 until it is");
         }
         true
     };
@@ -403,7 +411,7 @@ async fn once_more<T, F: Future<Output = Result<T, StoreError>>>(call: impl Fn((
 /// Renews what the instance holds every few seconds, and writes the endings
 /// that could not be written, until the store is dropped.
 async fn keep_alive(leases: Arc<Leases>, store: Weak<Shared>) {
-    let mut next_renewal = Instant::now() + RENEW_EVERY;
+    let (mut next_renewal, mut failing) = (Instant::now() + RENEW_EVERY, false);
     loop {
         if !leases.has_work() {
             if !leases.wait_for_work().await {
@@ -423,10 +431,18 @@ async fn keep_alive(leases: Arc<Leases>, store: Weak<Shared>) {
         }
         let renewing = round.task_ids.len();
         match store_now.renew(round).await {
-            Ok(()) if renewing > 0 => next_renewal = Instant::now() + RENEW_EVERY,
+            Ok(()) if renewing > 0 => {
+                if std::mem::take(&mut failing) {
+                    tracing::info!(leases = renewing, "the leases of running tasks are renewed again");
+                }
+                next_renewal = Instant::now() + RENEW_EVERY;
+            }
             Ok(()) => {}
             Err(error) => {
-                tracing::warn!(%error, leases = renewing, "could not renew the leases of running tasks: trying again");
+                // Once per outage, not once a second.
+                if !std::mem::replace(&mut failing, true) {
+                    tracing::warn!(%error, leases = renewing, "could not renew the leases of running tasks: trying again");
+                }
                 next_renewal = Instant::now() + RETRY_EVERY;
             }
         }
