@@ -11,7 +11,7 @@ use http::{Response, StatusCode, header};
 use http_body_util::Full;
 use whirligig_registry::{MessageError, Retry, UnknownTask};
 
-use crate::app::MAX_BODY_BYTES;
+use crate::app::{BODY_READ_TIMEOUT, MAX_BODY_BYTES};
 use crate::auth::{AuthError, Rejection};
 use crate::executor::{Outcome, Reply};
 use crate::push::EnvelopeError;
@@ -36,6 +36,11 @@ pub(crate) enum Refusal {
     TooLarge,
     /// The body could not be read to its end.
     Unreadable(String),
+    /// The body did not arrive within [`BODY_READ_TIMEOUT`] of the head.
+    BodyTimeout,
+    /// Bodies already being read hold all of
+    /// [`BODY_BYTES_IN_FLIGHT`](crate::app::BODY_BYTES_IN_FLIGHT); this one is not read.
+    BodiesAtCapacity,
     /// The body is not a Pub/Sub push, nor a CloudEvent of one.
     Envelope(EnvelopeError),
     /// The message's data is not a task message.
@@ -57,6 +62,14 @@ impl Refusal {
             Self::Draining => Answer::new(Code::SERVICE_UNAVAILABLE, "shutting down; retry"),
             Self::TooLarge => Answer::new(Code::PAYLOAD_TOO_LARGE, format!("body over {MAX_BODY_BYTES} bytes")),
             Self::Unreadable(error) => Answer::bad_request(format_args!("body could not be read: {error}")),
+            Self::BodyTimeout => Answer::new(
+                Code::REQUEST_TIMEOUT,
+                format!("body not received within {} s", BODY_READ_TIMEOUT.as_secs()),
+            ),
+            Self::BodiesAtCapacity => Answer {
+                retry_after: Some(BODIES_RETRY_AFTER),
+                ..Answer::new(Code::SERVICE_UNAVAILABLE, "too many bodies being read; retry")
+            },
             Self::Envelope(error) => Answer::bad_request(error),
             Self::Message(error) => Answer::bad_request(error),
             Self::UnknownTask(_) => Answer::bad_request("unknown task"),
@@ -72,6 +85,10 @@ impl From<AuthError> for Refusal {
         }
     }
 }
+
+/// Seconds a push refused unread for want of room among the bodies being
+/// read is told to wait: most bodies arrive in well under a second.
+const BODIES_RETRY_AFTER: u32 = 1;
 
 /// Seconds a push refused for an unreachable database is told to wait
 /// (`Retry-After`): Pub/Sub keeps to its own backoff, other callers may not.
@@ -219,6 +236,9 @@ mod tests {
         assert_eq!(status(Refusal::Draining), 503);
         assert_eq!(status(Refusal::TooLarge), 413);
         assert_eq!(status(Refusal::Unreadable("reset".into())), 400);
+        assert_eq!(status(Refusal::BodyTimeout), 408);
+        assert_eq!(status(Refusal::BodiesAtCapacity), 503);
+        assert_eq!(Refusal::BodiesAtCapacity.answer().retry_after, Some(BODIES_RETRY_AFTER));
         assert_eq!(status(Refusal::Envelope(EnvelopeError::NoData)), 400);
         assert_eq!(status(Refusal::Message(MessageError::EmptyTaskName)), 400);
         let name = "rm_rf_everything".to_owned();

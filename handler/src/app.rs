@@ -5,11 +5,13 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, header};
 use http_body_util::{BodyExt as _, Full, LengthLimitError, Limited};
 use hyper::body::Body;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, Span};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
@@ -28,6 +30,19 @@ use crate::telemetry::propagation;
 /// data, which base64 inflates by 4/3, plus the envelope around it.
 pub const MAX_BODY_BYTES: usize = 14 * 1024 * 1024;
 
+/// How long a push's body may take to arrive once its head has: Pub/Sub
+/// sends the whole push at once, and even [`MAX_BODY_BYTES`] crosses a slow
+/// link in a few seconds. A client slower than this gets 408 and is dropped,
+/// so it cannot hold a buffer (and a share of [`BODY_BYTES_IN_FLIGHT`]) for long.
+pub(crate) const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The bytes of bodies read at once across all connections: four of the
+/// largest pushes, or thousands of typical ones (a few KB each), and far
+/// under a 512 MiB instance. Each body reserves its declared length (or
+/// [`MAX_BODY_BYTES`] when undeclared) before it is read; past this total a
+/// push is answered 503 unread, and Pub/Sub retries it later.
+pub(crate) const BODY_BYTES_IN_FLIGHT: usize = 64 * 1024 * 1024;
+
 /// The push endpoint's paths; Pub/Sub is configured with the first, and
 /// Eventarc posts to the service's root by default.
 const PUSH_PATHS: [&str; 3] = ["/tasks/pubsub/", "/tasks/pubsub", "/"];
@@ -40,6 +55,8 @@ pub struct App<S> {
     auth: PushAuth,
     shutdown: CancellationToken,
     draining: AtomicBool,
+    /// Permits of [`BODY_BYTES_IN_FLIGHT`], one per byte being read.
+    reading: Semaphore,
 }
 
 impl App<PostgresStore> {
@@ -61,7 +78,8 @@ impl<S: ExecutionStore> App<S> {
     fn new(registry: Arc<Registry>, store: Arc<S>, resources: Resources, auth: PushAuth) -> Self {
         let shutdown = CancellationToken::new();
         let executor = Executor::new(store, Arc::new(resources), shutdown.clone());
-        Self { registry, executor, auth, shutdown, draining: AtomicBool::new(false) }
+        let reading = Semaphore::new(BODY_BYTES_IN_FLIGHT);
+        Self { registry, executor, auth, shutdown, draining: AtomicBool::new(false), reading }
     }
 
     /// Turns away, as skipped, the pushes of routes these switches turn off
@@ -184,7 +202,7 @@ impl<S: ExecutionStore> App<S> {
             return Err(Refusal::Draining);
         }
         let wrapping = Wrapping::of(request.headers()).map_err(Refusal::Envelope)?;
-        Ok((wrapping, read_body(request).await?))
+        Ok((wrapping, read_body(request, &self.reading).await?))
     }
 
     /// Runs the pushed task message on its route.
@@ -235,7 +253,7 @@ fn refuse(refusal: &Refusal, message_id: Option<&str>) -> Answer {
             tracing::warn!(failed_check = rejection.check(), detail = ?rejection.detail(), "push rejected");
         }
         Refusal::KeysUnavailable => tracing::warn!("push not verified: the issuer's keys are not available yet"),
-        Refusal::TooLarge | Refusal::Unreadable(_) => {
+        Refusal::TooLarge | Refusal::Unreadable(_) | Refusal::BodyTimeout | Refusal::BodiesAtCapacity => {
             tracing::warn!(status = answer.status.as_u16(), reason = %answer.body, "push refused unread");
         }
         Refusal::Envelope(error) => tracing::warn!(%error, "malformed push: refused without running"),
@@ -251,8 +269,10 @@ fn refuse(refusal: &Refusal, message_id: Option<&str>) -> Answer {
 }
 
 /// The whole body, or 413 past [`MAX_BODY_BYTES`] (before reading, when the
-/// length is declared).
-async fn read_body<B>(request: Request<B>) -> Result<Bytes, Refusal>
+/// length is declared), 503 unread when `reading` has no room for it (see
+/// [`BODY_BYTES_IN_FLIGHT`]), and 408 when it takes longer than
+/// [`BODY_READ_TIMEOUT`]. Its room in `reading` is given back once it is read.
+async fn read_body<B>(request: Request<B>, reading: &Semaphore) -> Result<Bytes, Refusal>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -261,9 +281,13 @@ where
     if declared.is_some_and(|length: usize| length > MAX_BODY_BYTES) {
         return Err(Refusal::TooLarge);
     }
-    match Limited::new(request.into_body(), MAX_BODY_BYTES).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.is::<LengthLimitError>() => Err(Refusal::TooLarge),
-        Err(error) => Err(Refusal::Unreadable(error.to_string())),
+    let reserved = u32::try_from(declared.unwrap_or(MAX_BODY_BYTES)).map_err(|_| Refusal::TooLarge)?;
+    let _room = reading.try_acquire_many(reserved).map_err(|_| Refusal::BodiesAtCapacity)?;
+    let collected = Limited::new(request.into_body(), MAX_BODY_BYTES).collect();
+    match tokio::time::timeout(BODY_READ_TIMEOUT, collected).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(error)) if error.is::<LengthLimitError>() => Err(Refusal::TooLarge),
+        Ok(Err(error)) => Err(Refusal::Unreadable(error.to_string())),
+        Err(_) => Err(Refusal::BodyTimeout),
     }
 }

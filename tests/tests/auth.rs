@@ -137,6 +137,25 @@ async fn every_bad_token_is_refused_before_anything_happens() {
     assert_eq!(guarded.push_bearer(&valid, "still-valid").await, 200, "the good token still works");
 }
 
+#[tokio::test]
+async fn a_token_not_valid_before_a_time_to_come_is_refused_beyond_the_skew() {
+    let key = Key::generated(0);
+    let issuer = Issuer::start(&key).await;
+    let guarded = Guarded::start(oidc(&issuer, Clock::system()));
+    let now = chrono::Utc::now().timestamp();
+
+    let later = issuer.token_with(&key, json!({"nbf": now + 300}));
+    assert_eq!(guarded.push_bearer(&later, "nbf-later").await, 403, "nbf five minutes from now");
+    assert!(!guarded.recorded("nbf-later").await, "nothing recorded");
+    let within_skew = issuer.token_with(&key, json!({"nbf": now + 30}));
+    assert_eq!(guarded.push_bearer(&within_skew, "nbf-skew").await, 200, "nbf within the minute of skew");
+    let past = issuer.token_with(&key, json!({"nbf": now - 10}));
+    assert_eq!(guarded.push_bearer(&past, "nbf-past").await, 200, "nbf passed");
+    let malformed = issuer.token_with(&key, json!({"nbf": "tomorrow"}));
+    assert_eq!(guarded.push_bearer(&malformed, "nbf-text").await, 403, "nbf not a number");
+    assert_eq!(guarded.runs(), 2);
+}
+
 /// 50 pushes at once with `token`, task ids `{prefix}-{n}`; their statuses in order.
 async fn burst(guarded: &Arc<Guarded>, token: &str, prefix: &str) -> Vec<u16> {
     let pushes: Vec<_> = (0..50)

@@ -12,7 +12,7 @@ use tokio::time::{sleep, timeout};
 use support::TestDb;
 use support::issuer::{self, Issuer, Key};
 use support::otlp::{Receiver, hex};
-use support::process::{Server, WAIT, assert_exit, free_port, run_app, text};
+use support::process::{Server, WAIT, assert_exit, run_app, text};
 use whirligig_handler::store::Status;
 
 /// A database that refuses every connection.

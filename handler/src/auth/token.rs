@@ -1,11 +1,14 @@
 //! One push token's checks, with the openidconnect crate: signature (RS256
 //! only) against a key set, `iss`, `aud`, `exp` and `iat` (60 s of clock
-//! skew, at most an hour old), then `email` and `email_verified`.
+//! skew, at most an hour old), then `nbf` (which the crate does not read),
+//! `email` and `email_verified`.
 
 use std::fmt;
 use std::str::FromStr as _;
 use std::time::Duration;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, TimeDelta, Utc};
 use http::HeaderMap;
 use openidconnect::core::{CoreIdToken, CoreIdTokenClaims, CoreJwsSigningAlgorithm};
@@ -41,6 +44,7 @@ pub(crate) enum Rejection {
     Audience(String),
     Expired(String),
     IssueTime(String),
+    NotYetValid(String),
     Email,
     EmailNotVerified,
     NotStripped,
@@ -61,6 +65,7 @@ impl Rejection {
             Self::Audience(_) => "aud",
             Self::Expired(_) => "exp",
             Self::IssueTime(_) => "iat",
+            Self::NotYetValid(_) => "nbf",
             Self::Email => "email",
             Self::EmailNotVerified => "email_verified",
             Self::NotStripped => "signature removed by Cloud Run",
@@ -78,6 +83,7 @@ impl Rejection {
             | Self::Audience(why)
             | Self::Expired(why)
             | Self::IssueTime(why)
+            | Self::NotYetValid(why)
             | Self::Other(why) => why.as_str(),
             _ => return None,
         };
@@ -155,8 +161,9 @@ impl Expectations {
     /// Every check, the signature against `verifier`'s keys. A token that
     /// passes passes until the instant returned, when `exp` or `iat` fails.
     pub(crate) fn verify(&self, verifier: &Verifier, token: &str) -> Result<DateTime<Utc>, Rejection> {
-        let token = CoreIdToken::from_str(token).map_err(|error| Rejection::Malformed(error.to_string()))?;
-        let claims = token.claims(verifier, |_: Option<&Nonce>| Ok(())).map_err(rejection)?;
+        let parsed = CoreIdToken::from_str(token).map_err(|error| Rejection::Malformed(error.to_string()))?;
+        let claims = parsed.claims(verifier, |_: Option<&Nonce>| Ok(())).map_err(rejection)?;
+        valid_yet(not_before(token)?, self.clock.utc()).map_err(Rejection::NotYetValid)?;
         self.check_email(claims)?;
         Ok((claims.expiration() + SKEW).min(claims.issue_time() + MAX_AGE + SKEW))
     }
@@ -199,6 +206,34 @@ fn issued_in_time(issued: DateTime<Utc>, now: DateTime<Utc>) -> Result<(), Strin
         Err(format!("iat {issued} is more than an hour old (now {now})"))
     } else {
         Ok(())
+    }
+}
+
+/// The token's `nbf`, if it has one: openidconnect's claims types drop it.
+/// Read from the payload the signature check has just accepted.
+fn not_before(token: &str) -> Result<Option<DateTime<Utc>>, Rejection> {
+    #[derive(serde::Deserialize)]
+    struct NotBefore {
+        nbf: Option<f64>,
+    }
+    let malformed = |why: String| Rejection::Malformed(format!("nbf: {why}"));
+    let payload = token.split('.').nth(1).ok_or_else(|| malformed("no payload".to_owned()))?;
+    let json = URL_SAFE_NO_PAD.decode(payload).map_err(|error| malformed(error.to_string()))?;
+    let claims: NotBefore = serde_json::from_slice(&json).map_err(|error| malformed(error.to_string()))?;
+    claims
+        .nbf
+        .map(|seconds| {
+            let millis = (seconds * 1000.0).floor() as i64;
+            DateTime::from_timestamp_millis(millis).ok_or_else(|| malformed(format!("{seconds} is out of range")))
+        })
+        .transpose()
+}
+
+/// The nbf check's verdict (RFC 7519 §4.1.5), with the same skew as `iat`.
+fn valid_yet(not_before: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Result<(), String> {
+    match not_before {
+        Some(not_before) if not_before > now + SKEW => Err(format!("nbf {not_before} is in the future (now {now})")),
+        _ => Ok(()),
     }
 }
 
@@ -264,6 +299,15 @@ mod tests {
         assert!(issued_in_time(now + TimeDelta::seconds(61), now).unwrap_err().contains("future"));
         assert!(issued_in_time(now - TimeDelta::minutes(60), now).is_ok());
         assert!(issued_in_time(now - TimeDelta::minutes(62), now).unwrap_err().contains("hour old"));
+    }
+
+    #[test]
+    fn not_before_allows_a_minute_of_skew() {
+        let now = Utc::now();
+        assert!(valid_yet(None, now).is_ok());
+        assert!(valid_yet(Some(now - TimeDelta::hours(1)), now).is_ok());
+        assert!(valid_yet(Some(now + TimeDelta::seconds(59)), now).is_ok());
+        assert!(valid_yet(Some(now + TimeDelta::seconds(61)), now).unwrap_err().contains("future"));
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! `message` and `time` where Cloud Logging looks for them, the fields of the
 //! event and of the spans it happened in, and the trace it belongs to as
 //! `logging.googleapis.com/trace`, `…/spanId` and `…/trace_sampled`, so the
-//! Logs Explorer shows each line under its trace and its request.
+//! Logs Explorer shows each line under its trace and its request. String
+//! values are capped (see [`MAX_VALUE_BYTES`](super::value::MAX_VALUE_BYTES))
+//! so a line stays under Cloud Logging's entry limit.
 
 use std::io::Write as _;
 use std::sync::OnceLock;
@@ -18,6 +20,8 @@ use tracing::{Dispatch, Event, Level, Subscriber};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
+
+use super::value::capped;
 
 /// The JSON log layer; see the module documentation.
 pub struct CloudLogging<W> {
@@ -75,7 +79,7 @@ impl Collect<'_> {
 
 impl Visit for Collect<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.put(field, Value::from(value));
+        self.put(field, Value::from(capped(format_args!("{value}"))));
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
@@ -95,11 +99,11 @@ impl Visit for Collect<'_> {
     }
 
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        self.put(field, Value::from(value.to_string()));
+        self.put(field, Value::from(capped(format_args!("{value}"))));
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.put(field, Value::from(format!("{value:?}")));
+        self.put(field, Value::from(capped(format_args!("{value:?}"))));
     }
 }
 
@@ -211,5 +215,52 @@ impl Line {
         let _ = serde_json::to_writer(&mut self.0, key);
         self.0.push(b':');
         let _ = serde_json::to_writer(&mut self.0, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    use super::*;
+    use crate::telemetry::value::MAX_VALUE_BYTES;
+
+    /// Lines written, shared with the test.
+    #[derive(Clone, Default)]
+    struct Written(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Written {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn long_values_are_capped_so_a_line_fits_an_entry() {
+        let written = Written::default();
+        let sink = written.clone();
+        let layer = CloudLogging::new(move || sink.clone(), None);
+        let huge = "n".repeat(1024 * 1024);
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
+            let span = tracing::info_span!("request", detail = %huge);
+            span.in_scope(|| tracing::warn!(task_name = huge.as_str(), error = ?huge, "unknown task {huge}"));
+        });
+        let line = String::from_utf8(written.0.lock().unwrap().clone()).unwrap();
+        assert!(line.len() < 5 * MAX_VALUE_BYTES, "{} bytes", line.len());
+        let entry: Value = serde_json::from_str(&line).unwrap();
+        let cut = format!("…[{} bytes cut]", huge.len() - MAX_VALUE_BYTES);
+        for key in ["task_name", "detail"] {
+            assert_eq!(entry[key].as_str().unwrap(), format!("{}{cut}", &huge[..MAX_VALUE_BYTES]), "{key}");
+        }
+        let error = entry["error"].as_str().unwrap();
+        assert!(error.starts_with("\"nnn") && error.ends_with(" bytes cut]"), "the Debug form, capped");
+        assert!(entry["message"].as_str().unwrap().ends_with(" bytes cut]"));
     }
 }

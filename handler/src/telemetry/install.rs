@@ -16,6 +16,7 @@ use tracing_subscriber::{Layer as _, Registry};
 
 pub use super::cloud_logging::CloudLogging;
 pub use super::export::{ExportError, provider, tracer};
+use super::value::write_one_line;
 
 /// How long the final flush may take. Cloud Run sends SIGKILL 10 s after
 /// SIGTERM and the server drains for up to 8 s of them.
@@ -197,7 +198,9 @@ where
 
 /// Compact lines to `writer`, in colour if `ansi` (only for a person at a
 /// terminal: Cloud Logging would keep the escape codes). `otel.*` fields
-/// steer the exporter and are left out.
+/// steer the exporter and are left out. Values are capped, and control
+/// characters in them escaped, so an event (a panic's message, say) is one
+/// line and cannot forge another.
 pub fn text_logs_to<S, W>(writer: W, ansi: bool) -> impl tracing_subscriber::Layer<S> + Send + Sync
 where
     S: Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
@@ -206,10 +209,66 @@ where
     let fields = debug_fn(|writer: &mut Writer<'_>, field: &tracing::field::Field, value: &dyn std::fmt::Debug| {
         match field.name() {
             name if name.starts_with("otel.") => Ok(()),
-            "message" => write!(writer, "{value:?}"),
-            name => write!(writer, "{name}={value:?}"),
+            "message" => write_one_line(writer, format_args!("{value:?}")),
+            name => {
+                write!(writer, "{name}=")?;
+                write_one_line(writer, format_args!("{value:?}"))
+            }
         }
     })
     .delimited(" ");
     tracing_subscriber::fmt::layer().compact().with_ansi(ansi).with_writer(writer).fmt_fields(fields)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::telemetry::value::MAX_VALUE_BYTES;
+
+    /// Text written, shared with the test.
+    #[derive(Clone, Default)]
+    struct Written(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Written {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn text_of(log: impl FnOnce()) -> String {
+        let written = Written::default();
+        let sink = written.clone();
+        let layer = text_logs_to::<Registry, _>(move || sink.clone(), false);
+        tracing::subscriber::with_default(Registry::default().with(layer), log);
+        String::from_utf8(written.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn a_text_line_keeps_newlines_and_escapes_of_its_values_escaped() {
+        let info = "panicked at src/lib.rs:1:1:\nassertion failed\n2026-01-01 INFO forged\u{1b}[2K";
+        let text = text_of(|| {
+            let span = tracing::info_span!("request", path = %"a\nb");
+            span.in_scope(|| tracing::error!(info = %info, "panic\nhere"));
+        });
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(text.contains("panic\\nhere"), "{text}");
+        assert!(text.contains("info=panicked at src/lib.rs:1:1:\\nassertion failed\\n2026-01-01"), "{text}");
+        assert!(text.contains("path=a\\nb"), "span fields too: {text}");
+        assert!(!text.contains('\u{1b}'), "{text}");
+    }
+
+    #[test]
+    fn a_text_value_is_capped() {
+        let huge = "n".repeat(1024 * 1024);
+        let text = text_of(|| tracing::warn!(task_name = %huge, "unknown task"));
+        assert!(text.len() < 2 * MAX_VALUE_BYTES, "{} bytes", text.len());
+        assert!(text.contains(&format!("…[{} bytes cut]", huge.len() - MAX_VALUE_BYTES)), "{text:.200}");
+    }
 }

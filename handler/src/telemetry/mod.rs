@@ -13,6 +13,9 @@ mod cloud_logging;
 mod export;
 #[cfg(feature = "server")]
 mod install;
+// Log values capped in length and, in text, kept on one line.
+#[cfg(feature = "server")]
+mod value;
 // Reading a trace context is the push side's; an enqueue-only build only writes one.
 #[cfg_attr(not(feature = "server"), allow(dead_code, unused_imports))]
 pub(crate) mod propagation;
