@@ -46,6 +46,8 @@ mod auth;
 #[cfg(feature = "bench")]
 #[doc(hidden)]
 pub mod bench;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 // The command line: serve, run (job mode), enqueue, result, provision, routes, migrate.
 #[cfg(feature = "server")]
 mod cli;
