@@ -15,7 +15,7 @@ COPY handler/examples/my-service/Cargo.toml handler/examples/my-service/
 COPY handler/examples/axum-app/Cargo.toml handler/examples/axum-app/
 RUN mkdir -p registry/src handler/src tests/src tests/benches handler/examples/my-service/src handler/examples/axum-app/src \
  && touch registry/src/lib.rs handler/src/lib.rs handler/examples/my-service/src/lib.rs \
- && for main in handler/src/main.rs tests/src/main.rs tests/benches/push.rs tests/benches/telemetry.rs tests/benches/hot_path.rs tests/src/bench_helper.rs handler/examples/my-service/src/main.rs handler/examples/axum-app/src/main.rs; do \
+ && for main in handler/src/main.rs tests/src/main.rs tests/benches/push.rs tests/benches/telemetry.rs tests/benches/hot_path.rs tests/src/bench_helper.rs tests/src/soak.rs handler/examples/my-service/src/main.rs handler/examples/axum-app/src/main.rs; do \
       echo 'fn main() {}' > "$main"; \
     done \
  && RUSTFLAGS="-C target-feature=+crt-static" cargo build --locked --release \

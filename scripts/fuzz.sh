@@ -36,6 +36,10 @@ seed cloudevent_headers binary 'ce-specversion\0001.0\000ce-type\000google.cloud
 seed cloudevent_headers structured 'content-type\000application/cloudevents+json'
 seed payload message '{"task_id":"scheduled-noop","task_name":"noop","args":[1,"a",[2]],"kwargs":{"k":{"n":null}},"enqueued_at":"2024-01-15T10:30:00+00:00"}'
 seed token bearer '\002{"alg":"RS256","kid":"fuzz","typ":"JWT"}\377{"iss":"https://accounts.google.com","aud":"https://whirligig.example.run.app","email":"tasks@p.iam.gserviceaccount.com","email_verified":true,"iat":1700000000,"exp":1700003600,"sub":"1","nbf":1700000000}\377S'
+# $NOW is the current time (the target substitutes it), so these get past iat whenever they run:
+# a stripped token that passes, and one whose exp is chrono's last second (exp + skew overflowed).
+seed token current '\002{"alg":"RS256","kid":"fuzz","typ":"JWT"}\377{"iss":"https://accounts.google.com","aud":"https://whirligig.example.run.app","email":"tasks@p.iam.gserviceaccount.com","email_verified":true,"iat":$NOW,"exp":4102444800,"sub":"1"}\377S'
+seed token exp-at-the-end-of-time '\002{"alg":"RS256","kid":"fuzz","typ":"JWT"}\377{"iss":"https://accounts.google.com","aud":"https://whirligig.example.run.app","email":"tasks@p.iam.gserviceaccount.com","email_verified":true,"iat":$NOW,"exp":8210266876799,"sub":"1"}\377S'
 seed cron hourly '\000\000\000\000\000\000\000\000\000\000*/15 9-17 * * 1-5'
 seed cron london '\201\001\000\310\062\145\000\000\000\000\060 3 L * *'
 

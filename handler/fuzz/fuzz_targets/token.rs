@@ -4,7 +4,9 @@
 //! signature Cloud Run removed). Input: the first byte picks the form; raw
 //! text as the whole Authorization value, or header, payload and signature
 //! (split at 0xff), each base64url-encoded and joined with dots, so the
-//! claims checks see arbitrary JSON.
+//! claims checks see arbitrary JSON. `$NOW` in that payload is replaced by
+//! the current time in seconds, so a seed gets past `iat` (checked against
+//! the system clock) whenever it runs.
 #![no_main]
 
 use std::io::{Read as _, Write as _};
@@ -68,7 +70,8 @@ fn fixture() -> &'static Fixture {
 fn encoded(data: &[u8]) -> String {
     let mut parts = data.splitn(3, |&b| b == 0xff);
     let (header, payload, signature) = (parts.next().unwrap_or_default(), parts.next(), parts.next());
-    let mut token = format!("{}.{}", URL_SAFE_NO_PAD.encode(header), URL_SAFE_NO_PAD.encode(payload.unwrap_or_default()));
+    let payload = now_in(payload.unwrap_or_default());
+    let mut token = format!("{}.{}", URL_SAFE_NO_PAD.encode(header), URL_SAFE_NO_PAD.encode(payload));
     token.push('.');
     match signature {
         Some(b"S") => token.push_str("SIGNATURE_REMOVED_BY_GOOGLE"),
@@ -76,6 +79,21 @@ fn encoded(data: &[u8]) -> String {
         None => {}
     }
     token
+}
+
+/// `payload` with each `$NOW` replaced by the current Unix time.
+fn now_in(payload: &[u8]) -> Vec<u8> {
+    const PLACEHOLDER: &[u8] = b"$NOW";
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_secs());
+    let mut out = Vec::with_capacity(payload.len());
+    let mut rest = payload;
+    while let Some(at) = rest.windows(PLACEHOLDER.len()).position(|window| window == PLACEHOLDER) {
+        out.extend_from_slice(&rest[..at]);
+        out.extend_from_slice(now.to_string().as_bytes());
+        rest = &rest[at + PLACEHOLDER.len()..];
+    }
+    out.extend_from_slice(rest);
+    out
 }
 
 fuzz_target!(|data: &[u8]| {

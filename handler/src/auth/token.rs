@@ -165,7 +165,7 @@ impl Expectations {
         let claims = parsed.claims(verifier, |_: Option<&Nonce>| Ok(())).map_err(rejection)?;
         valid_yet(not_before(token)?, self.clock.utc()).map_err(Rejection::NotYetValid)?;
         self.check_email(claims)?;
-        Ok((claims.expiration() + SKEW).min(claims.issue_time() + MAX_AGE + SKEW))
+        Ok(valid_until(claims.expiration(), claims.issue_time()))
     }
 
     /// The claims of a token whose signature Cloud Run checked and removed.
@@ -185,6 +185,15 @@ impl Expectations {
         }
         Ok(())
     }
+}
+
+/// When a token that passed stops passing: at `exp` or an hour after `iat`,
+/// with the skew, whichever comes first. A signed `exp` may be chrono's last
+/// second: the sums saturate rather than overflow (a panic on input).
+fn valid_until(expiration: DateTime<Utc>, issued: DateTime<Utc>) -> DateTime<Utc> {
+    let expires = expiration.checked_add_signed(SKEW).unwrap_or(DateTime::<Utc>::MAX_UTC);
+    let too_old = issued.checked_add_signed(MAX_AGE + SKEW).unwrap_or(DateTime::<Utc>::MAX_UTC);
+    expires.min(too_old)
 }
 
 fn verifier(issuer: &IssuerUrl, audience: &ClientId, clock: &Clock, keys: KeySet) -> Verifier {
@@ -264,6 +273,15 @@ pub(crate) fn key_lifetime(cache_control: Option<&str>) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_token_valid_to_the_end_of_time_passes_until_an_hour_after_it_was_issued() {
+        let issued = Utc::now();
+        let end = DateTime::<Utc>::MAX_UTC;
+        assert_eq!(valid_until(end, issued), issued + MAX_AGE + SKEW, "no overflow past chrono's last second");
+        assert_eq!(valid_until(end, end), end);
+        assert_eq!(valid_until(issued, issued), issued + SKEW);
+    }
 
     #[test]
     fn bearer_tokens_only() {
