@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use serde_json::value::RawValue;
 use support::pg_proxy::{PgProxy, through};
-use support::process::{APP, Server, free_port, run_app};
+use support::process::{Server, free_port, run_app};
 use support::{TestDb, get, task};
 use whirligig_handler::store::{
     Claim, ClaimRequest, Ending, ExecutionStore, Finished, PostgresStore, Status, migrate, migrate_within,
@@ -48,18 +48,20 @@ fn succeeded() -> Ending<'static> {
     Ending::Succeeded { return_value: raw("1") }
 }
 
-/// Opens `count` pooled connections by using them at once.
-async fn warm(store: &Arc<PostgresStore>, count: usize) {
-    let held: Vec<_> = futures_util::future::join_all((0..count).map(|_| store.connection())).await;
-    assert!(held.iter().all(Result::is_ok), "the pool opened {count} connections");
+/// A store of `size` connections to `db` through a proxy, every connection
+/// opened (used at once), so a fault of the proxy meets each of them.
+async fn warm_store_behind(db: &TestDb, size: u32) -> (PgProxy, PostgresStore) {
+    let proxy = PgProxy::start().await;
+    let store = PostgresStore::new(&proxy.url(&db.url), size, Duration::from_secs(2)).unwrap();
+    let held: Vec<_> = futures_util::future::join_all((0..size).map(|_| store.connection())).await;
+    assert!(held.iter().all(Result::is_ok), "the pool opened {size} connections");
+    (proxy, store)
 }
 
 #[tokio::test]
 async fn connections_a_restart_closed_are_never_handed_out() {
     let db = TestDb::new().await;
-    let proxy = PgProxy::start().await;
-    let store = Arc::new(PostgresStore::new(&proxy.url(&db.url), 6, Duration::from_secs(2)).unwrap());
-    warm(&store, 6).await;
+    let (proxy, store) = warm_store_behind(&db, 6).await;
     proxy.cut();
     // At once, before every connection has seen its end, and then after.
     for n in 0..20 {
@@ -78,9 +80,7 @@ async fn connections_a_restart_closed_are_never_handed_out() {
 #[tokio::test]
 async fn a_stalled_database_fails_statements_by_their_deadline_and_readyz_within_a_second() {
     let db = TestDb::new().await;
-    let proxy = PgProxy::start().await;
-    let store = Arc::new(PostgresStore::new(&proxy.url(&db.url), 4, Duration::from_secs(2)).unwrap());
-    warm(&store, 4).await;
+    let (proxy, store) = warm_store_behind(&db, 4).await;
     proxy.stall();
 
     let started = Instant::now();
@@ -229,7 +229,6 @@ async fn a_job_waits_for_its_database_to_come() {
     assert_eq!(support::process::text(&output.stdout).trim().lines().last(), Some(r#"{"n":2}"#));
     assert_eq!(db.row("job-1").await.unwrap().status, Status::Successful);
     coming.abort();
-    let _ = APP;
 }
 
 #[tokio::test]

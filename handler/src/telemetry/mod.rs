@@ -22,3 +22,20 @@ pub(crate) mod propagation;
 
 #[cfg(feature = "server")]
 pub use self::install::*;
+
+/// What a test's log subscriber wrote, shared with the test.
+#[cfg(all(test, feature = "server"))]
+#[derive(Clone, Default)]
+struct Written(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+#[cfg(all(test, feature = "server"))]
+impl std::io::Write for Written {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
