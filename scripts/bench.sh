@@ -38,6 +38,10 @@ if wanted push || wanted cold-start; then
     scripts/build-static.sh > /dev/null
 fi
 wanted push && { command -v oha > /dev/null || { say "installing oha"; cargo install --locked oha; }; }
+if wanted push && ! command -v wrk > /dev/null; then
+    echo "bench: wrk not found (the unique scenario's load generator): apt-get install wrk (Debian, Ubuntu) or brew install wrk" >&2
+    exit 1
+fi
 say "building the bench helper"
 cargo build --locked --release -q -p whirligig-tests --bin whirligig-bench
 binary=target/static/whirligig
@@ -101,19 +105,43 @@ fresh_database() {
     DATABASE_URL=$(database_url $database) "$binary" migrate > /dev/null
 }
 
+# cpu NAME.WHEN [PID]: CPU ticks of the server (PID, default the one
+# started last), PostgreSQL and the machine, to $work/NAME.WHEN.cpu.
+cpu() { python3 scripts/bench_cpu.py "${2:-$server}" > "$work/$1.cpu"; }
+
 # load NAME CEILING PORT [oha arguments]: a warm-up, then the measured run;
-# records oha's summary and the server's peak RSS.
+# records oha's summary, the CPU the run took and the server's peak RSS.
 load() {
     local name=$1 ceiling=$2 port=$3
     shift 3
     local url="http://127.0.0.1:$port/tasks/pubsub/"
     oha --no-tui -w -z "$WARMUP" -c "$CONNECTIONS" -m POST -T application/json --output-format json "$@" "$url" \
         > "$work/$name.warmup.json"
+    cpu "$name.before"
     oha --no-tui -w -z "$DURATION" -c "$CONNECTIONS" -m POST -T application/json --output-format json "$@" "$url" \
         > "$work/$name.json"
+    cpu "$name.after"
+    record "$name" "$ceiling"
+}
+
+# record NAME CEILING: the run's line in $work/runs, with the server's peak RSS.
+record() {
     local rss
     rss=$(awk '/VmHWM/ { print $2 }' "/proc/$server/status")
-    echo "$name $ceiling $rss" >> "$work/runs"
+    echo "$1 $2 $rss" >> "$work/runs"
+}
+
+# load_unique NAME CEILING PORT: as load, with wrk sending a new task id in
+# every request (scripts/bench_unique.lua; the token from $TOKEN).
+load_unique() {
+    local name=$1 ceiling=$2 port=$3
+    local url="http://127.0.0.1:$port/tasks/pubsub/"
+    RUN=warmup wrk -t 2 -c "$CONNECTIONS" -d "$WARMUP" -s scripts/bench_unique.lua "$url" > "$work/$name.warmup.wrk"
+    cpu "$name.before"
+    RUN=measured wrk -t 2 -c "$CONNECTIONS" -d "$DURATION" --latency -s scripts/bench_unique.lua "$url" > "$work/$name.wrk"
+    cpu "$name.after"
+    tail -n 1 "$work/$name.wrk" > "$work/$name.json"
+    record "$name" "$ceiling"
 }
 
 if wanted push; then
@@ -134,8 +162,10 @@ if wanted push; then
     say "ceiling-db: pgbench running the store's claim and finish, $POOL_SIZE clients"
     fresh_database
     "$helper" pgbench-script "$work/claim-finish.sql"
+    cpu ceiling-db.before -
     pgbench -n -M prepared -c "$POOL_SIZE" -j 2 -T "${DURATION%s}" -f "$work/claim-finish.sql" "$(database_url $database)" \
         > "$work/ceiling-db.txt"
+    cpu ceiling-db.after -
 
     # Production: PostgreSQL tracking, tokens verified against a loopback issuer.
     "$helper" issuer "$work/issuer.env" &
@@ -159,6 +189,14 @@ if wanted push; then
     start noop-postgres-oidc "$port" production "$port"
     load noop-postgres-oidc ceiling-db "$port" -H "Authorization: Bearer $TOKEN" -Z "$noop_bodies"
     statements noop-postgres-oidc
+    stop
+
+    say "unique: production, a new task id in every request (wrk)"
+    fresh_database
+    port=$(free_port)
+    start unique "$port" production "$port"
+    TOKEN=$TOKEN load_unique unique ceiling-db "$port"
+    statements unique
     stop
 
     say "duplicate: one message over and over (a redelivery storm)"

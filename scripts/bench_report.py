@@ -25,6 +25,13 @@ def pgbench_tps(work):
     return float(found.group(1)) if found else None
 
 
+def pgbench_tasks(work):
+    """Tasks pgbench claimed and finished (one script run each)."""
+    with open(os.path.join(work, "ceiling-db.txt")) as output:
+        found = re.search(r"number of transactions actually processed: (\d+)", output.read())
+    return int(found.group(1)) if found else 0
+
+
 ENQUEUE_SCENARIOS = ("enqueue-emulator", "enqueue-python", "enqueue-stub")
 
 
@@ -92,48 +99,113 @@ def main():
     enqueue_report(work)
 
 
+def load_result(work, name):
+    """A measured run, as oha's summary or the unique scenario's wrk line gives it."""
+    result = oha(work, name)
+    if "summary" not in result:  # wrk (scripts/bench_unique.lua)
+        errors = sum(result[kind] for kind in ("connect", "read", "write", "timeout"))
+        return {
+            "rate": result["requests"] / result["seconds"], "p50": result["p50_ms"], "p99": result["p99_ms"],
+            "max": result["max_ms"], "requests": result["requests"], "errors": errors,
+            "statuses": f"non-2xx: {result['non2xx']} (wrk)",
+        }
+    summary, percentiles = result["summary"], result["latencyPercentiles"]
+    return {
+        "rate": summary["requestsPerSec"], "p50": percentiles["p50"] * 1000, "p99": percentiles["p99"] * 1000,
+        "max": summary["slowest"] * 1000, "requests": sum(result["statusCodeDistribution"].values()),
+        "errors": sum(result.get("errorDistribution", {}).values()),
+        "statuses": ", ".join(f"{code}: {count}" for code, count in sorted(result["statusCodeDistribution"].items())),
+    }
+
+
+def cpu(work, name):
+    """The CPU a measured run took: server and PostgreSQL µs in all, the
+    machine's idle share, and the kernel's TCP counts; None when not taken."""
+    try:
+        with open(os.path.join(work, f"{name}.before.cpu")) as before, \
+                open(os.path.join(work, f"{name}.after.cpu")) as after:
+            before, after = json.load(before), json.load(after)
+    except OSError:
+        return None
+    micros = 1e6 / after["hz"]
+
+    def used(key):
+        if before[key] is None or after[key] is None:
+            return None
+        return (after[key] - before[key]) * micros
+
+    total = after["machine"] - before["machine"]
+    tcp = {key: after["tcp"].get(key, 0) - before["tcp"].get(key, 0) for key in after["tcp"]}
+    return {"server": used("server"), "postgres": used("postgres"),
+            "idle": (after["idle"] - before["idle"]) / total if total else None, "tcp": tcp}
+
+
+def per(value, count):
+    return f"{value / count:.1f}" if value is not None and count else "-"
+
+
 def push_report(work):
     rates = {"ceiling-db": pgbench_tps(work)}
     rows = []
     with open(os.path.join(work, "runs")) as runs:
         for line in runs:
             name, ceiling, rss_kib = line.split()
-            result = oha(work, name)
-            summary, percentiles = result["summary"], result["latencyPercentiles"]
-            rates[name] = summary["requestsPerSec"]
-            statuses = ", ".join(f"{code}: {count}" for code, count in sorted(result["statusCodeDistribution"].items()))
-            errors = sum(result.get("errorDistribution", {}).values())
-            rows.append((name, ceiling, summary, percentiles, statuses, errors, int(rss_kib) / 1024))
+            result = load_result(work, name)
+            rates[name] = result["rate"]
+            rows.append((name, ceiling, result, cpu(work, name), int(rss_kib) / 1024))
 
-    print(f"{'scenario':<20} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'RSS MiB':>8}  "
-          f"{'ratio':<22} statuses, errors")
+    print(f"{'scenario':<20} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'RSS MiB':>8} "
+          f"{'srv us':>7} {'pg us':>7} {'idle':>5}  {'ratio':<22} statuses, errors")
     ceiling_db = rates["ceiling-db"]
-    print(f"{'ceiling-db':<20} {ceiling_db or 0:>9.0f} {'':>8} {'':>8} {'':>8} {'':>8}  "
-          f"{'(pgbench, tasks/s)':<22}")
-    for name, ceiling, summary, percentiles, statuses, errors, rss in rows:
+    db_cpu = cpu(work, "ceiling-db")
+    db_tasks = pgbench_tasks(work)
+    db_line = f"{'ceiling-db':<20} {ceiling_db or 0:>9.0f} {'':>8} {'':>8} {'':>8} {'':>8} {'-':>7} "
+    pg_db = per(db_cpu["postgres"], db_tasks) if db_cpu else "-"
+    idle_db = f"{db_cpu['idle']:.0%}" if db_cpu and db_cpu["idle"] is not None else "-"
+    print(db_line + f"{pg_db:>7} {idle_db:>5}  {'(pgbench, tasks/s)':<22}")
+    for name, ceiling, result, used, rss in rows:
         ratio = ""
         if ceiling != "-" and rates.get(ceiling):
-            ratio = f"{summary['requestsPerSec'] / rates[ceiling]:.2f} x {ceiling}"
-        print(f"{name:<20} {summary['requestsPerSec']:>9.0f} {percentiles['p50'] * 1000:>8.2f} "
-              f"{percentiles['p99'] * 1000:>8.2f} {summary['slowest'] * 1000:>8.1f} {rss:>8.1f}  "
-              f"{ratio:<22} {statuses}; {errors} errors")
+            ratio = f"{result['rate'] / rates[ceiling]:.2f} x {ceiling}"
+        server = per(used["server"], result["requests"]) if used else "-"
+        postgres = per(used["postgres"], result["requests"]) if used else "-"
+        idle = f"{used['idle']:.0%}" if used and used["idle"] is not None else "-"
+        print(f"{name:<20} {result['rate']:>9.0f} {result['p50']:>8.2f} {result['p99']:>8.2f} {result['max']:>8.1f} "
+              f"{rss:>8.1f} {server:>7} {postgres:>7} {idle:>5}  {ratio:<22} {result['statuses']}; "
+              f"{result['errors']} errors")
+    print("srv us, pg us: CPU per request (server process; every postgres process), from /proc; "
+          "idle: the machine's idle share during the run")
 
-    for name in ("noop-postgres-oidc", "cloudsql-latency"):
+    for name in ("noop-postgres-oidc", "unique", "cloudsql-latency"):
         rows_file = os.path.join(work, f"{name}.rows")
         if not os.path.exists(rows_file):
             continue
         with open(rows_file) as stored:
             unique, claims, finishes = (int(n) for n in stored.read().strip().split("|"))
-        sent = sum(sum(oha(work, run)["statusCodeDistribution"].values()) for run in (name, f"{name}.warmup"))
+        if name == "unique":
+            sent = load_result(work, name)["requests"] + warmup_requests(work, name)
+        else:
+            sent = sum(sum(oha(work, run)["statusCodeDistribution"].values()) for run in (name, f"{name}.warmup"))
         print(f"{name}: {unique} executions stored for {sent} pushes (warm-up included): "
-              f"{1 - unique / sent:.1%} repeated a task id (oha picks body lines at random); "
+              f"{1 - unique / sent:.1%} repeated a task id; "
               f"{unique / max(claims, 1):.1f} rows per claim statement, {unique / max(finishes, 1):.1f} per finish")
     pool_file = os.path.join(work, "cloudsql-latency.pool")
     if os.path.exists(pool_file):
         with open(pool_file) as pool:
             size = int(pool.read().strip())
-        rate = oha(work, "cloudsql-latency")["summary"]["requestsPerSec"]
+        rate = load_result(work, "cloudsql-latency")["rate"]
         print(f"cloudsql-latency: {rate / size:.0f} pushes/s per pooled connection ({size} connections)")
+    for name, _, _, used, _ in rows:
+        if used and any(used["tcp"].values()):
+            counts = ", ".join(f"{key} {value}" for key, value in used["tcp"].items())
+            print(f"{name}: the kernel counted {counts} during the run")
+
+
+def warmup_requests(work, name):
+    """Requests wrk's warm-up sent (its text summary: "N requests in ...")."""
+    with open(os.path.join(work, f"{name}.warmup.wrk")) as output:
+        found = re.search(r"(\d+) requests in", output.read())
+    return int(found.group(1)) if found else 0
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -18,7 +19,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::answer::INTERNAL_ERROR;
@@ -37,6 +38,25 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
 /// is also the idle keep-alive timeout: a connection that sends nothing for
 /// this long after its last response is closed, and its client opens another.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connections the kernel holds for the server before it accepts them. The
+/// standard library's (and tokio's) 128 overflows when Pub/Sub opens a
+/// couple of hundred connections at once: the SYNs past it are dropped, and
+/// their clients send them again a second later, so those pushes take a
+/// second longer than any work the server does (seen as ListenOverflows in
+/// `nstat`). The kernel caps it at `net.core.somaxconn` (4096 by default).
+pub const LISTEN_BACKLOG: u32 = 1024;
+
+/// A listener on `address` with a [`LISTEN_BACKLOG`] of room.
+///
+/// # Errors
+/// The address is taken, or not this machine's.
+pub fn listen(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if address.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
+}
 
 /// The connection limits [`serve_with`] applies; [`serve`] uses the defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -117,7 +117,8 @@ fn bodies(task: &str, count: &str, file: &str, kwargs: &str) -> Done {
 
 /// The store's claim and finish of one new task, as the store sends a batch
 /// of one, in pgbench's syntax: two autocommit statements per task, the
-/// claim's commit asynchronous as the store's is.
+/// claim's commit asynchronous as the store's is. The task's number is its
+/// claim's fence.
 fn pgbench_script(file: &str) -> Done {
     let (claim, finish) = whirligig_handler::bench::claim_and_finish();
     let task_id = "array['bench-' || :n]";
@@ -130,14 +131,23 @@ fn pgbench_script(file: &str) -> Done {
         "array[now()]",
         "array[300]",
         "array[null]",
+        "array[:n]",
     ];
-    let finish_values =
-        [task_id, "array[1]", "array['SUCCESSFUL']", "array['null']", "array[null]", "array[null]", "array[false]"];
-    let script = format!(
-        "\\set n random(1, 2000000000)\n{};\n{};\n",
-        one_line(&parameters(claim, &claim_values)),
-        one_line(&parameters(finish, &finish_values)),
-    );
+    let finish_values = [
+        task_id,
+        "array[1]",
+        "array['SUCCESSFUL']",
+        "array['null']",
+        "array[null]",
+        "array[null]",
+        "array[false]",
+        "array[:n]",
+    ];
+    let (claim, finish) = (parameters(claim, &claim_values), parameters(finish, &finish_values));
+    if claim.contains('$') || finish.contains('$') {
+        return Err("the store's claim or finish takes a parameter the pgbench script does not give".into());
+    }
+    let script = format!("\\set n random(1, 2000000000)\n{};\n{};\n", one_line(&claim), one_line(&finish));
     Ok(std::fs::write(file, script)?)
 }
 

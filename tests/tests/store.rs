@@ -278,10 +278,10 @@ async fn migrations_applied_twice_at_once_apply_once() {
     let (first, second) = tokio::join!(migrate(&db.url), migrate(&db.url));
     let mut applied = [first.unwrap(), second.unwrap()];
     applied.sort();
-    assert_eq!(applied, [vec![], vec![1, 2, 3]]);
+    assert_eq!(applied, [vec![], vec![1, 2, 3, 4]]);
     assert_eq!(migrate(&db.url).await.unwrap(), Vec::<i32>::new(), "a third run has nothing to do");
     let versions = db.client().await.query("select version from whirligig_migrations", &[]).await.unwrap();
-    assert_eq!(versions.len(), 3);
+    assert_eq!(versions.len(), 4);
 }
 
 #[tokio::test]
@@ -563,4 +563,50 @@ async fn a_finish_is_flushed_before_it_returns() {
         let flushed_past: bool = wal.query_one(flushed, &[&before]).await.unwrap().get(0);
         assert!(flushed_past, "finish {n} returned before the WAL past {before} was flushed");
     }
+}
+
+/// Only what never changes is indexed (migration 0004), so claiming a READY
+/// row and finishing any row write no index entry: PostgreSQL counts every
+/// one of those updates as HOT.
+#[tokio::test]
+async fn claims_of_ready_rows_and_finishes_are_hot_updates() {
+    let db = TestDb::new().await;
+    let store = db.store(2, Duration::from_secs(2));
+    let ids: Vec<String> = (0..20).map(|n| format!("hot-{n}")).collect();
+    for (n, id) in ids.iter().enumerate() {
+        if n % 2 == 0 {
+            let ready = ReadyRequest {
+                task_id: id,
+                task_name: "count",
+                args: raw("[1]"),
+                kwargs: raw("{}"),
+                enqueued_at: chrono::Utc::now(),
+            };
+            assert_eq!(store.enqueue(&ready).await.unwrap(), Enqueued::Ready);
+        }
+        let claimed = attempt(store.claim(&request(id, LEASE, None)).await.unwrap(), 1);
+        let ending = Ending::Succeeded { return_value: raw(r#"{"n": 1}"#) };
+        assert_eq!(store.finish(id, claimed, ending).await.unwrap(), Finished::Recorded);
+    }
+    // A backend's counts reach the statistics when it idles or exits.
+    drop(store);
+    let client = db.client().await;
+    let (mut updates, mut hot) = (0, 0);
+    for _ in 0..100 {
+        let row = client
+            .query_one(
+                "select n_tup_upd, n_tup_hot_upd from pg_stat_user_tables \
+                 where relname = 'task_executions' and schemaname = current_schema()",
+                &[],
+            )
+            .await
+            .unwrap();
+        (updates, hot) = (row.get::<_, i64>(0), row.get::<_, i64>(1));
+        if updates >= 30 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(updates, 30, "10 claims of READY rows and 20 finishes");
+    assert_eq!(hot, updates, "every one of them HOT");
 }

@@ -21,7 +21,7 @@ use crate::config::{Backend, Config, Loading};
 use crate::dev::cron::{self, WallClock};
 use crate::dev::emulator::{self, Emulator};
 use crate::provision::{self, Options};
-use crate::server::{SHUTDOWN_GRACE, serve, shutdown_signal};
+use crate::server::{SHUTDOWN_GRACE, listen, serve, shutdown_signal};
 use crate::store::ExecutionStore;
 use crate::tasks::Tasks;
 
@@ -96,7 +96,7 @@ async fn serve_dev(
     // pushes to localhost. Bound before provisioning: it pushes as soon as a
     // subscription exists.
     let address = SocketAddr::from((Ipv4Addr::LOCALHOST, config.port));
-    let listener = TcpListener::bind(address).await.map_err(|error| Fatal::Listen(address, error))?;
+    let listener = listen(address).map_err(|error| Fatal::Listen(address, error))?;
     if emulator.host().is_some() {
         let Some(provisioned) = until(&start.stop, provision_on_emulator(&registry, &config)).await else {
             return Ok(stopped_early());

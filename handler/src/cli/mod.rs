@@ -16,14 +16,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
-use tokio::net::TcpListener;
 use whirligig_registry::{Registry, RegistryError};
 
 use crate::app::App;
 use crate::auth::{AuthSetupError, Clock, PushAuth};
 use crate::config::{AuthConfig, Config, ConfigError, DatabaseConfig, Loading, Needs, redact};
 use crate::dev::emulator::EmulatorError;
-use crate::server::{SHUTDOWN_GRACE, serve, shutdown_signal};
+use crate::server::{SHUTDOWN_GRACE, listen, serve, shutdown_signal};
 use crate::store::{ExecutionStore, PostgresStore, StoreError, migrate, migrate_within};
 use crate::telemetry::{ExportError, Telemetry, TelemetryConfig, TraceExport};
 
@@ -317,7 +316,7 @@ pub(crate) fn push_auth(config: &Config) -> Result<PushAuth, Fatal> {
 async fn serve_app<S: ExecutionStore>(config: &Config, app: App<S>) -> Result<ExitCode, Fatal> {
     let app = app.with_kill_switches(config.kill_switches.clone());
     let address = SocketAddr::from((Ipv4Addr::UNSPECIFIED, config.port));
-    let listener = TcpListener::bind(address).await.map_err(|error| Fatal::Listen(address, error))?;
+    let listener = listen(address).map_err(|error| Fatal::Listen(address, error))?;
     tracing::info!(%address, environment = config.naming.environment(), "serving");
     serve(listener, Arc::new(app), shutdown_signal(), SHUTDOWN_GRACE).await;
     tracing::info!("stopped");

@@ -13,6 +13,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "task_executions", include_str!("../../../migrations/0001_task_executions.sql")),
     (2, "permanent_failures", include_str!("../../../migrations/0002_permanent_failures.sql")),
     (3, "live_leases", include_str!("../../../migrations/0003_live_leases.sql")),
+    (4, "hot_updates", include_str!("../../../migrations/0004_hot_updates.sql")),
 ];
 
 /// Any constant works, as long as every instance agrees on it.
