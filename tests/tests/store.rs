@@ -19,6 +19,7 @@ use serde_json::value::RawValue;
 use support::TestDb;
 use tokio::task::JoinHandle;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::Json;
 use whirligig_handler::store::{
     Attempt, Claim, ClaimRequest, Ending, Enqueued, ExecutionStore, Finished, MemoryStore, PostgresStore, ReadyRequest,
     Status, StoreError, migrate,
@@ -609,4 +610,49 @@ async fn claims_of_ready_rows_and_finishes_are_hot_updates() {
     }
     assert_eq!(updates, 30, "10 claims of READY rows and 20 finishes");
     assert_eq!(hot, updates, "every one of them HOT");
+}
+
+/// The claim and the finish are planned once per connection, not once per
+/// statement: after PostgreSQL's five custom plans, each batch, whatever its
+/// size, runs the prepared (generic) plan. A plan made for each batch's
+/// values took as long again as the statement itself.
+#[tokio::test]
+async fn the_claim_and_finish_keep_their_prepared_plans() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    let sql = whirligig_handler::bench::claim_and_finish();
+    let (claims, finishes) = (client.prepare(sql.0).await.unwrap(), client.prepare(sql.1).await.unwrap());
+    for batch in 0..16_i64 {
+        let size = usize::try_from(batch % 6 + 1).unwrap();
+        let ids: Vec<String> = (0..size).map(|n| format!("plan-{batch}-{n}")).collect();
+        let fences: Vec<i64> = (0..size).map(|n| batch * 10 + i64::try_from(n).unwrap()).collect();
+        let (names, args, kwargs) = (vec!["noop"; size], vec![Json(raw("[]")); size], vec![Json(raw("{}")); size]);
+        let (messages, enqueued) = (vec![None::<&str>; size], vec![None::<chrono::DateTime<chrono::Utc>>; size]);
+        let (leases, limits) = (vec![300.0_f64; size], vec![None::<i32>; size]);
+        let claimed = client
+            .query(&claims, &[&ids, &names, &args, &kwargs, &messages, &enqueued, &leases, &limits, &fences])
+            .await
+            .unwrap();
+        assert!(claimed.iter().all(|row| row.get::<_, bool>(1)), "batch {batch} claimed");
+        let (attempts, statuses) = (vec![1_i32; size], vec!["SUCCESSFUL"; size]);
+        let (values, texts, permanent) =
+            (vec![Some(Json(raw("null"))); size], vec![None::<&str>; size], vec![false; size]);
+        let recorded = client
+            .query(&finishes, &[&ids, &attempts, &statuses, &values, &texts, &texts, &permanent, &fences])
+            .await
+            .unwrap();
+        assert_eq!(recorded.len(), size, "batch {batch} finished");
+    }
+    let plans = client
+        .query(
+            "select statement, generic_plans, custom_plans from pg_prepared_statements where statement in ($1, $2)",
+            &[&sql.0, &sql.1],
+        )
+        .await
+        .unwrap();
+    assert_eq!(plans.len(), 2);
+    for plan in plans {
+        let (statement, generic, custom): (&str, i64, i64) = (plan.get(0), plan.get(1), plan.get(2));
+        assert!(custom <= 5 && generic >= 11, "{generic} generic and {custom} custom plans of {statement}");
+    }
 }
