@@ -16,11 +16,10 @@ use hyper::body::Body;
 use tower_service::Service;
 use whirligig_registry::{Registry, RegistryError};
 
-use crate::answer::INTERNAL_ERROR;
 use crate::app::App;
 use crate::cli::{Binary, Fatal, push_auth, serving_store, warn_in_memory};
 use crate::config::{Config, Loading, Needs};
-use crate::server::shutdown_signal;
+use crate::server::{Detachable, shutdown_signal};
 use crate::store::{MemoryStore, PostgresStore};
 use crate::tasks::{EnqueueError, Tasks};
 use crate::telemetry::Telemetry;
@@ -216,11 +215,10 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let inner = Arc::clone(&self.inner);
-        // Detached from the caller, as `serve` does it: a client that goes
-        // away (Pub/Sub at its push deadline) must not cancel a task between
-        // its claim and its finish, leaving it RUNNING until the lease ends.
-        let handling = tokio::spawn(async move { inner.app.handle(request).await });
-        Box::pin(async move { Ok(handling.await.unwrap_or_else(|_| INTERNAL_ERROR.into_response())) })
+        // As `serve` does it: a caller that goes away (Pub/Sub at its push
+        // deadline) must not cancel a task between its claim and its finish.
+        let handling = Detachable::new(async move { inner.app.handle(request).await });
+        Box::pin(async move { Ok(handling.await) })
     }
 }
 

@@ -6,6 +6,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -13,6 +14,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::Response;
 use http_body_util::Full;
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::service::service_fn;
@@ -145,14 +147,8 @@ fn connection<S: ExecutionStore>(
         let app = Arc::clone(&app);
         noted.store(true, Ordering::SeqCst);
         let answering = InFlight::begin(&counted);
-        // Detached from the connection: a client that goes away (Pub/Sub
-        // at its push deadline) must not cancel a task between its claim
-        // and its finish, leaving it RUNNING until the lease ends.
-        let handling = tokio::spawn(async move { app.handle(request).await });
-        async move {
-            let response = handling.await.unwrap_or_else(|_| INTERNAL_ERROR.into_response());
-            Ok::<_, Infallible>(response.map(|body| Answering { body, _in_flight: answering }))
-        }
+        let handling = Detachable::new(async move { app.handle(request).await });
+        async move { Ok::<_, Infallible>(handling.await.map(|body| Answering { body, _in_flight: answering })) }
     });
     let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
     let closing = closing.clone();
@@ -186,6 +182,53 @@ async fn idle_at_drain(closing: &CancellationToken, in_flight: &AtomicUsize) {
     closing.cancelled().await;
     if in_flight.load(Ordering::SeqCst) > 0 {
         std::future::pending::<()>().await;
+    }
+}
+
+/// A request's handling, polled where its connection is, and finished on a
+/// task of its own if the connection drops it first: a client that goes away
+/// (Pub/Sub at its push deadline) must not cancel a task between its claim
+/// and its finish, leaving it RUNNING until the lease ends. Spawning every
+/// request instead cost each push a task, an allocation aligned for it and a
+/// wake-up on the other worker thread. A handling that panics answers 500.
+pub(crate) struct Detachable<F: Future<Output = Response<Full<Bytes>>> + Send + 'static>(Option<Pin<Box<F>>>);
+
+impl<F: Future<Output = Response<Full<Bytes>>> + Send + 'static> Detachable<F> {
+    pub(crate) fn new(handling: F) -> Self {
+        Self(Some(Box::pin(handling)))
+    }
+}
+
+impl<F: Future<Output = Response<Full<Bytes>>> + Send + 'static> Future for Detachable<F> {
+    type Output = Response<Full<Bytes>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // Once answered it is never polled again; if it were, it would wait.
+        let Some(handling) = self.0.as_mut() else { return Poll::Pending };
+        let answer = match std::panic::catch_unwind(AssertUnwindSafe(|| handling.as_mut().poll(cx))) {
+            Ok(Poll::Pending) => return Poll::Pending,
+            Ok(Poll::Ready(response)) => response,
+            Err(_) => INTERNAL_ERROR.into_response(),
+        };
+        self.0 = None;
+        Poll::Ready(answer)
+    }
+}
+
+impl<F: Future<Output = Response<Full<Bytes>>> + Send + 'static> Drop for Detachable<F> {
+    fn drop(&mut self) {
+        // Outside a runtime (the process is exiting) there is nothing to finish it on.
+        if let Some(handling) = self.0.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(handling);
+        }
+    }
+}
+
+impl<F: Future<Output = Response<Full<Bytes>>> + Send + 'static> std::fmt::Debug for Detachable<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Detachable").field("answered", &self.0.is_none()).finish()
     }
 }
 
@@ -250,5 +293,51 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = interrupt => tracing::info!("SIGINT received"),
         () = terminate => tracing::info!("SIGTERM received"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answered(status: u16) -> Response<Full<Bytes>> {
+        let mut response = Response::new(Full::new(Bytes::new()));
+        *response.status_mut() = http::StatusCode::from_u16(status).unwrap_or_default();
+        response
+    }
+
+    #[tokio::test]
+    async fn a_handling_dropped_before_its_answer_still_runs_to_the_end() {
+        let (started, mut start) = tokio::sync::oneshot::channel();
+        let (finished, finish) = tokio::sync::oneshot::channel();
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let handling = Detachable::new(async move {
+            let _ = started.send(());
+            let _ = released.await;
+            let _ = finished.send(());
+            answered(200)
+        });
+        let mut handling = Box::pin(handling);
+        // Polled until it waits, as hyper polls it, then dropped, as hyper drops it for a client that left.
+        tokio::select! {
+            biased;
+            _ = &mut start => {}
+            _ = &mut handling => unreachable!("it waits for its release"),
+        }
+        drop(handling);
+        let _ = release.send(());
+        let ran = tokio::time::timeout(Duration::from_secs(5), finish).await;
+        assert!(matches!(ran, Ok(Ok(()))), "the handling finished on a task of its own");
+    }
+
+    #[tokio::test]
+    async fn a_handling_that_panics_answers_500() {
+        let handling = Detachable::new(async {
+            if answered(200).status().is_success() {
+                panic!("a bug on the request path");
+            }
+            answered(200)
+        });
+        assert_eq!(handling.await.status(), 500);
     }
 }
