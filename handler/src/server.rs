@@ -226,12 +226,6 @@ impl<F: Future<Output = Response<Full<Bytes>>> + Send + 'static> Drop for Detach
     }
 }
 
-impl<F: Future<Output = Response<Full<Bytes>>> + Send + 'static> std::fmt::Debug for Detachable<F> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Detachable").field("answered", &self.0.is_none()).finish()
-    }
-}
-
 /// One request on a connection, from its head to the end of its answer's body.
 #[derive(Debug)]
 struct InFlight(Arc<AtomicUsize>);
@@ -333,7 +327,7 @@ mod tests {
     #[tokio::test]
     async fn a_handling_that_panics_answers_500() {
         let handling = Detachable::new(async {
-            if answered(200).status().is_success() {
+            if std::hint::black_box(true) {
                 panic!("a bug on the request path");
             }
             answered(200)

@@ -79,7 +79,6 @@ left join lateral (
 /// the batch, so the conflict finds each row through the primary key; rows no
 /// claim made are left out, so it inserts nothing (short of a row deleted
 /// between that check and the conflict: it would come back).
-///
 pub(super) const FINISHES: &str = r"
 insert into task_executions as t
     (task_id, task_name, status, attempts, claim_fence, return_value, error_message, error_traceback, permanent,
