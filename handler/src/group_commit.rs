@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tracing::Span;
 
@@ -149,11 +150,8 @@ impl<T: Row, A: Send + 'static, E: QueueError> Queue<T, A, E> {
         if batch.is_empty() {
             return;
         }
-        let running = run(connection, batch);
-        tokio::spawn(async move {
-            running.await;
-            drop(place);
-        });
+        // Not an async block, which would hold the batch's future twice.
+        tokio::spawn(run(connection, batch).map(move |()| drop(place)));
     }
 
     fn push(&self, row: T, answer: oneshot::Sender<Result<A, E>>) -> Place<'_, T, A, E> {

@@ -131,7 +131,8 @@ impl<S: ExecutionStore> Executor<S> {
         let request = delivery.claim_request();
         if let Some(variable) = self.kill_switches.disabled_by(delivery.route) {
             let reason = format!("skipped: kill switch {variable} is off");
-            return match self.store.skip(&request, &reason).await {
+            // Boxed: a rare path, whose future would otherwise size every push's.
+            return match Box::pin(self.store.skip(&request, &reason)).await {
                 Ok(()) => Outcome::Skipped { variable: variable.to_owned() },
                 Err(error) => Outcome::Store(error),
             };

@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt as _;
 use tokio_postgres::Config;
 use tokio_postgres::config::Host;
 use tokio_postgres::types::{Json, ToSql};
@@ -242,14 +243,19 @@ impl ExecutionStore for PostgresStore {
     }
 }
 
-/// Runs a store call in its span, which says whether it failed and how.
-async fn traced<T>(span: Span, call: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
-    let result = call.instrument(span.clone()).await;
-    if let Err(error) = &result {
-        span.record("otel.status_code", "ERROR");
-        span.record("error.type", error.kind());
-    }
-    result
+/// Runs a store call in its span, which says whether it failed and how. A
+/// combinator, not an `async fn`: an async function keeps its argument's
+/// future beside the future it awaits, and every push would carry the call twice.
+fn traced<T>(
+    span: Span,
+    call: impl Future<Output = Result<T, StoreError>>,
+) -> impl Future<Output = Result<T, StoreError>> {
+    call.instrument(span.clone()).inspect(move |result| {
+        if let Err(error) = result {
+            span.record("otel.status_code", "ERROR");
+            span.record("error.type", error.kind());
+        }
+    })
 }
 
 impl PostgresStore {
