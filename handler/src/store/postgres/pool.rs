@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bb8::{ErrorSink, ManageConnection, PooledConnection, RunError};
+use futures_util::FutureExt as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_postgres::{Client, Config, NoTls};
 
@@ -53,19 +54,20 @@ pub struct PgConnection {
 impl PgConnection {
     /// Runs one of the store's statements within [`STATEMENT_DEADLINE`].
     /// Past it, the connection is given up and the statement counts as not
-    /// answered: the caller cannot know whether it was applied.
-    pub(super) async fn within<T>(
+    /// answered: the caller cannot know whether it was applied. A combinator,
+    /// so the statement's future is held once (see `traced`).
+    pub(super) fn within<T>(
         &self,
         statement: impl Future<Output = Result<T, tokio_postgres::Error>>,
-    ) -> Result<T, StoreError> {
-        match tokio::time::timeout(STATEMENT_DEADLINE, statement).await {
+    ) -> impl Future<Output = Result<T, StoreError>> {
+        tokio::time::timeout(STATEMENT_DEADLINE, statement).map(|answered| match answered {
             Ok(answered) => answered.map_err(classify),
             Err(_) => {
                 self.broken.store(true, Ordering::Relaxed);
                 let reason = format!("no answer from the database within {STATEMENT_DEADLINE:?}");
                 Err(StoreError::Unavailable { reason, source: None })
             }
-        }
+        })
     }
 
     /// Closed by the server or the network, or given up after a deadline.
