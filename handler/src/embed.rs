@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use futures_util::FutureExt as _;
 use http::{Request, Response};
 use http_body_util::Full;
 use hyper::body::Body;
@@ -218,7 +219,7 @@ where
         // As `serve` does it: a caller that goes away (Pub/Sub at its push
         // deadline) must not cancel a task between its claim and its finish.
         let handling = Detachable::new(async move { inner.app.handle(request).await });
-        Box::pin(async move { Ok(handling.await) })
+        Box::pin(handling.map(Ok))
     }
 }
 

@@ -191,18 +191,21 @@ async fn idle_at_drain(closing: &CancellationToken, in_flight: &AtomicUsize) {
 /// and its finish, leaving it RUNNING until the lease ends. Spawning every
 /// request instead cost each push a task, an allocation aligned for it and a
 /// wake-up on the other worker thread. A handling that panics answers 500.
-pub(crate) struct Detachable<F: Future<Output = Response<Full<Bytes>>> + Send + 'static>(Option<Pin<Box<F>>>);
+pub(crate) struct Detachable(Option<Pin<Box<dyn Future<Output = Answered> + Send>>>);
 
-impl<F: Future<Output = Response<Full<Bytes>>> + Send + 'static> Detachable<F> {
-    pub(crate) fn new(handling: F) -> Self {
+/// What a request's handling answers.
+type Answered = Response<Full<Bytes>>;
+
+impl Detachable {
+    pub(crate) fn new(handling: impl Future<Output = Answered> + Send + 'static) -> Self {
         Self(Some(Box::pin(handling)))
     }
 }
 
-impl<F: Future<Output = Response<Full<Bytes>>> + Send + 'static> Future for Detachable<F> {
-    type Output = Response<Full<Bytes>>;
+impl Future for Detachable {
+    type Output = Answered;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Answered> {
         // Once answered it is never polled again; if it were, it would wait.
         let Some(handling) = self.0.as_mut() else { return Poll::Pending };
         let answer = match std::panic::catch_unwind(AssertUnwindSafe(|| handling.as_mut().poll(cx))) {
@@ -215,7 +218,7 @@ impl<F: Future<Output = Response<Full<Bytes>>> + Send + 'static> Future for Deta
     }
 }
 
-impl<F: Future<Output = Response<Full<Bytes>>> + Send + 'static> Drop for Detachable<F> {
+impl Drop for Detachable {
     fn drop(&mut self) {
         // Outside a runtime (the process is exiting) there is nothing to finish it on.
         if let Some(handling) = self.0.take()
@@ -294,7 +297,7 @@ pub async fn shutdown_signal() {
 mod tests {
     use super::*;
 
-    fn answered(status: u16) -> Response<Full<Bytes>> {
+    fn answered(status: u16) -> Answered {
         let mut response = Response::new(Full::new(Bytes::new()));
         *response.status_mut() = http::StatusCode::from_u16(status).unwrap_or_default();
         response
