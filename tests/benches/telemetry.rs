@@ -1,7 +1,8 @@
 //! What tracing costs in throughput: the no-op push, 50 at a time on a
 //! two-worker runtime, with production JSON logs and no OpenTelemetry spans;
 //! with spans made only for the log lines' trace fields
-//! (`OTEL_TRACES_EXPORTER=none` in production); and with every span batched
+//! (`OTEL_TRACES_EXPORTER=none` in production: no database spans); with every
+//! span made and none exported (what that leaves out); and with every span batched
 //! and exported over OTLP/HTTP to a receiver on loopback that decodes each
 //! request. Both stores, in one run. Each iteration's time is that of the whole batch divided by its
 //! size, so the ratio of two lines is the ratio of their throughputs.
@@ -29,7 +30,7 @@ use support::otlp::Receiver;
 use tracing::Dispatch;
 use tracing::instrument::WithSubscriber as _;
 use whirligig_handler::store::ExecutionStore;
-use whirligig_handler::telemetry::{self, CloudLogging, LogFormat, TelemetryConfig, TraceExport};
+use whirligig_handler::telemetry::{self, CloudLogging, LogFormat, Spans, TelemetryConfig, TraceExport};
 use whirligig_handler::{App, PushAuth};
 
 /// Pushes in flight at once, as oha's `-c 50` would keep them.
@@ -82,9 +83,10 @@ fn bench(c: &mut Criterion) {
     let unexported = TelemetryConfig { logs: LogFormat::Json, ..TelemetryConfig::default() };
     let local = telemetry::provider(&unexported).unwrap().unwrap();
     let logs = || CloudLogging::new(std::io::sink, Some("bench".to_owned()));
-    let off = Dispatch::new(telemetry::subscriber(logs(), None, "info"));
-    let for_logs = Dispatch::new(telemetry::subscriber(logs(), Some(telemetry::tracer(&local)), "info"));
-    let exporting = Dispatch::new(telemetry::subscriber(logs(), Some(telemetry::tracer(&provider)), "info"));
+    let off = Dispatch::new(telemetry::subscriber(logs(), Spans::None, "info"));
+    let for_logs = Dispatch::new(telemetry::subscriber(logs(), Spans::ForLogs(telemetry::tracer(&local)), "info"));
+    let every = Dispatch::new(telemetry::subscriber(logs(), Spans::Exported(telemetry::tracer(&local)), "info"));
+    let exporting = Dispatch::new(telemetry::subscriber(logs(), Spans::Exported(telemetry::tracer(&provider)), "info"));
 
     let registry = Arc::new(whirligig_handler::demo::registry().unwrap());
     let ids = AtomicU64::new(0);
@@ -93,8 +95,12 @@ fn bench(c: &mut Criterion) {
     group.sample_size(20).measurement_time(Duration::from_secs(8));
     // Spans per push: the request and the task, and on PostgreSQL the claim and the finish.
     for (store, spans_per_push) in [("memory", 2), ("postgres", 4)] {
-        let modes =
-            [("no spans", &off), ("spans for the logs, none exported", &for_logs), ("exporting over OTLP", &exporting)];
+        let modes = [
+            ("no spans", &off),
+            ("spans for the logs, none exported", &for_logs),
+            ("every span, none exported", &every),
+            ("exporting over OTLP", &exporting),
+        ];
         for (tracing, dispatch) in modes {
             let before = ids.load(Ordering::Relaxed);
             let name = format!("{store}, {tracing}");

@@ -15,13 +15,13 @@ use bytes::Bytes;
 use http_body_util::Full;
 use opentelemetry::Value;
 use opentelemetry::trace::{SpanId, SpanKind, Status, TracerProvider as _};
-use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracer, SdkTracerProvider, SpanData};
 use serde_json::json;
 use support::{TestDb, TestServer, postgres_server, task, task_with_attributes};
 use tracing::dispatcher::DefaultGuard;
 use tracing_subscriber::fmt::MakeWriter;
 use whirligig_handler::store::{ClaimRequest, ExecutionStore as _};
-use whirligig_handler::telemetry::{self, CloudLogging, LogFormat, TelemetryConfig, TraceExport};
+use whirligig_handler::telemetry::{self, CloudLogging, LogFormat, Spans, TelemetryConfig, TraceExport};
 use whirligig_handler::{App, PushAuth, demo};
 use whirligig_registry::{Registry, TaskContext, TaskRoute};
 
@@ -73,16 +73,22 @@ struct Traced {
 
 impl Traced {
     fn install() -> Traced {
-        let spans = InMemorySpanExporter::default();
-        let provider = SdkTracerProvider::builder().with_simple_exporter(spans.clone()).build();
+        Self::install_with(Spans::Exported)
+    }
+
+    /// As `install`, with the spans bridged as `spans` says (the exporter
+    /// still sees what is bridged, so a test can tell what was made).
+    fn install_with(spans: fn(SdkTracer) -> Spans) -> Traced {
+        let exporter = InMemorySpanExporter::default();
+        let provider = SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
         let logs = Lines::default();
         let subscriber = telemetry::subscriber(
             CloudLogging::new(logs.clone(), Some("proj".to_owned())),
-            Some(provider.tracer("whirligig-tests")),
+            spans(provider.tracer("whirligig-tests")),
             "info",
         );
         let guard = tracing::subscriber::set_default(subscriber);
-        Traced { spans, logs, _provider: provider, _guard: guard }
+        Traced { spans: exporter, logs, _provider: provider, _guard: guard }
     }
 
     fn spans(&self) -> Vec<SpanData> {
@@ -202,6 +208,27 @@ async fn a_push_is_a_server_span_over_a_consumer_span_over_the_store_calls() {
             assert!(!kv.value.to_string().contains("argument-value"), "{} carries an argument: {kv:?}", span.name);
         }
     }
+}
+
+#[tokio::test]
+async fn without_an_exporter_the_store_calls_are_not_spans_and_lines_name_the_task_span() {
+    let traced = Traced::install_with(Spans::ForLogs);
+    let db = TestDb::new().await;
+    let server = postgres_server(&db, registry(), 4).await;
+
+    let reply = server.push(task("for-logs", "echo", json!({}))).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+
+    let made = names(&traced.spans());
+    assert!(!made.iter().any(|name| name.ends_with("task_executions")), "{made:?}");
+    let task = traced.span("echo process");
+    assert!(is_child_of(&task, &traced.span("POST /tasks/pubsub/")));
+    let lines = traced.logs.json();
+    let line = lines.iter().find(|line| line["message"] == "task succeeded").unwrap();
+    assert_eq!(line["logging.googleapis.com/spanId"], task.span_context.span_id().to_string());
+    assert_eq!(line["logging.googleapis.com/trace"], format!("projects/proj/traces/{}", task.span_context.trace_id()));
+    // The task's row was claimed and finished all the same.
+    assert_eq!(server.row("for-logs").await.unwrap().status, whirligig_handler::store::Status::Successful);
 }
 
 #[tokio::test]
@@ -461,7 +488,7 @@ async fn without_an_exporter_json_lines_still_name_cloud_runs_trace() {
     let logs = Lines::default();
     let subscriber = telemetry::subscriber(
         CloudLogging::new(logs.clone(), config.project_id.clone()),
-        Some(telemetry::tracer(&provider)),
+        Spans::ForLogs(telemetry::tracer(&provider)),
         "info",
     );
     let _guard = tracing::subscriber::set_default(subscriber);
@@ -480,7 +507,7 @@ async fn without_an_exporter_json_lines_still_name_cloud_runs_trace() {
 #[tokio::test]
 async fn text_log_lines_are_compact_and_leave_out_exporter_settings() {
     let lines = Lines::default();
-    let subscriber = telemetry::subscriber(telemetry::text_logs_to(lines.clone(), false), None, "info");
+    let subscriber = telemetry::subscriber(telemetry::text_logs_to(lines.clone(), false), Spans::None, "info");
     let _guard = tracing::subscriber::set_default(subscriber);
     let server = memory_server().await;
     assert_eq!(server.push(task("plain", "echo", json!({}))).await.status, 200);

@@ -126,16 +126,20 @@ impl Telemetry {
     /// log line. Must run inside the Tokio runtime that will send exports.
     pub(crate) fn install(config: &TelemetryConfig) -> Result<Self, ExportError> {
         let provider = provider(config)?;
-        let tracer = provider.as_ref().map(tracer);
+        let spans = || match (&provider, &config.traces) {
+            (None, _) => Spans::None,
+            (Some(provider), TraceExport::None) => Spans::ForLogs(tracer(provider)),
+            (Some(provider), _) => Spans::Exported(tracer(provider)),
+        };
         let filter = &config.log_filter;
         let installed = match config.logs {
             LogFormat::Json => {
                 let logs = CloudLogging::new(std::io::stdout, config.project_id.clone());
-                tracing::subscriber::set_global_default(subscriber(logs, tracer, filter))
+                tracing::subscriber::set_global_default(subscriber(logs, spans(), filter))
             }
             LogFormat::Text => {
                 let logs = text_logs_to(std::io::stderr, config.color && std::io::stderr().is_terminal());
-                tracing::subscriber::set_global_default(subscriber(logs, tracer, filter))
+                tracing::subscriber::set_global_default(subscriber(logs, spans(), filter))
             }
         };
         match installed {
@@ -165,16 +169,34 @@ impl Telemetry {
     }
 }
 
+/// Which spans become OpenTelemetry spans, and what for.
+#[derive(Debug)]
+pub enum Spans {
+    /// None: log lines carry no trace (text logs, with nothing exported).
+    None,
+    /// Only those a log line or an enqueued message takes its trace from
+    /// (`OTEL_TRACES_EXPORTER=none` with JSON logs): nothing reads the
+    /// store's database spans, so they are left out, and a line logged in
+    /// one carries the ids of the task's span around it.
+    ForLogs(SdkTracer),
+    /// Every span at `info` and above: they are exported.
+    Exported(SdkTracer),
+}
+
 /// The subscriber every process and test uses: `logs` for log lines,
 /// filtered by `filter` (`RUST_LOG`'s syntax; one that does not parse means
-/// `info`), and, given a tracer, spans at `info` and above bridged to
-/// OpenTelemetry whatever the filter says, with warnings and errors as their
-/// events.
-pub fn subscriber<L>(logs: L, tracer: Option<SdkTracer>, filter: &str) -> impl Subscriber + Send + Sync
+/// `info`), and `spans` bridged to OpenTelemetry at `info` and above whatever
+/// the filter says, with warnings and errors as their events.
+pub fn subscriber<L>(logs: L, spans: Spans, filter: &str) -> impl Subscriber + Send + Sync
 where
     L: tracing_subscriber::Layer<Registry> + Send + Sync,
 {
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let (tracer, exported) = match spans {
+        Spans::None => (None, false),
+        Spans::ForLogs(tracer) => (Some(tracer), false),
+        Spans::Exported(tracer) => (Some(tracer), true),
+    };
     let traces = tracer.map(|tracer| {
         tracing_opentelemetry::layer()
             .with_tracer(tracer)
@@ -184,16 +206,23 @@ where
             .with_target(false)
             .with_tracked_inactivity(false)
             .with_filter(
-                filter_fn(|metadata| {
+                filter_fn(move |metadata| {
                     // Info lines are in the logs, linked to their span; on the span, only what went wrong.
                     let level = if metadata.is_event() { Level::WARN } else { Level::INFO };
                     // The SDK's own diagnostics must not become part of the trace they describe.
-                    *metadata.level() <= level && !metadata.target().starts_with("opentelemetry")
+                    *metadata.level() <= level
+                        && !metadata.target().starts_with("opentelemetry")
+                        && (exported || !is_database_span(metadata))
                 })
                 .with_max_level_hint(Level::INFO),
             )
     });
     Registry::default().with(logs.with_filter(filter)).with(traces)
+}
+
+/// The store's span around one database call (`db`, in `store::postgres`).
+fn is_database_span(metadata: &tracing::Metadata<'_>) -> bool {
+    metadata.is_span() && metadata.name() == "db" && metadata.target().starts_with("whirligig_handler::store")
 }
 
 /// Compact lines to `writer`, in colour if `ansi` (only for a person at a

@@ -260,7 +260,8 @@ fn traced<T>(
 
 impl PostgresStore {
     /// A client span for one call on `task_executions`, with the database
-    /// conventions' attributes; never the statement's parameters.
+    /// conventions' attributes; never the statement's parameters. Its name,
+    /// `db`, is how telemetry leaves it out when no span is exported.
     fn span(&self, operation: &'static str) -> Span {
         tracing::info_span!(
             "db",
