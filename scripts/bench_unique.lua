@@ -1,7 +1,9 @@
 -- wrk script for scripts/bench.sh's `unique` scenario: every request pushes a
 -- new `noop` task (oha's -Z picks body lines at random, so 6-12% of its task
 -- ids repeat). Each thread counts under its own prefix; the bearer token is
--- $TOKEN. done() prints one JSON line, the last of wrk's output.
+-- $TOKEN. With $REPEAT set, every request pushes that one task id instead (a
+-- redelivery storm; scripts/instructions.sh). done() prints one JSON line,
+-- the last of wrk's output.
 local threads = {}
 local counter = 0
 
@@ -40,9 +42,12 @@ function init()
     if token and token ~= "" then wrk.headers["Authorization"] = "Bearer " .. token end
 end
 
+local repeated = os.getenv("REPEAT")
+if repeated == "" then repeated = nil end
+
 function request()
     sent = sent + 1
-    local task_id = prefix .. sent
+    local task_id = repeated or (prefix .. sent)
     local payload = '{"task_id":"' .. task_id .. '","task_name":"noop","args":[],"kwargs":{}}'
     local body = '{"message":{"data":"' .. base64(payload) .. '","messageId":"' .. task_id ..
         '"},"subscription":"projects/bench/subscriptions/bench"}'
