@@ -21,7 +21,7 @@ use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
 
-use super::value::capped;
+use super::value::{capped, capped_str};
 
 /// The JSON log layer; see the module documentation.
 pub struct CloudLogging<W> {
@@ -79,7 +79,7 @@ impl Collect<'_> {
 
 impl Visit for Collect<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.put(field, Value::from(capped(format_args!("{value}"))));
+        self.put(field, Value::from(capped_str(value)));
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
@@ -141,7 +141,11 @@ where
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
-        let (message, fields) = event_fields(event, &ctx);
+        let mut own = Fields::default();
+        let mut collect = Collect { fields: &mut own, message: None };
+        event.record(&mut collect);
+        // The SDK's own events have a name and no message.
+        let message = collect.message.take().unwrap_or_else(|| event.metadata().name().to_owned());
         let metadata = event.metadata();
         let mut line = Line(Vec::with_capacity(256));
         line.0.push(b'{');
@@ -149,37 +153,33 @@ where
         line.entry("message", &message);
         line.entry("time", &Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true));
         line.entry("target", metadata.target());
-        for (name, value) in &fields.0 {
-            line.entry(name, value);
+        let spans: Vec<_> = ctx.event_scope(event).into_iter().flat_map(|scope| scope.from_root()).collect();
+        {
+            let extensions: Vec<_> = spans.iter().map(|span| span.extensions()).collect();
+            let of_spans = extensions.iter().filter_map(|extensions| extensions.get::<Fields>());
+            for (name, value) in merged(of_spans.chain([&own])) {
+                line.entry(name, value);
+            }
         }
         // The innermost span that is traced (a debug span, say, is not).
-        if let Some(scope) = ctx.event_scope(event) {
-            let _ = scope.into_iter().any(|span| self.trace_fields(&span.id(), &mut line));
-        }
+        let _ = spans.iter().rev().any(|span| self.trace_fields(&span.id(), &mut line));
         line.0.extend_from_slice(b"}\n");
         let _ = self.writer.make_writer().write_all(&line.0);
     }
 }
 
-/// The event's message, and its fields over those of the spans it is in:
-/// outer spans first, so an inner span's or the event's own value wins.
-fn event_fields<S>(event: &Event<'_>, ctx: &Context<'_, S>) -> (String, Fields)
-where
-    S: Subscriber + for<'span> LookupSpan<'span>,
-{
-    let mut fields = Fields::default();
-    for span in ctx.event_scope(event).into_iter().flat_map(|scope| scope.from_root()) {
-        if let Some(span_fields) = span.extensions().get::<Fields>() {
-            for (name, value) in &span_fields.0 {
-                fields.set(name, value.clone());
-            }
+/// The fields of an event's spans, outermost first, then its own: a name
+/// appears once, where it first did, with the innermost value (the event's
+/// own wins).
+fn merged<'a>(fields: impl Iterator<Item = &'a Fields>) -> Vec<(&'static str, &'a Value)> {
+    let mut merged: Vec<(&'static str, &'a Value)> = Vec::new();
+    for (name, value) in fields.flat_map(|fields| &fields.0) {
+        match merged.iter_mut().find(|(existing, _)| existing == name) {
+            Some((_, slot)) => *slot = value,
+            None => merged.push((name, value)),
         }
     }
-    let mut collect = Collect { fields: &mut fields, message: None };
-    event.record(&mut collect);
-    // The SDK's own events have a name and no message.
-    let message = collect.message.unwrap_or_else(|| event.metadata().name().to_owned());
-    (message, fields)
+    merged
 }
 
 impl<W> CloudLogging<W> {
@@ -226,6 +226,27 @@ mod tests {
     use super::*;
     use crate::telemetry::Written;
     use crate::telemetry::value::MAX_VALUE_BYTES;
+
+    fn line_of(log: impl FnOnce()) -> Value {
+        let written = Written::default();
+        let sink = written.clone();
+        let layer = CloudLogging::new(move || sink.clone(), None);
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), log);
+        serde_json::from_slice(&written.0.lock().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_field_named_by_several_spans_takes_the_innermost_value_and_the_events_own_wins() {
+        let entry = line_of(|| {
+            let outer = tracing::info_span!("request", who = "outer", outer_only = 1, both = "outer");
+            let inner = outer.in_scope(|| tracing::info_span!("task", who = "inner", both = "inner"));
+            inner.in_scope(|| tracing::warn!(both = "event", "done"));
+        });
+        assert_eq!(entry["who"], "inner");
+        assert_eq!(entry["outer_only"], 1);
+        assert_eq!(entry["both"], "event");
+        assert_eq!(entry["message"], "done");
+    }
 
     #[test]
     fn long_values_are_capped_so_a_line_fits_an_entry() {

@@ -40,6 +40,14 @@ impl<W: fmt::Write> fmt::Write for Capped<W> {
             self.cut += text.len();
             return Ok(());
         }
+        // The common case, for the JSON format always: nothing to escape, so
+        // the cut (if any) falls at the last character boundary that fits.
+        if !self.one_line || !text.contains(char::is_control) {
+            let kept = text.floor_char_boundary(self.left);
+            self.left -= kept;
+            self.cut = text.len() - kept;
+            return self.inner.write_str(&text[..kept]);
+        }
         let mut plain = 0;
         for (index, character) in text.char_indices() {
             let escape = self.one_line && character.is_control();
@@ -66,6 +74,12 @@ pub(crate) fn capped(value: fmt::Arguments<'_>) -> String {
     capped.finish().unwrap_or_default()
 }
 
+/// `value`, capped, as a string of its own: [`capped`] without formatting
+/// for the common case of a string that fits.
+pub(crate) fn capped_str(value: &str) -> String {
+    if value.len() <= MAX_VALUE_BYTES { value.to_owned() } else { capped(format_args!("{value}")) }
+}
+
 /// Writes `value` to `writer`, capped and on one line (for the text format).
 pub(crate) fn write_one_line(writer: &mut impl fmt::Write, value: fmt::Arguments<'_>) -> fmt::Result {
     let mut capped = Capped::new(writer, true);
@@ -81,6 +95,14 @@ mod tests {
     fn a_short_value_is_kept_whole() {
         assert_eq!(capped(format_args!("task {}", "t-1")), "task t-1");
         assert_eq!(capped(format_args!("two\nlines")), "two\nlines", "JSON escapes newlines itself");
+    }
+
+    #[test]
+    fn a_string_is_capped_alike_with_or_without_formatting() {
+        for text in ["t-1".to_owned(), "x".repeat(MAX_VALUE_BYTES), format!("a{}", "é".repeat(MAX_VALUE_BYTES))] {
+            assert_eq!(capped_str(&text), capped(format_args!("{text}")));
+        }
+        assert!(capped_str(&"x".repeat(MAX_VALUE_BYTES + 1)).ends_with("…[1 bytes cut]"));
     }
 
     #[test]
