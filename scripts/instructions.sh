@@ -4,7 +4,7 @@
 # machine is doing, where CPU time per push (scripts/bench.sh) moves 10-20%
 # with the neighbours. For comparing two builds of one change; each binary in
 # turn runs the production setup (PostgreSQL, tokens verified against a
-# loopback issuer, JSON logs, no span exporter) under callgrind, and wrk sends
+# loopback issuer, JSON logs at RUST_LOG, no span exporter) under callgrind, and wrk sends
 # pushes from CONNECTIONS connections, first a new task id in each (unique),
 # then one message over and over (duplicate). The count leaves out the kernel,
 # the warm-up and startup; callgrind runs the server about 50 times slower, so
@@ -13,6 +13,8 @@
 #   scripts/instructions.sh                          # target/static/whirligig, built here
 #   scripts/instructions.sh old/whirligig new/whirligig
 #   DURATION=20s CONNECTIONS=20 scripts/instructions.sh
+#   RUST_LOG=info scripts/instructions.sh     # a JSON line per push, as deployed
+#                                             # (default warn, as bench.sh: none)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/postgres.sh
@@ -63,7 +65,7 @@ count() {
     psql "$(admin_url)" -qc "drop database if exists $database with (force)" -c "create database $database" > /dev/null
     DATABASE_URL=$(database_url $database) "$binary" migrate > /dev/null
     port=$(free_port)
-    env -i PORT="$port" RUST_LOG=warn TASKS_ENVIRONMENT=bench GCP_PROJECT_ID=bench \
+    env -i PORT="$port" RUST_LOG="${RUST_LOG:-warn}" TASKS_ENVIRONMENT=bench GCP_PROJECT_ID=bench \
         CLOUD_RUN_SERVICE_URL="$TASKS_OIDC_AUDIENCE" TASKS_SERVICE_ACCOUNT="$TASKS_SERVICE_ACCOUNT" \
         TASKS_OIDC_ISSUER="$TASKS_OIDC_ISSUER" TASKS_OIDC_JWKS_URL="$TASKS_OIDC_JWKS_URL" \
         TASKS_OIDC_AUDIENCE="$TASKS_OIDC_AUDIENCE" OTEL_TRACES_EXPORTER=none \
