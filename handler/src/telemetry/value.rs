@@ -43,7 +43,8 @@ impl<W: fmt::Write> fmt::Write for Capped<W> {
         // The common case, for the JSON format always: nothing to escape, so
         // the cut (if any) falls at the last character boundary that fits.
         if !self.one_line || !text.contains(char::is_control) {
-            let kept = text.floor_char_boundary(self.left);
+            // `str::floor_char_boundary`, which is newer than the MSRV.
+            let kept = (0..=self.left.min(text.len())).rev().find(|&end| text.is_char_boundary(end)).unwrap_or(0);
             self.left -= kept;
             self.cut = text.len() - kept;
             return self.inner.write_str(&text[..kept]);
