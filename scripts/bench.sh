@@ -16,6 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/postgres.sh
 source scripts/pubsub.sh
+source scripts/bench_production.sh
 
 DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
@@ -71,8 +72,6 @@ if wanted enqueue; then
     pubsub_up || started_emulator=true
     ensure_pubsub_emulator
 fi
-
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 # start NAME PORT COMMAND... : runs COMMAND in the background, waits for PORT.
 start() {
@@ -168,19 +167,12 @@ if wanted push; then
     cpu ceiling-db.after -
 
     # Production: PostgreSQL tracking, tokens verified against a loopback issuer.
-    "$helper" issuer "$work/issuer.env" &
+    start_issuer
     servers+=("$!")
-    for _ in $(seq 1 100); do [ -s "$work/issuer.env" ] && break; sleep 0.05; done
-    # shellcheck disable=SC1091
-    source "$work/issuer.env"
-    # exec: the server is this background job itself, so stop and RSS reach it.
+    # production PORT [POOL_SIZE [DATABASE_URL]]: exec, so the server is this
+    # background job itself, and stop and RSS reach it.
     production() {
-        local database_url=${3:-$(database_url $database)}
-        exec env -i PORT="$1" RUST_LOG=warn TASKS_ENVIRONMENT=bench GCP_PROJECT_ID=bench \
-            CLOUD_RUN_SERVICE_URL="$TASKS_OIDC_AUDIENCE" TASKS_SERVICE_ACCOUNT="$TASKS_SERVICE_ACCOUNT" \
-            TASKS_OIDC_ISSUER="$TASKS_OIDC_ISSUER" TASKS_OIDC_JWKS_URL="$TASKS_OIDC_JWKS_URL" \
-            TASKS_OIDC_AUDIENCE="$TASKS_OIDC_AUDIENCE" OTEL_TRACES_EXPORTER=none \
-            DATABASE_URL="$database_url" DATABASE_POOL_SIZE="${2:-$POOL_SIZE}" "$binary" serve
+        exec_production "$1" "${3:-$(database_url $database)}" "${2:-$POOL_SIZE}" warn "$binary" serve
     }
 
     say "noop-postgres-oidc: production, unique task ids"

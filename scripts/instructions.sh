@@ -18,6 +18,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/postgres.sh
+source scripts/bench_production.sh
 
 DURATION=${DURATION:-15s}
 WARMUP=${WARMUP:-5s}
@@ -51,13 +52,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$helper" issuer "$work/issuer.env" &
+start_issuer
 pids+=("$!")
-for _ in $(seq 1 100); do [ -s "$work/issuer.env" ] && break; sleep 0.05; done
-# shellcheck disable=SC1091
-source "$work/issuer.env"
-
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 # count BINARY SCENARIO: instructions per push of BINARY, with REPEAT set for duplicate.
 count() {
@@ -65,11 +61,7 @@ count() {
     psql "$(admin_url)" -qc "drop database if exists $database with (force)" -c "create database $database" > /dev/null
     DATABASE_URL=$(database_url $database) "$binary" migrate > /dev/null
     port=$(free_port)
-    env -i PORT="$port" RUST_LOG="${RUST_LOG:-warn}" TASKS_ENVIRONMENT=bench GCP_PROJECT_ID=bench \
-        CLOUD_RUN_SERVICE_URL="$TASKS_OIDC_AUDIENCE" TASKS_SERVICE_ACCOUNT="$TASKS_SERVICE_ACCOUNT" \
-        TASKS_OIDC_ISSUER="$TASKS_OIDC_ISSUER" TASKS_OIDC_JWKS_URL="$TASKS_OIDC_JWKS_URL" \
-        TASKS_OIDC_AUDIENCE="$TASKS_OIDC_AUDIENCE" OTEL_TRACES_EXPORTER=none \
-        DATABASE_URL="$(database_url $database)" DATABASE_POOL_SIZE=10 \
+    exec_production "$port" "$(database_url $database)" 10 "${RUST_LOG:-warn}" \
         valgrind --tool=callgrind --callgrind-out-file="$out" "$binary" serve > "$work/server.log" 2>&1 &
     server=$!
     pids+=("$server")
