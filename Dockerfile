@@ -18,7 +18,7 @@ RUN mkdir -p registry/src handler/src tests/src tests/benches handler/examples/m
  && for main in handler/src/main.rs tests/src/main.rs tests/benches/push.rs tests/benches/telemetry.rs tests/benches/hot_path.rs tests/src/bench_helper.rs tests/src/soak.rs handler/examples/my-service/src/main.rs handler/examples/axum-app/src/main.rs; do \
       echo 'fn main() {}' > "$main"; \
     done \
- && RUSTFLAGS="-C target-feature=+crt-static" cargo build --locked --release \
+ && RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" cargo build --locked --release \
       --target x86_64-unknown-linux-gnu --target-dir target/static-build -p whirligig-handler --bin whirligig
 COPY . .
 # The real sources are older than the stubs' build: make Cargo see them as new.
