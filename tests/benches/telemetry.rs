@@ -1,7 +1,7 @@
 //! What tracing costs in throughput: the no-op push, 50 at a time on a
 //! two-worker runtime, with production JSON logs and no OpenTelemetry spans;
-//! with spans made only for the log lines' trace fields
-//! (`OTEL_TRACES_EXPORTER=none` in production: no database spans); with every
+//! with only the ids the log lines' trace fields name
+//! (`OTEL_TRACES_EXPORTER=none` in production: no OpenTelemetry span); with every
 //! span made and none exported (what that leaves out); and with every span batched
 //! and exported over OTLP/HTTP to a receiver on loopback that decodes each
 //! request. Both stores, in one run. Each iteration's time is that of the whole batch divided by its
@@ -26,11 +26,12 @@ use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use futures_util::StreamExt as _;
 use http_body_util::Full;
+use opentelemetry_sdk::trace::SdkTracerProvider;
 use support::otlp::Receiver;
 use tracing::Dispatch;
 use tracing::instrument::WithSubscriber as _;
 use whirligig_handler::store::ExecutionStore;
-use whirligig_handler::telemetry::{self, CloudLogging, LogFormat, Spans, TelemetryConfig, TraceExport};
+use whirligig_handler::telemetry::{self, CloudLogging, Sampling, Spans, TelemetryConfig, TraceExport};
 use whirligig_handler::{App, PushAuth};
 
 /// Pushes in flight at once, as oha's `-c 50` would keep them.
@@ -79,12 +80,12 @@ fn bench(c: &mut Criterion) {
         ..TelemetryConfig::default()
     };
     let provider = telemetry::provider(&config).unwrap().unwrap();
-    // OTEL_TRACES_EXPORTER=none in production: spans made for the log lines' trace fields, never exported.
-    let unexported = TelemetryConfig { logs: LogFormat::Json, ..TelemetryConfig::default() };
-    let local = telemetry::provider(&unexported).unwrap().unwrap();
+    // Every span made, none exported: what OTEL_TRACES_EXPORTER=none cost before LogIds.
+    let local = SdkTracerProvider::builder().build();
     let logs = || CloudLogging::new(std::io::sink, Some("bench".to_owned()));
     let off = Dispatch::new(telemetry::subscriber(logs(), Spans::None, "info"));
-    let for_logs = Dispatch::new(telemetry::subscriber(logs(), Spans::ForLogs(telemetry::tracer(&local)), "info"));
+    // OTEL_TRACES_EXPORTER=none in production: ids for the log lines' trace fields, no span.
+    let for_logs = Dispatch::new(telemetry::subscriber(logs(), Spans::ForLogs(Sampling::default()), "info"));
     let every = Dispatch::new(telemetry::subscriber(logs(), Spans::Exported(telemetry::tracer(&local)), "info"));
     let exporting = Dispatch::new(telemetry::subscriber(logs(), Spans::Exported(telemetry::tracer(&provider)), "info"));
 
@@ -97,7 +98,7 @@ fn bench(c: &mut Criterion) {
     for (store, spans_per_push) in [("memory", 2), ("postgres", 4)] {
         let modes = [
             ("no spans", &off),
-            ("spans for the logs, none exported", &for_logs),
+            ("ids for the logs, no span", &for_logs),
             ("every span, none exported", &every),
             ("exporting over OTLP", &exporting),
         ];

@@ -15,15 +15,15 @@ use bytes::Bytes;
 use http_body_util::Full;
 use opentelemetry::Value;
 use opentelemetry::trace::{SpanId, SpanKind, Status, TracerProvider as _};
-use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracer, SdkTracerProvider, SpanData};
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use serde_json::json;
 use support::{TestDb, TestServer, postgres_server, task, task_with_attributes};
 use tracing::dispatcher::DefaultGuard;
 use tracing_subscriber::fmt::MakeWriter;
 use whirligig_handler::store::{ClaimRequest, ExecutionStore as _};
-use whirligig_handler::telemetry::{self, CloudLogging, LogFormat, Spans, TelemetryConfig, TraceExport};
+use whirligig_handler::telemetry::{self, CloudLogging, LogFormat, Sampling, Spans, TelemetryConfig, TraceExport};
 use whirligig_handler::{App, PushAuth, demo};
-use whirligig_registry::{Registry, TaskContext, TaskRoute};
+use whirligig_registry::{Registry, TaskContext, TaskError, TaskRoute};
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT_SPAN_ID: &str = "00f067aa0ba902b7";
@@ -73,18 +73,12 @@ struct Traced {
 
 impl Traced {
     fn install() -> Traced {
-        Self::install_with(Spans::Exported)
-    }
-
-    /// As `install`, with the spans bridged as `spans` says (the exporter
-    /// still sees what is bridged, so a test can tell what was made).
-    fn install_with(spans: fn(SdkTracer) -> Spans) -> Traced {
         let exporter = InMemorySpanExporter::default();
         let provider = SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
         let logs = Lines::default();
         let subscriber = telemetry::subscriber(
             CloudLogging::new(logs.clone(), Some("proj".to_owned())),
-            spans(provider.tracer("whirligig-tests")),
+            Spans::Exported(provider.tracer("whirligig-tests")),
             "info",
         );
         let guard = tracing::subscriber::set_default(subscriber);
@@ -210,25 +204,56 @@ async fn a_push_is_a_server_span_over_a_consumer_span_over_the_store_calls() {
     }
 }
 
+/// The trace and span ids OpenTelemetry calls current inside the task, as its result.
+async fn current_trace(_: TaskContext) -> Result<String, TaskError> {
+    use opentelemetry::trace::TraceContextExt as _;
+    let context = opentelemetry::Context::current();
+    let span = context.span();
+    Ok(format!("{}/{}", span.span_context().trace_id(), span.span_context().span_id()))
+}
+
 #[tokio::test]
-async fn without_an_exporter_the_store_calls_are_not_spans_and_lines_name_the_task_span() {
-    let traced = Traced::install_with(Spans::ForLogs);
+async fn without_an_exporter_lines_carry_the_ids_spans_would_have_and_the_task_runs_in_its_context() {
+    let logs = Lines::default();
+    let subscriber = telemetry::subscriber(
+        CloudLogging::new(logs.clone(), Some("proj".to_owned())),
+        Spans::ForLogs(Sampling::default()),
+        "info",
+    );
+    let _guard = tracing::subscriber::set_default(subscriber);
     let db = TestDb::new().await;
-    let server = postgres_server(&db, registry(), 4).await;
+    let registry = Registry::builder()
+        .route(TaskRoute::new("instrumented", instrumented))
+        .route(TaskRoute::new("current_trace", current_trace))
+        .build()
+        .unwrap();
+    let server = postgres_server(&db, registry, 4).await;
 
-    let reply = server.push(task("for-logs", "echo", json!({}))).await;
-    assert_eq!(reply.status, 200, "{}", reply.body);
-
-    let made = names(&traced.spans());
-    assert!(!made.iter().any(|name| name.ends_with("task_executions")), "{made:?}");
-    let task = traced.span("echo process");
-    assert!(is_child_of(&task, &traced.span("POST /tasks/pubsub/")));
-    let lines = traced.logs.json();
-    let line = lines.iter().find(|line| line["message"] == "task succeeded").unwrap();
-    assert_eq!(line["logging.googleapis.com/spanId"], task.span_context.span_id().to_string());
-    assert_eq!(line["logging.googleapis.com/trace"], format!("projects/proj/traces/{}", task.span_context.trace_id()));
-    // The task's row was claimed and finished all the same.
+    let traced = |id, name, sampled| {
+        let traceparent = format!("00-{TRACE_ID}-{PARENT_SPAN_ID}-0{}", u8::from(sampled));
+        task_with_attributes(id, name, json!({"traceparent": traceparent}))
+    };
+    assert_eq!(server.push(traced("for-logs", "instrumented", true)).await.status, 200);
+    let lines = logs.json();
+    let line = |message: &str| lines.iter().find(|line| line["message"] == message).unwrap().clone();
+    let (outcome, inner) = (line("task succeeded"), line("working"));
+    for line in [&outcome, &inner] {
+        assert_eq!(line["logging.googleapis.com/trace"], format!("projects/proj/traces/{TRACE_ID}"), "{line}");
+        assert_eq!(line["logging.googleapis.com/trace_sampled"], true, "{line}");
+        let span_id = line["logging.googleapis.com/spanId"].as_str().unwrap();
+        assert!(span_id.len() == 16 && span_id != PARENT_SPAN_ID, "{line}");
+    }
+    assert_ne!(outcome["logging.googleapis.com/spanId"], inner["logging.googleapis.com/spanId"], "the task's own span");
     assert_eq!(server.row("for-logs").await.unwrap().status, whirligig_handler::store::Status::Successful);
+
+    // An unsampled caller's decision holds; OpenTelemetry's current context in the task is the task span's.
+    assert_eq!(server.push(traced("current", "current_trace", false)).await.status, 200);
+    let lines = logs.json();
+    let outcome = lines.iter().rfind(|line| line["message"] == "task succeeded").unwrap();
+    assert_eq!(outcome["logging.googleapis.com/trace_sampled"], false, "{outcome}");
+    let span_id = outcome["logging.googleapis.com/spanId"].as_str().unwrap();
+    let current = server.row("current").await.unwrap().return_value.unwrap();
+    assert_eq!(current, json!(format!("{TRACE_ID}/{span_id}")));
 }
 
 #[tokio::test]
@@ -484,11 +509,11 @@ async fn without_an_exporter_json_lines_still_name_cloud_runs_trace() {
         project_id: Some("proj".to_owned()),
         ..TelemetryConfig::default()
     };
-    let provider = telemetry::provider(&config).unwrap().expect("JSON lines need span contexts");
+    assert!(telemetry::provider(&config).unwrap().is_none(), "nothing to export");
     let logs = Lines::default();
     let subscriber = telemetry::subscriber(
         CloudLogging::new(logs.clone(), config.project_id.clone()),
-        Spans::ForLogs(telemetry::tracer(&provider)),
+        Spans::ForLogs(config.sampling),
         "info",
     );
     let _guard = tracing::subscriber::set_default(subscriber);
@@ -501,7 +526,6 @@ async fn without_an_exporter_json_lines_still_name_cloud_runs_trace() {
     let line = lines.iter().find(|line| line["message"] == "task succeeded").unwrap();
     assert_eq!(line["logging.googleapis.com/trace"], "projects/proj/traces/105445aa7843bc8bf206b12000100000");
     assert!(line["logging.googleapis.com/spanId"].as_str().is_some_and(|id| id.len() == 16), "{line}");
-    assert!(telemetry::provider(&TelemetryConfig::default()).unwrap().is_none(), "text logs need no spans");
 }
 
 #[tokio::test]

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use futures_util::FutureExt as _;
+use futures_util::future::Either;
 use opentelemetry::Context;
+use opentelemetry::context::FutureExt as _;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, Span};
 use whirligig_registry::{ArgumentError, JobShard, RawArguments, Retry, Route, TaskContext, TaskOutput};
@@ -25,6 +27,7 @@ pub(crate) use self::report::Reply;
 use crate::config::KillSwitches;
 use crate::context::Resources;
 use crate::store::{Attempt, Claim, ClaimRequest, Ending, ExecutionStore, Finished, StoreError};
+use crate::telemetry::propagation;
 
 /// One delivery of a task: everything the executor needs, already decoded.
 #[derive(Debug)]
@@ -142,7 +145,8 @@ impl<S: ExecutionStore> Executor<S> {
             Err(outcome) => return outcome,
         };
         report::attempt(span, attempt.number);
-        let result = run(delivery.route, self.context(delivery, attempt), &delivery.arguments).await;
+        let trace = propagation::unexported(span);
+        let result = run(delivery.route, self.context(delivery, attempt), &delivery.arguments, trace).await;
         self.record(&delivery.task_id, attempt, delivery.route, result, span).await
     }
 
@@ -233,15 +237,25 @@ fn conclude(task_id: &str, attempt: Attempt, finished: Result<Finished, StoreErr
     }
 }
 
-/// Starts the task and waits for it within the route's timeout. A panic,
+/// Starts the task and waits for it within the route's timeout, with
+/// `trace` as the current OpenTelemetry context if given. A panic,
 /// whether while starting or while running, is caught here and becomes a
 /// failure: the process goes on serving.
-async fn run(route: &Route, ctx: TaskContext, arguments: &RawArguments<'_>) -> Result<TaskOutput, Failure> {
+async fn run(
+    route: &Route,
+    ctx: TaskContext,
+    arguments: &RawArguments<'_>,
+    trace: Option<Context>,
+) -> Result<TaskOutput, Failure> {
     let started = std::panic::catch_unwind(AssertUnwindSafe(|| route.call(ctx, arguments)))
         .map_err(|panic| Failure::panicked(panic.as_ref()))?;
-    let future = started.map_err(Failure::Arguments)?;
+    let future = AssertUnwindSafe(started.map_err(Failure::Arguments)?).catch_unwind();
+    let future = match trace {
+        Some(trace) => Either::Left(future.with_context(trace)),
+        None => Either::Right(future),
+    };
     let timeout = route.timeout();
-    match tokio::time::timeout(timeout, AssertUnwindSafe(future).catch_unwind()).await {
+    match tokio::time::timeout(timeout, future).await {
         Err(_) => Err(Failure::TimedOut(timeout)),
         Ok(Err(panic)) => Err(Failure::panicked(panic.as_ref())),
         Ok(Ok(result)) => result.map_err(Failure::Task),

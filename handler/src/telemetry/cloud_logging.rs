@@ -10,7 +10,7 @@ use std::io::Write as _;
 use std::sync::OnceLock;
 
 use chrono::{SecondsFormat, Utc};
-use opentelemetry::trace::TraceContextExt as _;
+use opentelemetry::trace::{SpanContext, TraceContextExt as _};
 use serde::Serialize;
 use serde_json::Value;
 use tracing::dispatcher::WeakDispatch;
@@ -21,6 +21,7 @@ use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
 
+use super::ids::Ids;
 use super::value::{capped, capped_str};
 
 /// The JSON log layer; see the module documentation.
@@ -162,7 +163,13 @@ where
             }
         }
         // The innermost span that is traced (a debug span, say, is not).
-        let _ = spans.iter().rev().any(|span| self.trace_fields(&span.id(), &mut line));
+        let _ = spans.iter().rev().any(|span| {
+            let ids = span.extensions().get::<Ids>().map(|ids| ids.0.clone());
+            match ids {
+                Some(ids) => self.trace_fields(&ids, &mut line),
+                None => self.otel_trace_fields(&span.id(), &mut line),
+            }
+        });
         line.0.extend_from_slice(b"}\n");
         let _ = self.writer.make_writer().write_all(&line.0);
     }
@@ -185,11 +192,14 @@ fn merged<'a>(fields: impl Iterator<Item = &'a Fields>) -> Vec<(&'static str, &'
 impl<W> CloudLogging<W> {
     /// Writes the trace and span of the OpenTelemetry span behind `span`,
     /// if it has one.
-    fn trace_fields(&self, span: &Id, line: &mut Line) -> bool {
+    fn otel_trace_fields(&self, span: &Id, line: &mut Line) -> bool {
         let Some(dispatch) = self.dispatch.get().and_then(WeakDispatch::upgrade) else { return false };
         let Some(context) = tracing_opentelemetry::get_otel_context(span, &dispatch) else { return false };
-        let span = context.span();
-        let span_context = span.span_context();
+        self.trace_fields(context.span().span_context(), line)
+    }
+
+    /// Writes a span's trace and id, if they are valid.
+    fn trace_fields(&self, span_context: &SpanContext, line: &mut Line) -> bool {
         if !span_context.is_valid() {
             return false;
         }

@@ -13,7 +13,7 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::resource::{EnvResourceDetector, TelemetryResourceDetector};
 use opentelemetry_sdk::trace::{BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider, SpanExporter};
 
-use super::{LogFormat, ParentlessSampling, Sampling, TelemetryConfig, TraceExport};
+use super::{ParentlessSampling, Sampling, TelemetryConfig, TraceExport};
 
 /// Why the exporter could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -29,22 +29,19 @@ pub enum ExportError {
     NoRuntime,
 }
 
-/// The tracer provider `config` asks for, or none when nothing would read
-/// its spans. JSON log lines read them for their trace fields even when no
-/// span is exported: then they continue the caller's trace (Cloud Run's).
+/// The tracer provider `config` asks for, or none when no span is exported
+/// (JSON lines then take their trace ids from `LogIds`).
 /// Must run inside the Tokio runtime that will send exports.
 pub fn provider(config: &TelemetryConfig) -> Result<Option<SdkTracerProvider>, ExportError> {
     let processor = match &config.traces {
-        TraceExport::None if config.logs == LogFormat::Json => None,
         TraceExport::None => return Ok(None),
-        TraceExport::Otlp { endpoint } => Some(batch(otlp(endpoint, config.export_timeout)?)),
-        TraceExport::Console => Some(batch(opentelemetry_stdout::SpanExporter::default())),
+        TraceExport::Otlp { endpoint } => batch(otlp(endpoint, config.export_timeout)?),
+        TraceExport::Console => batch(opentelemetry_stdout::SpanExporter::default()),
     };
-    let mut provider =
-        SdkTracerProvider::builder().with_sampler(sampler(config.sampling)).with_resource(resource(config));
-    if let Some(processor) = processor {
-        provider = provider.with_span_processor(processor);
-    }
+    let provider = SdkTracerProvider::builder()
+        .with_sampler(sampler(config.sampling))
+        .with_resource(resource(config))
+        .with_span_processor(processor);
     Ok(Some(provider.build()))
 }
 
@@ -87,7 +84,7 @@ fn otlp(endpoint: &str, timeout: Duration) -> Result<opentelemetry_otlp::SpanExp
     Ok(exporter)
 }
 
-fn sampler(sampling: Sampling) -> Sampler {
+pub(super) fn sampler(sampling: Sampling) -> Sampler {
     match sampling {
         Sampling::AlwaysOn => Sampler::AlwaysOn,
         Sampling::AlwaysOff => Sampler::AlwaysOff,

@@ -16,6 +16,7 @@ use tracing_subscriber::{Layer as _, Registry};
 
 pub use super::cloud_logging::CloudLogging;
 pub use super::export::{ExportError, provider, tracer};
+use super::ids::LogIds;
 use super::value::write_one_line;
 
 /// How long the final flush may take. Cloud Run sends SIGKILL 10 s after
@@ -51,6 +52,13 @@ pub enum Sampling {
     /// `parentbased_*` (the default is `parentbased_always_on`): follow the
     /// caller's decision, and decide as the inner sampling for a new trace.
     ParentBased(ParentlessSampling),
+}
+
+/// `parentbased_always_on`, as the OpenTelemetry specification has it.
+impl Default for Sampling {
+    fn default() -> Self {
+        Self::ParentBased(ParentlessSampling::AlwaysOn)
+    }
 }
 
 /// The decision for a trace that starts here, under a parent-based sampler.
@@ -102,7 +110,7 @@ impl Default for TelemetryConfig {
     fn default() -> Self {
         Self {
             traces: TraceExport::None,
-            sampling: Sampling::ParentBased(ParentlessSampling::AlwaysOn),
+            sampling: Sampling::default(),
             logs: LogFormat::Text,
             log_filter: "info".to_owned(),
             color: true,
@@ -126,10 +134,10 @@ impl Telemetry {
     /// log line. Must run inside the Tokio runtime that will send exports.
     pub(crate) fn install(config: &TelemetryConfig) -> Result<Self, ExportError> {
         let provider = provider(config)?;
-        let spans = || match (&provider, &config.traces) {
-            (None, _) => Spans::None,
-            (Some(provider), TraceExport::None) => Spans::ForLogs(tracer(provider)),
+        let spans = || match (&provider, config.logs) {
             (Some(provider), _) => Spans::Exported(tracer(provider)),
+            (None, LogFormat::Json) => Spans::ForLogs(config.sampling),
+            (None, LogFormat::Text) => Spans::None,
         };
         let filter = &config.log_filter;
         let installed = match config.logs {
@@ -174,11 +182,12 @@ impl Telemetry {
 pub enum Spans {
     /// None: log lines carry no trace (text logs, with nothing exported).
     None,
-    /// Only those a log line or an enqueued message takes its trace from
-    /// (`OTEL_TRACES_EXPORTER=none` with JSON logs): nothing reads the
-    /// store's database spans, so they are left out, and a line logged in
-    /// one carries the ids of the task's span around it.
-    ForLogs(SdkTracer),
+    /// None, but the spans a log line or an enqueued message takes its trace
+    /// from get the ids an OpenTelemetry span would, sampled as this says
+    /// (`OTEL_TRACES_EXPORTER=none` with JSON logs). The store's database
+    /// spans get none (a line logged in one names the task's span), and
+    /// inside a task `opentelemetry::Context::current()` is the task span's.
+    ForLogs(Sampling),
     /// Every span at `info` and above: they are exported.
     Exported(SdkTracer),
 }
@@ -192,10 +201,13 @@ where
     L: tracing_subscriber::Layer<Registry> + Send + Sync,
 {
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    let (tracer, exported) = match spans {
-        Spans::None => (None, false),
-        Spans::ForLogs(tracer) => (Some(tracer), false),
-        Spans::Exported(tracer) => (Some(tracer), true),
+    let (tracer, ids) = match spans {
+        Spans::None => (None, None),
+        Spans::ForLogs(sampling) => {
+            let only = filter_fn(traced_for_logs).with_max_level_hint(Level::INFO);
+            (None, Some(LogIds::new(sampling).with_filter(only)))
+        }
+        Spans::Exported(tracer) => (Some(tracer), None),
     };
     let traces = tracer.map(|tracer| {
         tracing_opentelemetry::layer()
@@ -206,23 +218,23 @@ where
             .with_target(false)
             .with_tracked_inactivity(false)
             .with_filter(
-                filter_fn(move |metadata| {
+                filter_fn(|metadata| {
                     // Info lines are in the logs, linked to their span; on the span, only what went wrong.
                     let level = if metadata.is_event() { Level::WARN } else { Level::INFO };
                     // The SDK's own diagnostics must not become part of the trace they describe.
-                    *metadata.level() <= level
-                        && !metadata.target().starts_with("opentelemetry")
-                        && (exported || !is_database_span(metadata))
+                    *metadata.level() <= level && !metadata.target().starts_with("opentelemetry")
                 })
                 .with_max_level_hint(Level::INFO),
             )
     });
-    Registry::default().with(logs.with_filter(filter)).with(traces)
+    Registry::default().with(logs.with_filter(filter)).with(traces).with(ids)
 }
 
-/// The store's span around one database call (`db`, in `store::postgres`).
-fn is_database_span(metadata: &tracing::Metadata<'_>) -> bool {
-    metadata.is_span() && metadata.name() == "db" && metadata.target().starts_with("whirligig_handler::store")
+/// The spans [`LogIds`] gives ids: those at `info` and above but the store's
+/// database spans (`db`, in `store::postgres`), which nothing would read.
+fn traced_for_logs(metadata: &tracing::Metadata<'_>) -> bool {
+    let database = metadata.name() == "db" && metadata.target().starts_with("whirligig_handler::store");
+    metadata.is_span() && *metadata.level() <= Level::INFO && !database
 }
 
 /// Compact lines to `writer`, in colour if `ansi` (only for a person at a

@@ -11,6 +11,9 @@
 mod cloud_logging;
 #[cfg(feature = "server")]
 mod export;
+// Trace ids for log lines when no span is exported.
+#[cfg(feature = "server")]
+mod ids;
 #[cfg(feature = "server")]
 mod install;
 // Log values capped in length and, in text, kept on one line.

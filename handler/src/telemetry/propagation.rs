@@ -36,7 +36,8 @@ pub(crate) fn from_headers(headers: &HeaderMap) -> Option<Context> {
 /// else the caller's. When the message wins, the caller's span (Cloud Run's
 /// request) is kept as a link, so neither trace loses the request.
 pub(crate) fn continue_trace(span: &Span, message: Option<Context>, caller: Option<Context>) {
-    // Without the OpenTelemetry layer (no exporter) these do nothing.
+    // Each of these does nothing without its layer: the link and set_parent
+    // without an exporter, adopt with one.
     let parent = match (message, caller) {
         (Some(message), Some(caller)) => {
             span.add_link(caller.span().span_context().clone());
@@ -45,8 +46,10 @@ pub(crate) fn continue_trace(span: &Span, message: Option<Context>, caller: Opti
         (Some(parent), None) | (None, Some(parent)) => parent,
         (None, None) => return,
     };
+    #[cfg(feature = "server")]
+    super::ids::adopt(span, parent.span().span_context());
     let adopted = span.set_parent(parent);
-    // Without an exporter there is no layer to adopt it; a started span is a bug here.
+    // A started span is a bug here.
     debug_assert!(
         !matches!(adopted, Err(SetParentError::AlreadyStarted)),
         "the span started before its parent was set"
@@ -54,11 +57,11 @@ pub(crate) fn continue_trace(span: &Span, message: Option<Context>, caller: Opti
 }
 
 /// The W3C `traceparent` and `tracestate` that continue `span`'s trace in a
-/// message: the span's own context, or, without an OpenTelemetry layer to
-/// give spans one, the context the caller attached (a CLI's `TRACEPARENT`),
+/// message: the span's own context, or, when nothing gave it one, the
+/// context the caller attached (a CLI's `TRACEPARENT`),
 /// so the trace still runs through.
 pub(crate) fn to_attributes(span: &Span) -> Vec<(&'static str, String)> {
-    let mut context = span.context();
+    let mut context = context_of(span);
     if !context.span().span_context().is_valid() {
         context = Context::current();
     }
@@ -68,6 +71,26 @@ pub(crate) fn to_attributes(span: &Span) -> Vec<(&'static str, String)> {
         .into_iter()
         .filter_map(|name| carrier.remove(name).filter(|value| !value.is_empty()).map(|value| (name, value)))
         .collect()
+}
+
+/// `span`'s OpenTelemetry context: its OpenTelemetry span's, or, when no
+/// span is exported, one holding the ids log lines name it by.
+pub(crate) fn context_of(span: &Span) -> Context {
+    unexported(span).unwrap_or_else(|| span.context())
+}
+
+/// `span`'s context when it has no OpenTelemetry span (none is exported) but
+/// ids that log lines name it by; nothing makes such a context current, so
+/// a task runs with it attached.
+#[cfg(feature = "server")]
+pub(crate) fn unexported(span: &Span) -> Option<Context> {
+    super::ids::of(span).map(|ids| Context::new().with_remote_span_context(ids))
+}
+
+/// Without the server's subscriber, no span has such ids.
+#[cfg(not(feature = "server"))]
+pub(crate) fn unexported(_: &Span) -> Option<Context> {
+    None
 }
 
 fn remote(context: Context) -> Option<Context> {
