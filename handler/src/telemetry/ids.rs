@@ -1,9 +1,10 @@
-//! Trace and span ids for log lines when no span is exported
-//! (`OTEL_TRACES_EXPORTER=none` with JSON logs): each span the OpenTelemetry
-//! layer would bridge gets the ids an OpenTelemetry span would have (its
-//! parent's trace or a new one, the configured sampler's decision), and
-//! nothing else. Building, activating and dropping OpenTelemetry spans that
-//! nothing exports took a third of a push's instructions.
+//! Trace and span ids when no span is exported (`OTEL_TRACES_EXPORTER=none`
+//! with JSON logs), for log lines, enqueued messages' `traceparent` and a
+//! task's OpenTelemetry context: each span the OpenTelemetry layer would
+//! bridge gets the ids an OpenTelemetry span would have (its parent's trace or
+//! a new one, the configured sampler's decision), and nothing else. Building,
+//! activating and dropping OpenTelemetry spans that nothing exports took a
+//! third of a push's instructions.
 
 use opentelemetry::trace::{SpanContext, SpanId, SpanKind, TraceContextExt as _, TraceFlags, TraceState};
 use opentelemetry_sdk::trace::{IdGenerator as _, RandomIdGenerator, Sampler, SamplingDecision, ShouldSample as _};
