@@ -36,7 +36,8 @@ mv -f "$out.new" "$out"
 
 description=$(file --brief "$out")
 case "$description" in
-    *"static-pie linked"* | *"statically linked"*) ;;
+    *"pie"*) echo "build-static: $out is a static-pie, not position-dependent (RUSTFLAGS overridden?): $description" >&2; exit 1 ;;
+    *"statically linked"*) ;;
     *) echo "build-static: $out is not static: $description" >&2; exit 1 ;;
 esac
 if ldd "$out" 2>&1 | grep -q "=>"; then

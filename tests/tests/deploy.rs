@@ -288,6 +288,11 @@ fn the_dockerfile_stubs_every_target_and_ships_only_the_static_binary() {
         }
     }
     assert!(DOCKERFILE.contains("--locked") && DOCKERFILE.contains("scripts/build-static.sh"));
+    // The dependency layer is of use only if the script then builds with the same flags.
+    let flags = |text: &'static str| text.split("RUSTFLAGS=\"").nth(1).and_then(|rest| rest.split('"').next());
+    let script = include_str!("../../scripts/build-static.sh");
+    assert_eq!(flags(DOCKERFILE), flags(script), "the Dockerfile and build-static.sh build with different RUSTFLAGS");
+    assert!(flags(script).is_some_and(|flags| flags.contains("crt-static")), "{:?}", flags(script));
     let last_stage = DOCKERFILE.rsplit("\nFROM ").next().unwrap();
     assert!(last_stage.starts_with("scratch"), "the image is not empty: FROM {last_stage}");
     assert!(last_stage.contains("USER 65532:65532"), "the image runs as root");

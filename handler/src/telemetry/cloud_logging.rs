@@ -164,11 +164,11 @@ where
         }
         // The innermost span that is traced (a debug span, say, is not).
         let _ = spans.iter().rev().any(|span| {
-            let ids = span.extensions().get::<Ids>().map(|ids| ids.0.clone());
-            match ids {
-                Some(ids) => self.trace_fields(&ids, &mut line),
-                None => self.otel_trace_fields(&span.id(), &mut line),
+            if let Some(ids) = span.extensions().get::<Ids>() {
+                return self.trace_fields(&ids.0, &mut line);
             }
+            // The guard is dropped: the OpenTelemetry layer reads the extensions itself.
+            self.otel_trace_fields(&span.id(), &mut line)
         });
         line.0.extend_from_slice(b"}\n");
         let _ = self.writer.make_writer().write_all(&line.0);

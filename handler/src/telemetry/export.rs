@@ -30,7 +30,7 @@ pub enum ExportError {
 }
 
 /// The tracer provider `config` asks for, or none when no span is exported
-/// (JSON lines then take their trace ids from `LogIds`).
+/// (JSON lines then take their trace ids from [`Spans::ForLogs`](super::Spans::ForLogs)).
 /// Must run inside the Tokio runtime that will send exports.
 pub fn provider(config: &TelemetryConfig) -> Result<Option<SdkTracerProvider>, ExportError> {
     let processor = match &config.traces {

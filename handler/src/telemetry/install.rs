@@ -26,7 +26,8 @@ pub(crate) const FLUSH_TIMEOUT: Duration = Duration::from_millis(1500);
 /// Where finished spans go (`OTEL_TRACES_EXPORTER`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TraceExport {
-    /// `none`: spans feed the logs only (the default in dev).
+    /// `none`: spans only give log lines and enqueued messages their trace
+    /// ids (the default in dev).
     None,
     /// `otlp`: OTLP over HTTP with protobuf bodies, posted to `endpoint`:
     /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, or `OTEL_EXPORTER_OTLP_ENDPOINT`
@@ -185,8 +186,11 @@ pub enum Spans {
     /// None, but the spans a log line or an enqueued message takes its trace
     /// from get the ids an OpenTelemetry span would, sampled as this says
     /// (`OTEL_TRACES_EXPORTER=none` with JSON logs). The store's database
-    /// spans get none (a line logged in one names the task's span), and
-    /// inside a task `opentelemetry::Context::current()` is the task span's.
+    /// spans get none (a line logged in one names the task's span). Inside a
+    /// task `opentelemetry::Context::current()` is the task span's (in a span
+    /// the task opens too: it is attached around the task, not per span);
+    /// `tracing-opentelemetry`'s `Span::context()`, `set_parent` and
+    /// `add_link` need its layer and do nothing here.
     ForLogs(Sampling),
     /// Every span at `info` and above: they are exported.
     Exported(SdkTracer),
@@ -194,8 +198,9 @@ pub enum Spans {
 
 /// The subscriber every process and test uses: `logs` for log lines,
 /// filtered by `filter` (`RUST_LOG`'s syntax; one that does not parse means
-/// `info`), and `spans` bridged to OpenTelemetry at `info` and above whatever
-/// the filter says, with warnings and errors as their events.
+/// `info`), and spans at `info` and above, whatever the filter says, given
+/// ids or bridged to OpenTelemetry as `spans` says (bridged, with warnings
+/// and errors as their events).
 pub fn subscriber<L>(logs: L, spans: Spans, filter: &str) -> impl Subscriber + Send + Sync
 where
     L: tracing_subscriber::Layer<Registry> + Send + Sync,
@@ -288,6 +293,25 @@ mod tests {
         assert!(text.contains("info=panicked at src/lib.rs:1:1:\\nassertion failed\\n2026-01-01"), "{text}");
         assert!(text.contains("path=a\\nb"), "span fields too: {text}");
         assert!(!text.contains('\u{1b}'), "{text}");
+    }
+
+    #[test]
+    fn without_an_exporter_the_stores_spans_get_no_ids_and_a_line_in_one_names_the_task() {
+        let written = Written::default();
+        let sink = written.clone();
+        let logs = CloudLogging::new(move || sink.clone(), Some("proj".to_owned()));
+        let subscriber = subscriber(logs, Spans::ForLogs(Sampling::default()), "info");
+        let (task, database) = tracing::subscriber::with_default(subscriber, || {
+            let task = tracing::info_span!("task");
+            let database = task.in_scope(|| tracing::info_span!(target: "whirligig_handler::store::postgres", "db"));
+            database.in_scope(|| tracing::warn!("slow"));
+            (crate::telemetry::ids::of(&task), crate::telemetry::ids::of(&database))
+        });
+        let task = task.expect("the task span has ids");
+        assert!(database.is_none(), "{database:?}");
+        let line: serde_json::Value = serde_json::from_slice(&written.0.lock().unwrap()).unwrap();
+        assert_eq!(line["logging.googleapis.com/spanId"], task.span_id().to_string(), "{line}");
+        assert_eq!(line["logging.googleapis.com/trace"], format!("projects/proj/traces/{}", task.trace_id()));
     }
 
     #[test]

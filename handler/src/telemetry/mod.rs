@@ -11,7 +11,7 @@
 mod cloud_logging;
 #[cfg(feature = "server")]
 mod export;
-// Trace ids for log lines when no span is exported.
+// Trace ids for log lines, enqueues and tasks when no span is exported.
 #[cfg(feature = "server")]
 mod ids;
 #[cfg(feature = "server")]

@@ -36,8 +36,8 @@ pub(crate) fn from_headers(headers: &HeaderMap) -> Option<Context> {
 /// else the caller's. When the message wins, the caller's span (Cloud Run's
 /// request) is kept as a link, so neither trace loses the request.
 pub(crate) fn continue_trace(span: &Span, message: Option<Context>, caller: Option<Context>) {
-    // Each of these does nothing without its layer: the link and set_parent
-    // without an exporter, adopt with one.
+    // Each does nothing without its layer: the link and set_parent when no
+    // span is exported, adopt when spans are exported or logs are text.
     let parent = match (message, caller) {
         (Some(message), Some(caller)) => {
             span.add_link(caller.span().span_context().clone());
