@@ -25,7 +25,7 @@ built=target/static-build/$target/release/$bin
 
 # RUSTFLAGS apply to the target only (build scripts and proc macros stay dynamic)
 # because --target is given; a separate target dir keeps the normal build's cache.
-# The Dockerfile's dependency layer builds with the same flags: keep them alike.
+# The Dockerfile's dependency layer builds with the same flags (tests/tests/deploy.rs compares them).
 RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" \
     cargo build --locked --release --target "$target" --target-dir target/static-build -p "$package" --bin "$bin"
 mkdir -p target/static
