@@ -98,6 +98,8 @@ pub(crate) fn adopt(span: &Span, parent: &SpanContext) {
 /// The context the layer gave `span`, if it gave it one.
 pub(crate) fn of(span: &Span) -> Option<SpanContext> {
     span.with_subscriber(|(id, dispatch)| {
+        // Without the layer (spans exported, or text logs) no span has ids: no lookup per push.
+        dispatch.downcast_ref::<LogIds>()?;
         let span = dispatch.downcast_ref::<Registry>()?.span(id)?;
         span.extensions().get::<Ids>().map(|ids| ids.0.clone())
     })

@@ -75,7 +75,7 @@ pub(crate) fn to_attributes(span: &Span) -> Vec<(&'static str, String)> {
 
 /// `span`'s OpenTelemetry context: its OpenTelemetry span's, or, when no
 /// span is exported, one holding the ids log lines name it by.
-pub(crate) fn context_of(span: &Span) -> Context {
+fn context_of(span: &Span) -> Context {
     unexported(span).unwrap_or_else(|| span.context())
 }
 
