@@ -8,7 +8,7 @@ use opentelemetry::KeyValue;
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 use tracing::{Level, Subscriber};
 use tracing_subscriber::field::MakeExt as _;
-use tracing_subscriber::filter::{EnvFilter, filter_fn};
+use tracing_subscriber::filter::{EnvFilter, FilterExt as _, LevelFilter, filter_fn};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::fmt::format::{Writer, debug_fn};
 use tracing_subscriber::layer::SubscriberExt as _;
@@ -201,45 +201,57 @@ pub enum Spans {
 /// `info`), and spans at `info` and above, whatever the filter says, given
 /// ids or bridged to OpenTelemetry as `spans` says (bridged, with warnings
 /// and errors as their events).
-pub fn subscriber<L>(logs: L, spans: Spans, filter: &str) -> impl Subscriber + Send + Sync
+pub fn subscriber<L>(logs: L, spans: Spans, filter: &str) -> Box<dyn Subscriber + Send + Sync>
 where
     L: tracing_subscriber::Layer<Registry> + Send + Sync,
 {
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    let (tracer, ids) = match spans {
-        Spans::None => (None, None),
+    // The store's spans are for traces: on a line they would only say which statement.
+    // (With a hint of its own, or the pair would lose `RUST_LOG`'s maximum level.)
+    let filter = filter.and(filter_fn(|metadata| !database_span(metadata)).with_max_level_hint(LevelFilter::TRACE));
+    let logged = Registry::default().with(logs.with_filter(filter));
+    // Each mode its own stack: an absent layer (`Option::None`) has no filter
+    // of its own, so it would want every span the others leave out (the
+    // store's at `warn`, say) and keep it alive, entered on every poll.
+    match spans {
+        Spans::None => Box::new(logged),
         Spans::ForLogs(sampling) => {
             let only = filter_fn(traced_for_logs).with_max_level_hint(Level::INFO);
-            (None, Some(LogIds::new(sampling).with_filter(only)))
+            Box::new(logged.with(LogIds::new(sampling).with_filter(only)))
         }
-        Spans::Exported(tracer) => (Some(tracer), None),
-    };
-    let traces = tracer.map(|tracer| {
-        tracing_opentelemetry::layer()
-            .with_tracer(tracer)
-            // Attributes nobody reads cost an allocation per span.
-            .with_location(false)
-            .with_threads(false)
-            .with_target(false)
-            .with_tracked_inactivity(false)
-            .with_filter(
-                filter_fn(|metadata| {
-                    // Info lines are in the logs, linked to their span; on the span, only what went wrong.
-                    let level = if metadata.is_event() { Level::WARN } else { Level::INFO };
-                    // The SDK's own diagnostics must not become part of the trace they describe.
-                    *metadata.level() <= level && !metadata.target().starts_with("opentelemetry")
-                })
-                .with_max_level_hint(Level::INFO),
-            )
-    });
-    Registry::default().with(logs.with_filter(filter)).with(traces).with(ids)
+        Spans::Exported(tracer) => {
+            let traces = tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                // Attributes nobody reads cost an allocation per span.
+                .with_location(false)
+                .with_threads(false)
+                .with_target(false)
+                .with_tracked_inactivity(false)
+                .with_filter(
+                    filter_fn(|metadata| {
+                        // Info lines are in the logs, linked to their span; on the span, only what went wrong.
+                        let level = if metadata.is_event() { Level::WARN } else { Level::INFO };
+                        // The SDK's own diagnostics must not become part of the trace they describe.
+                        *metadata.level() <= level && !metadata.target().starts_with("opentelemetry")
+                    })
+                    .with_max_level_hint(Level::INFO),
+                );
+            Box::new(logged.with(traces))
+        }
+    }
 }
 
 /// The spans [`LogIds`] gives ids: those at `info` and above but the store's
-/// database spans (`db`, in `store::postgres`), which nothing would read.
+/// database spans, which nothing would read.
 fn traced_for_logs(metadata: &tracing::Metadata<'_>) -> bool {
-    let database = metadata.name() == "db" && metadata.target().starts_with("whirligig_handler::store");
-    metadata.is_span() && *metadata.level() <= Level::INFO && !database
+    metadata.is_span() && *metadata.level() <= Level::INFO && !database_span(metadata)
+}
+
+/// The store's span of a database call (`db`, in `store::postgres`): only
+/// an exporter takes it. Left out of the log lines and of [`LogIds`], it is
+/// not made at all when nothing is exported.
+fn database_span(metadata: &tracing::Metadata<'_>) -> bool {
+    metadata.is_span() && metadata.name() == "db" && metadata.target().starts_with("whirligig_handler::store")
 }
 
 /// Compact lines to `writer`, in colour if `ansi` (only for a person at a
@@ -303,8 +315,11 @@ mod tests {
         let subscriber = subscriber(logs, Spans::ForLogs(Sampling::default()), "info");
         let (task, database) = tracing::subscriber::with_default(subscriber, || {
             let task = tracing::info_span!("task");
-            let database = task.in_scope(|| tracing::info_span!(target: "whirligig_handler::store::postgres", "db"));
-            database.in_scope(|| tracing::warn!("slow"));
+            let database = task.in_scope(|| {
+                let database = tracing::info_span!(target: "whirligig_handler::store::postgres", "db");
+                database.in_scope(|| tracing::warn!("slow"));
+                database
+            });
             (crate::telemetry::ids::of(&task), crate::telemetry::ids::of(&database))
         });
         let task = task.expect("the task span has ids");
@@ -312,6 +327,29 @@ mod tests {
         let line: serde_json::Value = serde_json::from_slice(&written.0.lock().unwrap()).unwrap();
         assert_eq!(line["logging.googleapis.com/spanId"], task.span_id().to_string(), "{line}");
         assert_eq!(line["logging.googleapis.com/trace"], format!("projects/proj/traces/{}", task.trace_id()));
+    }
+
+    #[test]
+    fn a_span_no_layer_takes_is_not_made() {
+        // Asked directly: a callsite's cached interest is shared by the other tests' subscribers.
+        let (task, database) = tracing::subscriber::with_default(Registry::default(), || {
+            let task = tracing::info_span!("task");
+            let database = tracing::info_span!(target: "whirligig_handler::store::postgres", "db");
+            (task.metadata().unwrap(), database.metadata().unwrap())
+        });
+        let made = |spans: Spans, filter: &str| {
+            let subscriber = subscriber(CloudLogging::new(std::io::sink, None), spans, filter);
+            (!subscriber.register_callsite(task).is_never(), !subscriber.register_callsite(database).is_never())
+        };
+        // Without an exporter the ids want the task's span, and nothing wants the store's.
+        assert_eq!(made(Spans::ForLogs(Sampling::default()), "warn"), (true, false));
+        assert_eq!(made(Spans::ForLogs(Sampling::default()), "info"), (true, false));
+        assert_eq!(made(Spans::ForLogs(Sampling::default()), "debug"), (true, false));
+        // Text logs want the spans `RUST_LOG` names, for their fields, but not the store's.
+        assert_eq!(made(Spans::None, "warn"), (false, false));
+        assert_eq!(made(Spans::None, "info"), (true, false));
+        let hint = subscriber(CloudLogging::new(std::io::sink, None), Spans::None, "warn").max_level_hint();
+        assert_eq!(hint, Some(LevelFilter::WARN), "debug! and trace! are skipped before their callsites are asked");
     }
 
     #[test]
