@@ -83,11 +83,11 @@ fn bench(c: &mut Criterion) {
     // Every span made, none exported: what OTEL_TRACES_EXPORTER=none cost before LogIds.
     let local = SdkTracerProvider::builder().build();
     let logs = || CloudLogging::new(std::io::sink, Some("bench".to_owned()));
-    let off = Dispatch::new(telemetry::subscriber(logs(), Spans::None, "info"));
+    let off = telemetry::subscriber(logs(), Spans::None, "info");
     // OTEL_TRACES_EXPORTER=none in production: ids for the log lines' trace fields, no span.
-    let for_logs = Dispatch::new(telemetry::subscriber(logs(), Spans::ForLogs(Sampling::default()), "info"));
-    let every = Dispatch::new(telemetry::subscriber(logs(), Spans::Exported(telemetry::tracer(&local)), "info"));
-    let exporting = Dispatch::new(telemetry::subscriber(logs(), Spans::Exported(telemetry::tracer(&provider)), "info"));
+    let for_logs = telemetry::subscriber(logs(), Spans::ForLogs(Sampling::default()), "info");
+    let every = telemetry::subscriber(logs(), Spans::Exported(telemetry::tracer(&local)), "info");
+    let exporting = telemetry::subscriber(logs(), Spans::Exported(telemetry::tracer(&provider)), "info");
 
     let registry = Arc::new(whirligig_handler::demo::registry().unwrap());
     let ids = AtomicU64::new(0);

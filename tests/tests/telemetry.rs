@@ -81,7 +81,7 @@ impl Traced {
             Spans::Exported(provider.tracer("whirligig-tests")),
             "info",
         );
-        let guard = tracing::subscriber::set_default(subscriber);
+        let guard = tracing::dispatcher::set_default(&subscriber);
         Traced { spans: exporter, logs, _provider: provider, _guard: guard }
     }
 
@@ -220,7 +220,7 @@ async fn without_an_exporter_lines_carry_the_ids_spans_would_have_and_the_task_r
         Spans::ForLogs(Sampling::default()),
         "info",
     );
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let _guard = tracing::dispatcher::set_default(&subscriber);
     let db = TestDb::new().await;
     let registry = Registry::builder()
         .route(TaskRoute::new("instrumented", instrumented))
@@ -516,7 +516,7 @@ async fn without_an_exporter_json_lines_still_name_cloud_runs_trace() {
         Spans::ForLogs(config.sampling),
         "info",
     );
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let _guard = tracing::dispatcher::set_default(&subscriber);
     let server = memory_server().await;
     let cloud_trace = ("x-cloud-trace-context", "105445aa7843bc8bf206b12000100000/1;o=1");
     let request = push_with("/tasks/pubsub/", cloud_trace, task("untraced", "echo", json!({})));
@@ -532,7 +532,7 @@ async fn without_an_exporter_json_lines_still_name_cloud_runs_trace() {
 async fn text_log_lines_are_compact_and_leave_out_exporter_settings() {
     let lines = Lines::default();
     let subscriber = telemetry::subscriber(telemetry::text_logs_to(lines.clone(), false), Spans::None, "info");
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let _guard = tracing::dispatcher::set_default(&subscriber);
     let server = memory_server().await;
     assert_eq!(server.push(task("plain", "echo", json!({}))).await.status, 200);
 

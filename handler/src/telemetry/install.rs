@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
-use tracing::{Level, Subscriber};
+use tracing::{Dispatch, Level, Subscriber};
 use tracing_subscriber::field::MakeExt as _;
 use tracing_subscriber::filter::{EnvFilter, FilterExt as _, LevelFilter, filter_fn};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::fmt::format::{Writer, debug_fn};
-use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::layer::{Filter, SubscriberExt as _};
 use tracing_subscriber::{Layer as _, Registry};
 
 pub use super::cloud_logging::CloudLogging;
@@ -144,11 +144,11 @@ impl Telemetry {
         let installed = match config.logs {
             LogFormat::Json => {
                 let logs = CloudLogging::new(std::io::stdout, config.project_id.clone());
-                tracing::subscriber::set_global_default(subscriber(logs, spans(), filter))
+                tracing::dispatcher::set_global_default(subscriber(logs, spans(), filter))
             }
             LogFormat::Text => {
                 let logs = text_logs_to(std::io::stderr, config.color && std::io::stderr().is_terminal());
-                tracing::subscriber::set_global_default(subscriber(logs, spans(), filter))
+                tracing::dispatcher::set_global_default(subscriber(logs, spans(), filter))
             }
         };
         match installed {
@@ -201,23 +201,21 @@ pub enum Spans {
 /// `info`), and spans at `info` and above, whatever the filter says, given
 /// ids or bridged to OpenTelemetry as `spans` says (bridged, with warnings
 /// and errors as their events).
-pub fn subscriber<L>(logs: L, spans: Spans, filter: &str) -> Box<dyn Subscriber + Send + Sync>
+pub fn subscriber<L>(logs: L, spans: Spans, filter: &str) -> Dispatch
 where
     L: tracing_subscriber::Layer<Registry> + Send + Sync,
 {
-    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    // The store's spans are for traces: on a line they would only say which statement.
-    // (With a hint of its own, or the pair would lose `RUST_LOG`'s maximum level.)
-    let filter = filter.and(filter_fn(|metadata| !database_span(metadata)).with_max_level_hint(LevelFilter::TRACE));
-    let logged = Registry::default().with(logs.with_filter(filter));
+    let logged = Registry::default().with(logs.with_filter(log_filter(filter)));
     // Each mode its own stack: an absent layer (`Option::None`) has no filter
     // of its own, so it would want every span the others leave out (the
-    // store's at `warn`, say) and keep it alive, entered on every poll.
+    // store's at `warn`, say) and keep it alive, entered on every poll. A
+    // `Dispatch`, not a boxed subscriber: a `Box` does not pass
+    // `on_register_dispatch` on, and the log layer needs it for trace ids.
     match spans {
-        Spans::None => Box::new(logged),
+        Spans::None => Dispatch::new(logged),
         Spans::ForLogs(sampling) => {
             let only = filter_fn(traced_for_logs).with_max_level_hint(Level::INFO);
-            Box::new(logged.with(LogIds::new(sampling).with_filter(only)))
+            Dispatch::new(logged.with(LogIds::new(sampling).with_filter(only)))
         }
         Spans::Exported(tracer) => {
             let traces = tracing_opentelemetry::layer()
@@ -236,9 +234,18 @@ where
                     })
                     .with_max_level_hint(Level::INFO),
                 );
-            Box::new(logged.with(traces))
+            Dispatch::new(logged.with(traces))
         }
     }
+}
+
+/// What the log lines take: what `filter` enables (`RUST_LOG`'s syntax; one
+/// that does not parse means `info`) but the store's database spans, which
+/// are for traces (on a line they would only say which statement).
+fn log_filter(filter: &str) -> impl Filter<Registry> + Send + Sync + use<> {
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    // With a hint of its own, or the pair would lose `RUST_LOG`'s maximum level.
+    filter.and(filter_fn(|metadata| !database_span(metadata)).with_max_level_hint(LevelFilter::TRACE))
 }
 
 /// The spans [`LogIds`] gives ids: those at `info` and above but the store's
@@ -313,7 +320,7 @@ mod tests {
         let sink = written.clone();
         let logs = CloudLogging::new(move || sink.clone(), Some("proj".to_owned()));
         let subscriber = subscriber(logs, Spans::ForLogs(Sampling::default()), "info");
-        let (task, database) = tracing::subscriber::with_default(subscriber, || {
+        let (task, database) = tracing::dispatcher::with_default(&subscriber, || {
             let task = tracing::info_span!("task");
             let database = task.in_scope(|| {
                 let database = tracing::info_span!(target: "whirligig_handler::store::postgres", "db");
@@ -348,7 +355,7 @@ mod tests {
         // Text logs want the spans `RUST_LOG` names, for their fields, but not the store's.
         assert_eq!(made(Spans::None, "warn"), (false, false));
         assert_eq!(made(Spans::None, "info"), (true, false));
-        let hint = subscriber(CloudLogging::new(std::io::sink, None), Spans::None, "warn").max_level_hint();
+        let hint = Filter::<Registry>::max_level_hint(&log_filter("warn"));
         assert_eq!(hint, Some(LevelFilter::WARN), "debug! and trace! are skipped before their callsites are asked");
     }
 
