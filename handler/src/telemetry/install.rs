@@ -186,7 +186,7 @@ pub enum Spans {
     /// None, but the spans a log line or an enqueued message takes its trace
     /// from get the ids an OpenTelemetry span would, sampled as this says
     /// (`OTEL_TRACES_EXPORTER=none` with JSON logs). The store's database
-    /// spans get none (a line logged in one names the task's span). Inside a
+    /// spans are not made (a line logged during a call names the task's span). Inside a
     /// task `opentelemetry::Context::current()` is the task span's (in a span
     /// the task opens too: it is attached around the task, not per span);
     /// `tracing-opentelemetry`'s `Span::context()`, `set_parent` and
