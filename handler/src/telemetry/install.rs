@@ -205,7 +205,8 @@ pub fn subscriber<L>(logs: L, spans: Spans, filter: &str) -> Dispatch
 where
     L: tracing_subscriber::Layer<Registry> + Send + Sync,
 {
-    let logged = Registry::default().with(logs.with_filter(log_filter(filter)));
+    let exported = matches!(spans, Spans::Exported(_));
+    let logged = Registry::default().with(logs.with_filter(log_filter(filter, exported)));
     // Each mode its own stack: an absent layer (`Option::None`) has no filter
     // of its own, so it would want every span the others leave out (the
     // store's at `warn`, say) and keep it alive, entered on every poll. A
@@ -240,12 +241,13 @@ where
 }
 
 /// What the log lines take: what `filter` enables (`RUST_LOG`'s syntax; one
-/// that does not parse means `info`) but the store's database spans, which
-/// are for traces (on a line they would only say which statement).
-fn log_filter(filter: &str) -> impl Filter<Registry> + Send + Sync + use<> {
+/// that does not parse means `info`), the store's database spans only if they
+/// are `exported` (a line then names the span of its call; otherwise it would
+/// keep the span alive only to say which statement).
+fn log_filter(filter: &str, exported: bool) -> impl Filter<Registry> + Send + Sync + use<> {
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
     // With a hint of its own, or the pair would lose `RUST_LOG`'s maximum level.
-    filter.and(filter_fn(|metadata| !database_span(metadata)).with_max_level_hint(LevelFilter::TRACE))
+    filter.and(filter_fn(move |metadata| exported || !database_span(metadata)).with_max_level_hint(LevelFilter::TRACE))
 }
 
 /// The spans [`LogIds`] gives ids: those at `info` and above but the store's
@@ -255,7 +257,7 @@ fn traced_for_logs(metadata: &tracing::Metadata<'_>) -> bool {
 }
 
 /// The store's span of a database call (`db`, in `store::postgres`): only
-/// an exporter takes it. Left out of the log lines and of [`LogIds`], it is
+/// an exporter wants it. The log lines and [`LogIds`] leave it out, so it is
 /// not made at all when nothing is exported.
 fn database_span(metadata: &tracing::Metadata<'_>) -> bool {
     metadata.is_span() && metadata.name() == "db" && metadata.target().starts_with("whirligig_handler::store")
@@ -355,7 +357,12 @@ mod tests {
         // Text logs want the spans `RUST_LOG` names, for their fields, but not the store's.
         assert_eq!(made(Spans::None, "warn"), (false, false));
         assert_eq!(made(Spans::None, "info"), (true, false));
-        let hint = Filter::<Registry>::max_level_hint(&log_filter("warn"));
+        // An exporter wants them all, and so do the lines then (they name the call's span).
+        let provider = SdkTracerProvider::builder().build();
+        assert_eq!(made(Spans::Exported(tracer(&provider)), "warn"), (true, true));
+        assert!(!Filter::<Registry>::callsite_enabled(&log_filter("info", true), database).is_never());
+        assert!(Filter::<Registry>::callsite_enabled(&log_filter("info", false), database).is_never());
+        let hint = Filter::<Registry>::max_level_hint(&log_filter("warn", false));
         assert_eq!(hint, Some(LevelFilter::WARN), "debug! and trace! are skipped before their callsites are asked");
     }
 
