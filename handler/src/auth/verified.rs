@@ -12,9 +12,27 @@ use chrono::{DateTime, Utc};
 /// full memory forgets the stale ones first.
 const CAPACITY: usize = 1024;
 
-/// The verified tokens, each with when it stops passing.
+/// Bytes of a token's end it is filed under: the end of its signature.
+const TAIL: usize = 32;
+
+/// The verified tokens by the end of their signature, each with when it
+/// stops passing. Hashing a whole token (a kilobyte) cost a push more than
+/// the rest of the lookup; its tail is as good a key, and the whole token is
+/// still compared. The map holds only verified tokens, so no sender can
+/// choose what is filed under a tail: one that picks a token's tail finds a
+/// slot whose token is not its own.
 #[derive(Debug, Default)]
-pub(crate) struct VerifiedTokens(RwLock<HashMap<Box<str>, Valid>>);
+pub(crate) struct VerifiedTokens(RwLock<HashMap<Tail, Verified>>);
+
+/// A token's last [`TAIL`] bytes, right-aligned (a shorter token is padded
+/// with zeros in front).
+type Tail = [u8; TAIL];
+
+#[derive(Debug)]
+struct Verified {
+    token: Box<str>,
+    valid: Valid,
+}
 
 #[derive(Debug, Clone, Copy)]
 struct Valid {
@@ -34,7 +52,8 @@ impl VerifiedTokens {
     /// Whether `token` was verified with the key set `generation` and still
     /// passes the time checks at `now`.
     pub(crate) fn hold(&self, token: &str, generation: u64, now: DateTime<Utc>) -> bool {
-        self.read().get(token).is_some_and(|valid| valid.holds(generation, now))
+        let tokens = self.read();
+        tokens.get(&tail(token)).is_some_and(|kept| *kept.token == *token && kept.valid.holds(generation, now))
     }
 
     /// Remembers a token the key set `generation` verified, until `until`.
@@ -42,21 +61,29 @@ impl VerifiedTokens {
     pub(crate) fn remember(&self, token: &str, generation: u64, until: DateTime<Utc>, now: DateTime<Utc>) {
         let mut tokens = self.write();
         if tokens.len() >= CAPACITY {
-            tokens.retain(|_, valid| valid.holds(generation, now));
+            tokens.retain(|_, kept| kept.valid.holds(generation, now));
             if tokens.len() >= CAPACITY {
                 tokens.clear();
             }
         }
-        tokens.insert(token.into(), Valid { until, generation });
+        // Two verified tokens with one tail: the newer takes the slot.
+        tokens.insert(tail(token), Verified { token: token.into(), valid: Valid { until, generation } });
     }
 
-    fn read(&self) -> RwLockReadGuard<'_, HashMap<Box<str>, Valid>> {
+    fn read(&self) -> RwLockReadGuard<'_, HashMap<Tail, Verified>> {
         self.0.read().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn write(&self) -> RwLockWriteGuard<'_, HashMap<Box<str>, Valid>> {
+    fn write(&self) -> RwLockWriteGuard<'_, HashMap<Tail, Verified>> {
         self.0.write().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+fn tail(token: &str) -> Tail {
+    let end = &token.as_bytes()[token.len().saturating_sub(TAIL)..];
+    let mut tail = [0; TAIL];
+    tail[TAIL - end.len()..].copy_from_slice(end);
+    tail
 }
 
 #[cfg(test)]
@@ -76,6 +103,25 @@ mod tests {
         assert!(!tokens.hold("a.b.c", 1, until), "the time checks fail from `until` on");
         assert!(!tokens.hold("a.b.c", 2, now), "new keys verify it afresh");
         assert!(!tokens.hold("a.b.x", 1, now), "only the exact token");
+    }
+
+    #[test]
+    fn a_token_with_a_kept_ones_tail_does_not_pass_for_it() {
+        let (tokens, now) = (VerifiedTokens::default(), Utc::now());
+        let until = now + TimeDelta::minutes(5);
+        let signature = "s".repeat(TAIL);
+        let (kept, forged) = (format!("header.payload.{signature}"), format!("header.forged.{signature}"));
+        assert_eq!(tail(&kept), tail(&forged));
+        tokens.remember(&kept, 1, until, now);
+        assert!(tokens.hold(&kept, 1, now));
+        assert!(!tokens.hold(&forged, 1, now), "the whole token is compared");
+        assert!(!tokens.hold(&signature[1..], 1, now), "nor a shorter one with its end");
+
+        tokens.remember(&forged, 1, until, now);
+        assert!(tokens.hold(&forged, 1, now) && !tokens.hold(&kept, 1, now), "the newer takes the slot");
+        assert!(!tokens.hold("", 1, now));
+        tokens.remember("", 1, until, now);
+        assert!(tokens.hold("", 1, now), "short tokens too");
     }
 
     #[test]
