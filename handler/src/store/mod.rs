@@ -97,10 +97,12 @@ impl Attempt {
     }
 }
 
-/// A fence no other claim has: 64 random bits.
+/// A fence no other claim has: 64 random bits, from the thread's generator
+/// (ChaCha, seeded by the system). Not `Uuid::new_v4`: in the static binary
+/// its `getrandom` cannot find glibc's function and reads `/dev/urandom`, a
+/// system call per claim.
 pub(crate) fn draw_fence() -> i64 {
-    let (high, _) = uuid::Uuid::new_v4().as_u64_pair();
-    i64::from_ne_bytes(high.to_ne_bytes())
+    rand::random()
 }
 
 /// The answer to a claim.
