@@ -171,7 +171,14 @@ impl LastConnectFailure {
 #[derive(Debug)]
 pub struct DbConnection {
     connection: PooledConnection<'static, Connector>,
-    _place: OwnedSemaphorePermit,
+    place: OwnedSemaphorePermit,
+}
+
+impl DbConnection {
+    /// Whether no claim or task can be waiting for a place: one is free.
+    pub(super) fn uncontended(&self) -> bool {
+        self.place.semaphore().available_permits() > 0
+    }
 }
 
 impl std::ops::Deref for DbConnection {
@@ -220,7 +227,7 @@ impl Pool {
         // The semaphore is never closed.
         let place = waiting.await.map_err(|_| busy.clone())?.map_err(|_| busy)?;
         match tokio::time::timeout_at(deadline.into(), self.live_connection()).await {
-            Ok(Ok(connection)) => Ok(DbConnection { connection, _place: place }),
+            Ok(Ok(connection)) => Ok(DbConnection { connection, place }),
             Ok(Err(RunError::User(error))) => Err(classify_connect(error)),
             Ok(Err(RunError::TimedOut)) | Err(_) => Err(self.why_none(start)),
         }
