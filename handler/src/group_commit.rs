@@ -3,9 +3,10 @@
 //! call queued by then as one batch; when it ends, its task runs what queued
 //! meanwhile on the same connection, until the queue is empty. Under load,
 //! one round trip carries many rows; alone, a call is a batch of one and
-//! waits for nothing. Two users: the store's claims and finishes (one statement, one commit) and the publisher's
-//! messages (one publish request). What a batch means is theirs to say; this
-//! module only queues, takes and answers.
+//! waits for nothing. Two users: the store's claims and finishes (one
+//! statement, one commit) and the publisher's messages (one publish request).
+//! What a batch means is theirs to say; this module only queues, takes and
+//! answers.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -181,7 +182,7 @@ impl<T: Row, A: Send + 'static, E: QueueError> Queue<T, A, E> {
 
     fn push(&self, row: T, answer: oneshot::Sender<Result<A, E>>) -> Place<'_, T, A, E> {
         let ticket = self.tickets.fetch_add(1, Ordering::Relaxed);
-        self.calls.lock().push((Waiting { ticket, row, answer }, Span::current()));
+        self.calls.lock().push((Waiting { ticket, row, answer }, batch_span()));
         Place { queue: self, ticket }
     }
 }
@@ -208,7 +209,7 @@ impl<T: Row, A, E> Calls<T, A, E> {
         drop(waiting);
         if batch.len() > 1 {
             for span in spans {
-                span.record("db.operation.batch.size", batch.len());
+                span.record(BATCH_SIZE, batch.len());
             }
         }
         batch.sort_unstable_by(|a, b| a.row.key().cmp(b.row.key()));
@@ -217,6 +218,20 @@ impl<T: Row, A, E> Calls<T, A, E> {
 
     fn lock(&self) -> MutexGuard<'_, Vec<Queued<T, A, E>>> {
         self.waiting.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The field of a caller's span that says how many calls shared its batch.
+const BATCH_SIZE: &str = "db.operation.batch.size";
+
+/// The caller's span if it has a [`BATCH_SIZE`] (the store's, made only when
+/// spans are exported), else none: keeping any other (the task's) would cost
+/// a registry lookup to clone it and one to drop it, for nothing.
+fn batch_span() -> Span {
+    let current = tracing::dispatcher::get_default(|dispatch| dispatch.current_span());
+    match current.metadata() {
+        Some(metadata) if metadata.fields().field(BATCH_SIZE).is_some() => Span::current(),
+        _ => Span::none(),
     }
 }
 
