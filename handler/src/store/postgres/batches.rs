@@ -81,7 +81,7 @@ pub(super) async fn claim_batch(
                 waiting.answer(claim);
             }
             // Its place goes back to the tasks if one may be waiting for it.
-            return connection.uncontended().then_some(connection);
+            return connection.reusable().then_some(connection);
         }
         Ok(_) => answer_all(batch, &unanswered()),
         Err(error) if batch.len() > 1 && one_row_may_be_at_fault(&error) => {
@@ -224,7 +224,7 @@ pub(super) async fn finish_batch(
                 let finished = finished(&recorded, &waiting.row);
                 waiting.answer(Ok(finished));
             }
-            return Some(connection);
+            return (!connection.is_broken()).then_some(connection);
         }
         Err(error) if batch.len() > 1 && one_row_may_be_at_fault(&error) => {
             for waiting in batch {

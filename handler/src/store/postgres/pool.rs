@@ -71,7 +71,7 @@ impl PgConnection {
     }
 
     /// Closed by the server or the network, or given up after a deadline.
-    fn is_broken(&self) -> bool {
+    pub(super) fn is_broken(&self) -> bool {
         self.client.is_closed() || self.broken.load(Ordering::Relaxed)
     }
 }
@@ -175,9 +175,10 @@ pub struct DbConnection {
 }
 
 impl DbConnection {
-    /// Whether no claim or task can be waiting for a place: one is free.
-    pub(super) fn uncontended(&self) -> bool {
-        self.place.semaphore().available_permits() > 0
+    /// Whether it may carry another batch of claims: it is not broken, and
+    /// no claim or task can be waiting for its place (one is free).
+    pub(super) fn reusable(&self) -> bool {
+        !self.is_broken() && self.place.semaphore().available_permits() > 0
     }
 }
 
