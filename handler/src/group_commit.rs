@@ -1,18 +1,17 @@
 //! Group commit: concurrent calls wait in one queue, and the first caller to
 //! get a turn (one of a few batches in flight, then a connection) runs every
-//! call queued by then as one batch; when it ends, its task runs what queued
-//! meanwhile on the same connection, until the queue is empty. Under load,
-//! one round trip carries many rows; alone, a call is a batch of one and
-//! waits for nothing. Two users: the store's claims and finishes (one
-//! statement, one commit) and the publisher's messages (one publish request).
-//! What a batch means is theirs to say; this module only queues, takes and
-//! answers.
+//! call queued by then as one batch: under load, one round trip carries many
+//! rows; alone, a call is a batch of one and waits for nothing. Two users: the
+//! store's claims and finishes (one statement, one commit) and the publisher's
+//! messages (one publish request). What a batch means is theirs to say; this
+//! module only queues, takes and answers.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tracing::Span;
 
@@ -70,25 +69,17 @@ type Queued<T, A, E> = (Waiting<T, A, E>, Span);
 /// The calls waiting for a batch to take them.
 #[derive(Debug)]
 pub(crate) struct Queue<T, A, E> {
-    calls: Arc<Calls<T, A, E>>,
-    tickets: AtomicU64,
-    in_flight: Arc<Semaphore>,
-}
-
-/// The queued calls, shared with the batches' tasks, which take what queues
-/// while they run.
-#[derive(Debug)]
-struct Calls<T, A, E> {
     // A std Mutex: it is held only to push, take or remove, never across an await.
     waiting: Mutex<Vec<Queued<T, A, E>>>,
+    tickets: AtomicU64,
+    in_flight: Arc<Semaphore>,
     limits: Limits,
 }
 
 impl<T, A, E> Queue<T, A, E> {
     pub(crate) fn new(limits: Limits) -> Self {
         let in_flight = Arc::new(Semaphore::new(limits.in_flight));
-        let calls = Arc::new(Calls { waiting: Mutex::new(Vec::new()), limits });
-        Self { calls, tickets: AtomicU64::new(0), in_flight }
+        Self { waiting: Mutex::new(Vec::new()), tickets: AtomicU64::new(0), in_flight, limits }
     }
 }
 
@@ -98,19 +89,17 @@ impl<T: Row, A: Send + 'static, E: QueueError> Queue<T, A, E> {
     /// within `wait`. If the turn comes before the answer, the caller takes
     /// the queue and runs it as a batch (see [`Queue::run`]). A caller whose
     /// turn does not come in time gets the reason, unless a batch took its
-    /// row meanwhile. `run` answers a batch's calls and gives the connection
-    /// back if it may carry the next batch.
+    /// row meanwhile.
     pub(crate) async fn submit<C, Connecting, Running>(
         &self,
         row: T,
         wait: Duration,
         connect: impl Fn(Instant) -> Connecting,
-        run: impl Fn(C, Vec<Waiting<T, A, E>>) -> Running + Clone + Send + 'static,
+        run: impl Fn(C, Vec<Waiting<T, A, E>>) -> Running,
     ) -> Result<A, E>
     where
-        C: Send + 'static,
         Connecting: Future<Output = Result<C, E>>,
-        Running: Future<Output = Option<C>> + Send + 'static,
+        Running: Future<Output = ()> + Send + 'static,
     {
         let (sender, mut answer) = oneshot::channel();
         let queued = self.push(row, sender);
@@ -123,7 +112,7 @@ impl<T: Row, A: Send + 'static, E: QueueError> Queue<T, A, E> {
                 turn = self.turn(deadline, wait, &connect) => turn,
             };
             match turn {
-                Ok((place, connection)) => self.run(place, connection, run.clone()),
+                Ok((place, connection)) => self.run(place, connection, &run),
                 Err(error) if queued.withdraw() => return Err(error),
                 Err(_) => {}
             }
@@ -149,45 +138,28 @@ impl<T: Row, A: Send + 'static, E: QueueError> Queue<T, A, E> {
 
     /// Takes the queue and runs it on a task of its own, which keeps the
     /// batch's place until it ends: a caller that goes away strands no one.
-    /// The task then takes what queued meanwhile, on the connection `run`
-    /// gives back, until the queue is empty or `run` keeps the connection:
-    /// the callers waiting for a turn are not woken only to run the next
-    /// batch, and under load most calls cost their task one wake, the answer.
     fn run<C, Running>(
         &self,
         place: OwnedSemaphorePermit,
         connection: C,
-        run: impl Fn(C, Vec<Waiting<T, A, E>>) -> Running + Send + 'static,
+        run: impl Fn(C, Vec<Waiting<T, A, E>>) -> Running,
     ) where
-        C: Send + 'static,
-        Running: Future<Output = Option<C>> + Send + 'static,
+        Running: Future<Output = ()> + Send + 'static,
     {
-        let batch = self.calls.take();
+        let batch = self.take();
         if batch.is_empty() {
             return;
         }
-        let calls = Arc::clone(&self.calls);
-        tokio::spawn(async move {
-            let mut running = run(connection, batch);
-            while let Some(connection) = running.await {
-                let batch = calls.take();
-                if batch.is_empty() {
-                    break;
-                }
-                running = run(connection, batch);
-            }
-            drop(place);
-        });
+        // Not an async block, which would hold the batch's future twice.
+        tokio::spawn(run(connection, batch).map(move |()| drop(place)));
     }
 
     fn push(&self, row: T, answer: oneshot::Sender<Result<A, E>>) -> Place<'_, T, A, E> {
         let ticket = self.tickets.fetch_add(1, Ordering::Relaxed);
-        self.calls.lock().push((Waiting { ticket, row, answer }, batch_span()));
+        self.lock().push((Waiting { ticket, row, answer }, batch_span()));
         Place { queue: self, ticket }
     }
-}
 
-impl<T: Row, A, E> Calls<T, A, E> {
     /// Everything queued that fits one batch, sorted by key so that
     /// concurrent statements lock rows in one order and never deadlock.
     fn take(&self) -> Vec<Waiting<T, A, E>> {
@@ -243,12 +215,12 @@ struct Place<'a, T: Row, A: Send + 'static, E: QueueError> {
 
 impl<T: Row, A: Send + 'static, E: QueueError> Place<'_, T, A, E> {
     fn is_waiting(&self) -> bool {
-        self.queue.calls.lock().iter().any(|(call, _)| call.ticket == self.ticket)
+        self.queue.lock().iter().any(|(call, _)| call.ticket == self.ticket)
     }
 
     /// Takes the row out of the queue; false when a batch has it already.
     fn withdraw(&self) -> bool {
-        let mut waiting = self.queue.calls.lock();
+        let mut waiting = self.queue.lock();
         let before = waiting.len();
         waiting.retain(|(call, _)| call.ticket != self.ticket);
         waiting.len() < before
@@ -263,8 +235,6 @@ impl<T: Row, A: Send + 'static, E: QueueError> Drop for Place<'_, T, A, E> {
 
 #[cfg(test)]
 mod tests {
-    use tokio::sync::Notify;
-
     use super::*;
 
     const LIMITS: Limits = Limits { rows: 8, bytes: 100, in_flight: 2 };
@@ -319,9 +289,9 @@ mod tests {
     fn a_batch_takes_a_key_once_and_is_sorted_by_key() {
         let queue = Queue::new(LIMITS);
         let _answers = queued(&queue, &[("b", 1), ("a", 1), ("b", 1), ("c", 1)]);
-        assert_eq!(keys(&queue.calls.take()), ["a", "b", "c"]);
-        assert_eq!(keys(&queue.calls.take()), ["b"], "the second b waited for the next batch");
-        assert!(queue.calls.take().is_empty());
+        assert_eq!(keys(&queue.take()), ["a", "b", "c"]);
+        assert_eq!(keys(&queue.take()), ["b"], "the second b waited for the next batch");
+        assert!(queue.take().is_empty());
     }
 
     #[test]
@@ -330,14 +300,14 @@ mod tests {
         let rows: Vec<(&'static str, usize)> =
             (0..LIMITS.rows + 1).map(|n| (&*Box::leak(format!("{n:03}").into_boxed_str()), 1)).collect();
         let _answers = queued(&queue, &rows);
-        assert_eq!(queue.calls.take().len(), LIMITS.rows);
-        assert_eq!(queue.calls.take().len(), 1);
+        assert_eq!(queue.take().len(), LIMITS.rows);
+        assert_eq!(queue.take().len(), 1);
 
         let _answers = queued(&queue, &[("huge", LIMITS.bytes * 2), ("small", 1)]);
-        assert_eq!(keys(&queue.calls.take()), ["huge"]);
+        assert_eq!(keys(&queue.take()), ["huge"]);
         let _answers = queued(&queue, &[("half", LIMITS.bytes / 2), ("more", LIMITS.bytes / 2 + 1)]);
-        assert_eq!(keys(&queue.calls.take()), ["half", "small"], "the bytes limit leaves `more` for later");
-        assert_eq!(keys(&queue.calls.take()), ["more"]);
+        assert_eq!(keys(&queue.take()), ["half", "small"], "the bytes limit leaves `more` for later");
+        assert_eq!(keys(&queue.take()), ["more"]);
     }
 
     #[tokio::test]
@@ -353,7 +323,6 @@ mod tests {
                     let bytes = waiting.row.1;
                     waiting.answer(Ok(bytes));
                 }
-                Some(())
             }
         };
         // The first turn waits until every call is queued.
@@ -382,82 +351,20 @@ mod tests {
         assert_eq!(batches.load(Ordering::SeqCst), 1);
     }
 
-    /// Five calls on a queue with one batch in flight: the first runs alone
-    /// and waits for `gate`; the other four queue meanwhile. Returns how many
-    /// connections were opened, and the batches run, with `run` giving back
-    /// its connection if `give_back`.
-    async fn one_batch_then_four_queued(give_back: bool) -> (u64, u64) {
-        let limits = Limits { in_flight: 1, ..LIMITS };
-        let queue: Arc<Queue<Named, usize, Failed>> = Arc::new(Queue::new(limits));
-        let (opened, batches, gate) =
-            (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(Notify::new()));
-        let (counter, first) = (Arc::clone(&batches), Arc::clone(&gate));
-        let run = move |connection: u64, batch: Vec<Waiting<Named, usize, Failed>>| {
-            let (batches, first) = (Arc::clone(&counter), Arc::clone(&first));
-            async move {
-                if batches.fetch_add(1, Ordering::SeqCst) == 0 {
-                    first.notified().await;
-                }
-                for waiting in batch {
-                    let bytes = waiting.row.1;
-                    waiting.answer(Ok(bytes));
-                }
-                give_back.then_some(connection)
-            }
-        };
-        let call = |key: &'static str, n: usize| {
-            let (queue, opened, run) = (Arc::clone(&queue), Arc::clone(&opened), run.clone());
-            tokio::spawn(async move {
-                let connect = |_| {
-                    let opened = Arc::clone(&opened);
-                    async move { Ok(opened.fetch_add(1, Ordering::SeqCst)) }
-                };
-                queue.submit(Named(key, n), Duration::from_secs(5), connect, run).await
-            })
-        };
-        let first_call = call("a", 1);
-        while batches.load(Ordering::SeqCst) == 0 {
-            tokio::task::yield_now().await;
-        }
-        let queued: Vec<_> = [("b", 2), ("c", 3), ("d", 4), ("e", 5)].map(|(key, n)| call(key, n)).into();
-        while queue.calls.lock().len() < 4 {
-            tokio::task::yield_now().await;
-        }
-        gate.notify_one();
-        assert_eq!(first_call.await.unwrap(), Ok(1));
-        for (n, call) in queued.into_iter().enumerate() {
-            assert_eq!(call.await.unwrap(), Ok(n + 2));
-        }
-        (opened.load(Ordering::SeqCst), batches.load(Ordering::SeqCst))
-    }
-
-    #[tokio::test]
-    async fn a_batchs_task_runs_what_queued_meanwhile_on_its_connection() {
-        assert_eq!(one_batch_then_four_queued(true).await, (1, 2), "one connection, no turn taken by a caller");
-    }
-
-    #[tokio::test]
-    async fn a_connection_not_given_back_leaves_the_next_batch_to_a_caller() {
-        assert_eq!(one_batch_then_four_queued(false).await, (2, 2), "the next caller's turn opens another");
-    }
-
     #[tokio::test]
     async fn a_call_without_a_turn_gets_why_and_leaves_the_queue() {
         let queue: Queue<Named, usize, Failed> = Queue::new(LIMITS);
         let refused = || async { Err::<(), _>(Failed::NoTurn) };
-        let run = |(): (), _batch: Vec<Waiting<Named, usize, Failed>>| async { Some(()) };
+        let run = |(): (), _batch: Vec<Waiting<Named, usize, Failed>>| async {};
         let answer = queue.submit(Named("a", 1), Duration::from_millis(1), |_| refused(), run).await;
         assert_eq!(answer, Err(Failed::NoTurn));
-        assert!(queue.calls.lock().is_empty());
+        assert!(queue.lock().is_empty());
     }
 
     #[tokio::test]
     async fn a_batch_that_ends_without_answering_is_an_error_not_a_hang() {
         let queue: Queue<Named, usize, Failed> = Queue::new(LIMITS);
-        let run = |(): (), batch: Vec<Waiting<Named, usize, Failed>>| async move {
-            drop(batch);
-            Some(())
-        };
+        let run = |(): (), batch: Vec<Waiting<Named, usize, Failed>>| async move { drop(batch) };
         let answer = queue.submit(Named("a", 1), Duration::from_secs(1), |_| async { Ok(()) }, run).await;
         assert_eq!(answer, Err(Failed::Lost));
     }

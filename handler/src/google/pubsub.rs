@@ -166,8 +166,7 @@ impl Publisher {
         };
         let deadline = Instant::now() + self.deadline;
         let message = Outgoing { data, attributes, deadline, key: task_id.to_owned() };
-        let request = Arc::clone(request);
-        let run = move |(), batch| Arc::clone(&request).send(batch);
+        let run = |(), batch| Arc::clone(request).send(batch);
         queue.submit(message, self.deadline, |_| async { Ok(()) }, run).await
     }
 }
@@ -203,9 +202,8 @@ struct Published {
 }
 
 impl Request {
-    /// Sends the batch, retrying what is worth it, and answers every message;
-    /// once Pub/Sub took it, the batch's task may send the next.
-    async fn send(self: Arc<Self>, batch: Vec<Waiting<Outgoing, String, PublishError>>) -> Option<()> {
+    /// Sends the batch, retrying what is worth it, and answers every message.
+    async fn send(self: Arc<Self>, batch: Vec<Waiting<Outgoing, String, PublishError>>) {
         let body = body(&batch);
         let deadline = batch.iter().map(|waiting| waiting.row.deadline).min().unwrap_or_else(Instant::now);
         match self.with_retries(&body, deadline).await {
@@ -213,7 +211,6 @@ impl Request {
                 for (waiting, id) in batch.into_iter().zip(ids) {
                     waiting.answer(Ok(id));
                 }
-                return Some(());
             }
             Ok(ids) => {
                 let last = format!("Pub/Sub answered {} message ids for {} messages", ids.len(), batch.len());
@@ -222,7 +219,6 @@ impl Request {
             }
             Err(error) => self.answer_all(batch, &error),
         }
-        None
     }
 
     async fn with_retries(&self, body: &Bytes, deadline: Instant) -> Result<Vec<String>, PublishError> {

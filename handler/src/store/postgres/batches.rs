@@ -70,18 +70,13 @@ struct Seen {
 /// Claims a batch and answers each call. A batch that failed for one row
 /// (see [`one_row_may_be_at_fault`]) is claimed again row by row, so only
 /// that row fails.
-pub(super) async fn claim_batch(
-    connection: DbConnection,
-    batch: Vec<Waiting<ClaimRow, Claim, StoreError>>,
-) -> Option<DbConnection> {
+pub(super) async fn claim_batch(connection: DbConnection, batch: Vec<Waiting<ClaimRow, Claim, StoreError>>) {
     match claim_rows(&connection, &batch).await {
         Ok(seen) if seen.len() == batch.len() => {
             for (waiting, seen) in batch.into_iter().zip(seen) {
                 let claim = settle(&connection, &waiting.row, seen).await;
                 waiting.answer(claim);
             }
-            // Its place goes back to the tasks if one may be waiting for it.
-            return connection.reusable().then_some(connection);
         }
         Ok(_) => answer_all(batch, &unanswered()),
         Err(error) if batch.len() > 1 && one_row_may_be_at_fault(&error) => {
@@ -97,7 +92,6 @@ pub(super) async fn claim_batch(
         }
         Err(error) => answer_all(batch, &error),
     }
-    None
 }
 
 /// Errors one row can cause for a whole batch: its data (such as a NUL in
@@ -214,17 +208,13 @@ impl Row for FinishRow {
 
 /// Finishes a batch and answers each call; a batch that failed for one row
 /// is finished again row by row, as for claims.
-pub(super) async fn finish_batch(
-    connection: FinishConnection,
-    batch: Vec<Waiting<FinishRow, Finished, StoreError>>,
-) -> Option<FinishConnection> {
+pub(super) async fn finish_batch(connection: FinishConnection, batch: Vec<Waiting<FinishRow, Finished, StoreError>>) {
     match finish_rows(&connection, &batch).await {
         Ok(recorded) => {
             for waiting in batch {
                 let finished = finished(&recorded, &waiting.row);
                 waiting.answer(Ok(finished));
             }
-            return (!connection.is_broken()).then_some(connection);
         }
         Err(error) if batch.len() > 1 && one_row_may_be_at_fault(&error) => {
             for waiting in batch {
@@ -235,7 +225,6 @@ pub(super) async fn finish_batch(
         }
         Err(error) => answer_all(batch, &error),
     }
-    None
 }
 
 /// The task ids whose finish the statement recorded.

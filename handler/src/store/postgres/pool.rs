@@ -71,7 +71,7 @@ impl PgConnection {
     }
 
     /// Closed by the server or the network, or given up after a deadline.
-    pub(super) fn is_broken(&self) -> bool {
+    fn is_broken(&self) -> bool {
         self.client.is_closed() || self.broken.load(Ordering::Relaxed)
     }
 }
@@ -171,15 +171,7 @@ impl LastConnectFailure {
 #[derive(Debug)]
 pub struct DbConnection {
     connection: PooledConnection<'static, Connector>,
-    place: OwnedSemaphorePermit,
-}
-
-impl DbConnection {
-    /// Whether it may carry another batch of claims: it is not broken, and
-    /// no claim or task can be waiting for its place (one is free).
-    pub(super) fn reusable(&self) -> bool {
-        !self.is_broken() && self.place.semaphore().available_permits() > 0
-    }
+    _place: OwnedSemaphorePermit,
 }
 
 impl std::ops::Deref for DbConnection {
@@ -228,7 +220,7 @@ impl Pool {
         // The semaphore is never closed.
         let place = waiting.await.map_err(|_| busy.clone())?.map_err(|_| busy)?;
         match tokio::time::timeout_at(deadline.into(), self.live_connection()).await {
-            Ok(Ok(connection)) => Ok(DbConnection { connection, place }),
+            Ok(Ok(connection)) => Ok(DbConnection { connection, _place: place }),
             Ok(Err(RunError::User(error))) => Err(classify_connect(error)),
             Ok(Err(RunError::TimedOut)) | Err(_) => Err(self.why_none(start)),
         }
