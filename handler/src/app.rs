@@ -227,7 +227,8 @@ pin_project_lite::pin_project! {
     /// in its request's span only until its first await (a refusal), and
     /// makes its task's span there, as its child; from then on everything
     /// runs in the task's span, which the executor enters on every poll.
-    /// Entering both on every wake cost each push about 3,000 instructions.
+    /// Entering both on every wake (with the span group commit kept, see
+    /// `group_commit::batch_span`) cost a push 4,600 instructions (callgrind).
     /// A struct, not an `async fn`: one would hold the future twice.
     struct InFirstPoll<'a, F> {
         #[pin]
